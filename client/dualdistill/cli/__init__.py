@@ -1,0 +1,1 @@
+"""The `dualdistill` command line: one module per subcommand, each with `add_parser(subparsers)`."""

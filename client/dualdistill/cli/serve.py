@@ -1,0 +1,64 @@
+"""`dualdistill serve`: run the teacher service (HTTP + gRPC) in this process.
+
+Flags default to None so that the environment (DUALDISTILL_*) and then ServerConfig's defaults apply;
+a flag given on the command line wins. The flag names are pinned: deployment files use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# (flag, ServerConfig field, type, help). Help text is short; `docs/deploy.md` has the full table.
+SERVE_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--host", "host", str, "interface to bind (default 0.0.0.0)"),
+    ("--http-port", "http_port", int, "HTTP port (default 8000; 0 = pick a free one)"),
+    ("--grpc-port", "grpc_port", int, "gRPC port (default 50051; 0 = pick a free one)"),
+    ("--device", "device", str, "torch device (default cpu)"),
+    ("--dtype", "dtype", str, "float32 | bfloat16 | float16 (default float32)"),
+    ("--max-top-k", "max_top_k", int, "largest top_k a request may ask for (default 256)"),
+    ("--max-seq-len", "max_seq_len", int, "longest sequence accepted, in tokens (default 4096)"),
+    ("--max-samples", "max_samples", int, "largest `samples` in sample mode (default 1024)"),
+    ("--max-batch-tokens", "max_batch_tokens", int, "padded tokens per forward pass (default 8192)"),
+    ("--max-wait-ms", "max_wait_ms", float, "batcher fill window in ms (default 5)"),
+    ("--max-queue-tokens", "max_queue_tokens", int, "queued tokens per model before 429 (default 262144)"),
+    ("--max-body-bytes", "max_body_bytes", int, "largest HTTP body; 413 above (default 32 MiB)"),
+    ("--max-message-bytes", "max_message_bytes", int, "largest gRPC message (default 256 MiB)"),
+    ("--api-key-file", "api_key_file", str, "file of tenant:key lines (env DUALDISTILL_API_KEYS: same, comma-separated)"),
+    ("--cache", "cache", str, "memory | disk:DIR | redis://HOST:PORT/DB | none (default memory)"),
+    ("--cache-bytes", "cache_bytes", int, "memory cache byte budget (default 1 GiB)"),
+    ("--drain-seconds", "drain_seconds", float, "grace period for in-flight work on SIGTERM (default 30)"),
+    ("--metrics-port", "metrics_port", int, "also serve /metrics on this port"),
+    ("--tenant-tokens-per-second", "tenant_tokens_per_second", float, "per-tenant token-rate limit"),
+    ("--tenant-max-concurrency", "tenant_max_concurrency", int, "per-tenant cap on requests in flight"),
+    ("--log-level", "log_level", str, "debug | info | warning | error (default info)"),
+]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve teacher logits over HTTP and gRPC",
+        description="Serve one or more models' next-token distributions over HTTP (FastAPI) and gRPC.",
+    )
+    parser.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        metavar="NAME=PATH",
+        help="a model to serve (repeatable): HF directory, hub id, or a prepared alias ('smollm2')",
+    )
+    for flag, dest, kind, text in SERVE_FLAGS:
+        parser.add_argument(flag, dest=dest, type=kind, default=None, help=text)
+    parser.set_defaults(func=run)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """The settings given on the command line (None means: not given, use env/default)."""
+    names = ["models"] + [dest for _, dest, _, _ in SERVE_FLAGS]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    from dualdistill_server.main import serve_forever  # server extras needed from here on
+
+    return serve_forever(overrides_from_args(args))

@@ -1,0 +1,1 @@
+"""Generated gRPC modules for protos/dualdistill/v1/teacher.proto (run `make protos` after editing it)."""
