@@ -1,0 +1,211 @@
+"""dpd_loss = weighted DPO + KD(pos) + KD(neg), checked term by term against the plain references."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+import torch
+from dualdistill.losses import PRESETS, DPDLoss, DPDLossConfig, dpd_loss
+
+from tests.client.losses.loss_reference import (
+    coarse_kd_reference,
+    dpo_reference,
+    make_teacher,
+    sequence_logps_reference,
+)
+
+VOCAB = 23
+
+
+def _side(seed: int, length: int, prompt: int) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    b = 2
+    ids = torch.randint(0, VOCAB, (b, length), generator=generator)
+    mask = torch.zeros(b, length, dtype=torch.bool)
+    mask[:, prompt:] = True
+    mask[1, length - 2 :] = False  # the second sequence is shorter (right padding)
+    rows = torch.zeros_like(mask)
+    rows[:, :-1] = mask[:, 1:]
+    # the teacher has rows from the prompt end on (one more than the response on the padded sequence)
+    teacher_mask = torch.zeros_like(mask)
+    teacher_mask[:, prompt - 1 : length - 1] = True
+    teacher = make_teacher(torch.randn(b, length, VOCAB, generator=generator) * 2, k=5, mask=teacher_mask)
+    logits = (torch.randn(b, length, VOCAB, generator=generator, dtype=torch.float64) * 2).requires_grad_()
+    return {"logits": logits, "ids": ids, "mask": mask, "rows": rows, "teacher": teacher}
+
+
+def _batch() -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    chosen, rejected = _side(0, length=9, prompt=3), _side(1, length=7, prompt=3)
+    ref_chosen = torch.tensor([-30.0, -25.0], dtype=torch.float64)
+    ref_rejected = torch.tensor([-20.0, -28.0], dtype=torch.float64)
+    return chosen, rejected, ref_chosen, ref_rejected
+
+
+def _call(config: DPDLossConfig, chosen: dict, rejected: dict, ref_c: torch.Tensor, ref_r: torch.Tensor):
+    return dpd_loss(
+        chosen["logits"], rejected["logits"], chosen["ids"], rejected["ids"], chosen["mask"], rejected["mask"],
+        chosen["teacher"], rejected["teacher"], ref_c, ref_r, config,
+    )  # fmt: skip
+
+
+def _reference(config: DPDLossConfig, chosen: dict, rejected: dict, ref_c: torch.Tensor, ref_r: torch.Tensor):
+    pi_c = sequence_logps_reference(chosen["logits"], chosen["ids"], chosen["mask"])
+    pi_r = sequence_logps_reference(rejected["logits"], rejected["ids"], rejected["mask"])
+    dpo = dpo_reference(
+        pi_c, pi_r, ref_c, ref_r, config.beta, config.margin, config.loss_type, config.label_smoothing
+    )
+    kd = {
+        side: coarse_kd_reference(
+            data["logits"], data["teacher"], divergence, config.temperature, config.alpha, config.jsd_beta,
+            mask=data["rows"],
+        )
+        for side, data, divergence in (
+            ("pos", chosen, config.pos_divergence), ("neg", rejected, config.neg_divergence)
+        )
+    }  # fmt: skip
+    return config.dpo_weight * dpo + config.pos_weight * kd["pos"] + config.neg_weight * kd["neg"], dpo, kd
+
+
+CONFIGS = {
+    **{name: DPDLossConfig.preset(name) for name in PRESETS},
+    "weighted-ipo-jsd": DPDLossConfig(
+        dpo_weight=0.5, pos_weight=2.0, neg_weight=0.25, beta=0.2, margin=0.3, loss_type="ipo",
+        pos_divergence="jsd", neg_divergence="reverse_kl", jsd_beta=0.3, temperature=1.5, chunk_size=3,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_total_and_terms_match_the_references(name: str) -> None:
+    config = CONFIGS[name]
+    chosen, rejected, ref_c, ref_r = _batch()
+    out = _call(config, chosen, rejected, ref_c, ref_r)
+    expected, dpo, kd = _reference(config, chosen, rejected, ref_c, ref_r)
+    torch.testing.assert_close(out.loss, expected)
+    if config.dpo_weight:
+        torch.testing.assert_close(out.dpo, dpo)
+    if config.pos_weight:
+        torch.testing.assert_close(out.pos, kd["pos"])
+    if config.neg_weight:
+        torch.testing.assert_close(out.neg, kd["neg"])
+    leaves = (chosen["logits"], rejected["logits"])
+    got = torch.autograd.grad(out.loss, leaves, allow_unused=True)
+    want = torch.autograd.grad(expected, leaves, allow_unused=True)
+    for g, w in zip(got, want, strict=True):
+        if g is None or w is None:  # a skipped term leaves no graph; the reference multiplies it by 0
+            assert not (g if g is not None else w).any()
+        else:
+            torch.testing.assert_close(g, w)
+    assert out.metrics["loss"] == pytest.approx(out.loss.item())
+
+
+def test_metrics_of_the_full_preset() -> None:
+    chosen, rejected, ref_c, ref_r = _batch()
+    out = _call(DPDLossConfig.preset("dpd"), chosen, rejected, ref_c, ref_r)
+    assert set(out.metrics) == {
+        "loss", "dpo/loss", "kd_pos/loss", "kd_neg/loss", "kd_pos/tokens", "kd_neg/tokens", "rewards/chosen",
+        "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected",
+    }  # fmt: skip
+    # tokens = teacher rows that predict response tokens: (9 - 3) + (9 - 3 - 2) and (7 - 3) + (7 - 3 - 2)
+    assert out.metrics["kd_pos/tokens"] == 10 and out.metrics["kd_neg/tokens"] == 6
+    assert all(isinstance(v, float) for v in out.metrics.values())
+
+
+def test_zero_weight_terms_are_skipped_and_need_no_inputs() -> None:
+    chosen, _, _, _ = _batch()
+    # "kd-pos": nothing about the rejected side and no reference log-probs are needed
+    out = dpd_loss(
+        chosen["logits"], None, chosen["ids"], None, chosen["mask"], None, chosen["teacher"], None, None, None,
+        DPDLossConfig.preset("kd-pos"),
+    )  # fmt: skip
+    assert set(out.metrics) == {"loss", "kd_pos/loss", "kd_pos/tokens"}
+    assert not out.dpo.requires_grad and not out.neg.requires_grad and out.dpo.item() == 0.0
+    # "dpo": no teacher rows are needed
+    chosen, rejected, ref_c, ref_r = _batch()
+    out = dpd_loss(
+        chosen["logits"], rejected["logits"], chosen["ids"], rejected["ids"], chosen["mask"], rejected["mask"],
+        None, None, ref_c, ref_r, DPDLossConfig.preset("dpo"),
+    )  # fmt: skip
+    assert "kd_pos/loss" not in out.metrics and out.pos.item() == 0.0 and out.loss.requires_grad
+
+
+def test_missing_inputs_of_an_active_term_are_named() -> None:
+    chosen, rejected, ref_c, _ = _batch()
+    with pytest.raises(ValueError, match="dpo_weight > 0 needs ref_rejected_logps"):
+        dpd_loss(
+            chosen["logits"], rejected["logits"], chosen["ids"], rejected["ids"], chosen["mask"],
+            rejected["mask"], chosen["teacher"], rejected["teacher"], ref_c, None,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="neg_weight > 0 needs teacher_rejected"):
+        dpd_loss(
+            chosen["logits"], rejected["logits"], chosen["ids"], rejected["ids"], chosen["mask"],
+            rejected["mask"], chosen["teacher"], None, None, None, DPDLossConfig.preset("distillm2"),
+        )  # fmt: skip
+
+
+def test_all_masked_batch_gives_finite_loss_and_gradients() -> None:
+    chosen, rejected, ref_c, ref_r = _batch()
+    for side in (chosen, rejected):
+        side["mask"] = torch.zeros_like(side["mask"])
+    out = _call(DPDLossConfig.preset("dpd"), chosen, rejected, ref_c, ref_r)
+    assert out.pos.item() == 0.0 and out.neg.item() == 0.0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert torch.isfinite(chosen["logits"].grad).all() and not chosen["logits"].grad.any()
+
+
+def test_presets_are_what_their_names_say() -> None:
+    dpd = DPDLossConfig.preset("dpd")
+    assert (dpd.dpo_weight, dpd.pos_weight, dpd.neg_weight, dpd.beta, dpd.loss_type) == (
+        1,
+        1,
+        1,
+        0.1,
+        "sigmoid",
+    )
+    assert dpd.pos_divergence == dpd.neg_divergence == "forward_kl"
+    d2 = DPDLossConfig.preset("distillm2")
+    assert d2.dpo_weight == 0 and (d2.pos_divergence, d2.neg_divergence, d2.alpha) == (
+        "skew_forward_kl", "skew_reverse_kl", 0.1,
+    )  # fmt: skip
+    assert DPDLossConfig.preset("dpd", beta=0.05).beta == 0.05
+    assert DPDLossConfig.preset("dpd") is not DPDLossConfig.preset("dpd")  # presets are copies
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"pos_weight": -1.0}, "pos_weight"),
+        ({"dpo_weight": 0.0, "pos_weight": 0.0, "neg_weight": 0.0}, "at least one term"),
+        ({"neg_divergence": "tvd"}, "neg_divergence='tvd' is not supported; choose one of 'forward_kl'"),
+        ({"loss_type": "kto"}, "'sigmoid', 'ipo', 'hinge'"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"jsd_beta": 1.5}, "jsd_beta"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"beta": float("nan")}, "beta"),
+    ],
+)
+def test_config_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DPDLossConfig(**kwargs)
+
+
+def test_preset_errors_and_documented_fields() -> None:
+    with pytest.raises(ValueError, match="'dpd', 'distillm2', 'kd-pos', 'dpo'"):
+        DPDLossConfig.preset("orpo")
+    with pytest.raises(ValueError, match="unknown DPDLossConfig fields"):
+        DPDLossConfig.preset("dpd", betta=0.2)
+    assert all(f.metadata.get("help") for f in fields(DPDLossConfig))
+
+
+def test_module_wrapper_matches_function() -> None:
+    chosen, rejected, ref_c, ref_r = _batch()
+    config = DPDLossConfig.preset("distillm2")
+    module = DPDLoss(config)
+    got = module(
+        chosen["logits"], rejected["logits"], chosen["ids"], rejected["ids"], chosen["mask"], rejected["mask"],
+        chosen["teacher"], rejected["teacher"], ref_c, ref_r,
+    )  # fmt: skip
+    torch.testing.assert_close(got.loss, _call(config, chosen, rejected, ref_c, ref_r).loss)
+    assert DPDLoss().config == DPDLossConfig.preset("dpd")
