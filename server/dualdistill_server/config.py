@@ -7,13 +7,16 @@ and the Helm chart's values. Bounds are enforced here, so a bad setting fails at
 from __future__ import annotations
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ServerConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DUALDISTILL_", extra="forbid")
 
-    models: list[str] = Field(
+    # NoDecode: the env form is 'a=DIR,b=DIR' (split below), not JSON.
+    models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Models to serve as NAME=PATH (an HF directory, a hub id, or a prepared alias such as "
         "'smollm2'); env: comma-separated.",

@@ -1,0 +1,180 @@
+"""From next-token logits rows to per-sequence `SequenceLogits` (docs/api.md, "Semantics").
+
+Call tree of `sequence_distributions` (N = rows of all sequences, V = vocab, k = largest top_k):
+
+    logits (N, V) -> log_softmax(float32(logits) / temperature)  = logprobs (N, V)
+      ├─ token_logprobs = logprobs[r, x[i]]                          (N,)
+      ├─ "topk" rows:   sorted_topk(logprobs, k)                     (N_topk, k) ids and logprobs
+      ├─ "sample" rows: sample_rows(logprobs[seq], samples, gen)     unique ids + counts, per sequence
+      └─ tail = complement_logsumexp_(logprobs, row's ids)           (N,)  (masks logprobs in place, last)
+
+Everything runs on the model's device; only the finished rows are copied to the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from dualdistill.results import SequenceLogits
+
+from dualdistill_server.models.types import LOGITS_MODES, LogitsTask
+
+_SEED_MASK = (1 << 63) - 1
+
+
+def sequence_seed(seed: int, token_ids: np.ndarray, start: int) -> int:
+    """63-bit seed of a sequence's random stream: blake2b(seed u64 LE || token_ids int64 LE || start i64 LE).
+
+    Depends on nothing else (not the batch, not the sequence's index in the request), so sampled rows are
+    reproducible and cacheable per sequence.
+    """
+    digest = hashlib.blake2b(digest_size=8, person=b"dd-sample-v1")
+    digest.update(int(seed & ((1 << 64) - 1)).to_bytes(8, "little"))
+    digest.update(np.ascontiguousarray(token_ids, dtype="<i8").tobytes())
+    digest.update(int(start).to_bytes(8, "little", signed=True))
+    return int.from_bytes(digest.digest(), "little") & _SEED_MASK
+
+
+def sorted_topk(logprobs: torch.Tensor, ks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row top-k_r of `logprobs` (R, V), sorted by value descending, ties toward the lower id.
+
+    Returns (ids, values), each (R, kmax) with kmax = max(ks); row r is meaningful in its first ks[r]
+    columns. torch.topk orders ties arbitrarily, so the kmax(+1) candidates are re-sorted by (value desc,
+    id asc); a row whose k-th and (k+1)-th values tie could have picked either id, and only those (rare)
+    rows are redone with a full stable sort.
+    """
+    rows, vocab = logprobs.shape
+    kmax = int(ks.max())
+    width = min(kmax + 1, vocab)
+    values, ids = torch.topk(logprobs, width, dim=-1)  # (R, width), values descending
+    by_id = torch.argsort(ids, dim=-1)
+    ids, values = ids.gather(1, by_id), values.gather(1, by_id)
+    by_value = torch.sort(values, dim=-1, descending=True, stable=True).indices
+    ids, values = ids.gather(1, by_value), values.gather(1, by_value)
+    has_next = ks < vocab
+    if bool(has_next.any()):
+        at_k = values.gather(1, (ks - 1).clamp_max(width - 1)[:, None]).squeeze(1)
+        after_k = values.gather(1, ks.clamp_max(width - 1)[:, None]).squeeze(1)
+        boundary_tie = has_next & (at_k == after_k)
+        for r in torch.nonzero(boundary_tie).flatten().tolist():
+            full = torch.sort(logprobs[r], descending=True, stable=True)
+            ids[r], values[r] = full.indices[:width], full.values[:width]
+    return ids[:, :kmax], values[:, :kmax]
+
+
+def sample_rows(
+    logprobs: torch.Tensor, samples: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw `samples` ids per row from p = exp(logprobs) (R, V); unique ids per row with their counts.
+
+    Inverse-CDF sampling: u ~ U[0, 1) from `generator` (a CPU generator, so the stream is the same on any
+    device), id = first index whose cumulative probability exceeds u * sum(p). Returns (row, ids, counts,
+    logprobs), each (M,), ordered by row, then logprob descending, then id.
+    """
+    rows, vocab = logprobs.shape
+    uniforms = torch.rand((rows, samples), generator=generator, dtype=torch.float32).to(logprobs.device)
+    cdf = logprobs.exp().cumsum(dim=-1)  # (R, V)
+    drawn = torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True).clamp_max(vocab - 1)  # (R, samples)
+    row_of = torch.arange(rows, device=logprobs.device)[:, None]
+    keys, counts = torch.unique((row_of * vocab + drawn).flatten(), sorted=True, return_counts=True)
+    row, ids = keys // vocab, keys % vocab  # sorted by (row, id)
+    values = logprobs[row, ids]
+    order = torch.sort(values, descending=True, stable=True).indices
+    order = order[torch.sort(row[order], stable=True).indices]
+    return row[order], ids[order], counts[order], values[order]
+
+
+def complement_logsumexp_(logprobs: torch.Tensor, row: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """tail[r] = log(1 - sum_{j in row r} p_j) = logsumexp over the ids NOT in row r; (R, V) -> (R,).
+
+    Computed as a logsumexp over the complement, which stays accurate when the row holds nearly all the
+    mass (1 - sum would cancel); -inf when the row covers the vocab. Overwrites the row entries of
+    `logprobs` with -inf (in place, to avoid a second (R, V) buffer): call it last.
+    """
+    logprobs[row, ids] = float("-inf")
+    return torch.logsumexp(logprobs, dim=-1)
+
+
+def _row_targets(tasks: Sequence[LogitsTask], device: torch.device) -> torch.Tensor:
+    """(N,) the actual next token x[i] of every returned row, tasks concatenated."""
+    flat = np.concatenate([np.asarray(t.token_ids[t.start :], dtype=np.int64) for t in tasks])
+    return torch.from_numpy(flat).to(device)
+
+
+def _topk_rows(
+    logprobs: torch.Tensor, tasks: Sequence[LogitsTask], offsets: list[int]
+) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], torch.Tensor, torch.Tensor]:
+    """Top-k rows of the "topk" tasks: ({task: (ids (R, k), logprobs (R, k)) on the host}, rows, ids) where
+    (rows, ids) are the (row index, id) pairs in the rows, for the tail."""
+    device = logprobs.device
+    chosen = [b for b, t in enumerate(tasks) if t.mode == "topk"]
+    rows = torch.cat([torch.arange(offsets[b], offsets[b + 1], device=device) for b in chosen])
+    ks = torch.cat([torch.full((tasks[b].num_rows,), tasks[b].top_k, device=device) for b in chosen])
+    ids, values = sorted_topk(logprobs if len(rows) == len(logprobs) else logprobs[rows], ks)  # (N_topk, kmax)
+    kept = torch.arange(ids.shape[1], device=device)[None, :] < ks[:, None]
+    ids_host, values_host = ids.cpu().numpy(), values.cpu().numpy()
+    out, local = {}, 0
+    for b in chosen:
+        n, k = tasks[b].num_rows, tasks[b].top_k
+        out[b] = (ids_host[local : local + n, :k], values_host[local : local + n, :k])
+        local += n
+    return out, rows[:, None].expand_as(ids)[kept], ids[kept]
+
+
+def sequence_distributions(logits: torch.Tensor, tasks: Sequence[LogitsTask]) -> list[SequenceLogits]:
+    """Post-process the logits rows of a batch of tasks into one `SequenceLogits` per task.
+
+    logits: (N, V), any float dtype, rows of task b are logits[i - 1] for i in [start_b, T_b), tasks
+    concatenated in order (N = sum of T_b - start_b). Each task keeps its own temperature, top_k and mode.
+    """
+    for task in tasks:
+        if task.mode not in LOGITS_MODES:
+            raise ValueError(f"mode must be one of {LOGITS_MODES}, got {task.mode!r}")
+    device = logits.device
+    num_rows = torch.tensor([t.num_rows for t in tasks], device=device)
+    temperature = torch.tensor([float(t.temperature) for t in tasks], dtype=torch.float32, device=device)
+    scaled = logits.to(torch.float32, copy=True).div_(temperature.repeat_interleave(num_rows)[:, None])
+    logprobs = torch.log_softmax(scaled, dim=-1)  # (N, V) float32
+    del scaled
+    token_logprobs = logprobs.gather(1, _row_targets(tasks, device)[:, None]).squeeze(1)  # (N,)
+    offsets = np.concatenate([[0], np.cumsum([t.num_rows for t in tasks])]).astype(int).tolist()
+
+    mask_rows: list[torch.Tensor] = []  # (row, id) pairs inside the rows: excluded from the tail
+    mask_ids: list[torch.Tensor] = []
+    topk: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if any(t.mode == "topk" for t in tasks):
+        topk, rows, ids = _topk_rows(logprobs, tasks, offsets)
+        mask_rows.append(rows)
+        mask_ids.append(ids)
+    sampled: dict[int, tuple[torch.Tensor, ...]] = {}
+    for b, task in enumerate(tasks):
+        if task.mode == "sample":
+            generator = torch.Generator(device="cpu").manual_seed(sequence_seed(task.seed, task.token_ids, task.start))
+            sampled[b] = sample_rows(logprobs[offsets[b] : offsets[b + 1]], task.samples, generator)
+            mask_rows.append(offsets[b] + sampled[b][0])
+            mask_ids.append(sampled[b][1])
+
+    token_host = token_logprobs.cpu().numpy()
+    tail_host = complement_logsumexp_(logprobs, torch.cat(mask_rows), torch.cat(mask_ids)).cpu().numpy()
+    results = []
+    for b, task in enumerate(tasks):
+        lo, hi = offsets[b], offsets[b + 1]
+        if task.mode == "topk":
+            ids, values = topk[b]
+            results.append(SequenceLogits.from_dense(ids, values, token_host[lo:hi], tail_host[lo:hi]))
+            continue
+        row, ids, counts, values = (x.cpu().numpy() for x in sampled[b])
+        results.append(
+            SequenceLogits(
+                row_lengths=np.bincount(row, minlength=task.num_rows),
+                top_ids=ids,
+                top_logprobs=values,
+                token_logprobs=token_host[lo:hi],
+                tail_logprobs=tail_host[lo:hi],
+                counts=counts,
+            )
+        )
+    return results
