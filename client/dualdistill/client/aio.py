@@ -1,0 +1,125 @@
+"""`AsyncTeacherClient`: the asyncio twin of `TeacherClient` (same arguments, methods are coroutines)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from dualdistill.client import operations as ops
+from dualdistill.client.base import DEFAULT_MAX_MESSAGE_BYTES, ClientBase
+from dualdistill.client.handshake import check_tokenizer_against
+from dualdistill.client.retry import RetryHook, RetryPolicy, acall_with_retry
+from dualdistill.client.types import Completion, ModelInfo
+from dualdistill.results import SequenceLogits
+
+T = TypeVar("T")
+
+
+class AsyncTeacherClient(ClientBase):
+    """asyncio client of the teacher service; see `TeacherClient` for every argument.
+
+    Use one per event loop (`async with AsyncTeacherClient(url) as client:`); many requests may be in
+    flight at once (asyncio.gather), and the server batches them together.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        transport: str | None = None,
+        timeout: float = 30.0,
+        retries: RetryPolicy | None = None,
+        format: str = "binary",
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        super().__init__(
+            url,
+            api_key,
+            transport,
+            timeout,
+            retries,
+            format,
+            max_message_bytes=max_message_bytes,
+            on_retry=on_retry,
+            asynchronous=True,
+        )
+
+    async def _call(self, op: ops.Operation[T], timeout: float | None) -> T:
+        seconds = self._timeout(timeout)
+        return await acall_with_retry(
+            lambda: self._transport.send(op, seconds), self.retries, self.stats, self.on_retry
+        )
+
+    async def models(self, timeout: float | None = None) -> list[ModelInfo]:
+        """The models this server serves."""
+        return await self._call(ops.list_models(), timeout)
+
+    async def model_info(self, name: str, timeout: float | None = None) -> ModelInfo:
+        """One served model; TeacherServiceError NOT_FOUND (status 404) if it is not served."""
+        return self._pick_model(await self.models(timeout), name)
+
+    async def logits(
+        self,
+        model: str,
+        sequences: Sequence[Sequence[int]],
+        starts: Sequence[int],
+        top_k: int = 20,
+        temperature: float = 1.0,
+        mode: str = "topk",
+        samples: int = 64,
+        seed: int = 0,
+        timeout: float | None = None,
+    ) -> list[SequenceLogits]:
+        """See `TeacherClient.logits`."""
+        seconds = self._timeout(timeout)
+        op = ops.logits(
+            model,
+            sequences,
+            starts,
+            top_k=top_k,
+            temperature=temperature,
+            mode=mode,
+            samples=samples,
+            seed=seed,
+            format=self.format,
+            deadline_seconds=seconds,
+        )
+        return await self._call(op, seconds)
+
+    async def generate(
+        self,
+        model: str,
+        prompts: Sequence[ops.Prompt],
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        n: int = 1,
+        seed: int = 0,
+        timeout: float | None = None,
+    ) -> list[Completion]:
+        """See `TeacherClient.generate`."""
+        op = ops.generate(
+            model,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            n=n,
+            seed=seed,
+        )
+        return await self._call(op, timeout)
+
+    async def check_tokenizer(self, tokenizer: Any, model: str) -> ModelInfo:
+        """See `TeacherClient.check_tokenizer`."""
+        return check_tokenizer_against(tokenizer, await self.model_info(model))
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+    async def __aenter__(self) -> AsyncTeacherClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

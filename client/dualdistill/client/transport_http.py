@@ -1,0 +1,90 @@
+"""HTTP transport (httpx): one attempt of an `Operation` against the FastAPI side of the service.
+
+The sync and async classes differ only in the `send` call; building the request and reading the answer
+(or the failure) is shared. Connection pooling is httpx's: one client per TeacherClient, thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import httpx
+
+from dualdistill.client import errors
+from dualdistill.client.operations import BINARY_CONTENT_TYPE, Operation
+
+T = TypeVar("T")
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    headers = {"accept": f"{BINARY_CONTENT_TYPE}, application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def _request_kwargs(op: Operation[Any], timeout: float) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "method": op.http_method,
+        "url": op.http_path,
+        "headers": {"x-request-id": op.request_id},
+        "timeout": httpx.Timeout(timeout),
+    }
+    if op.body is not None:
+        kwargs["content"] = json.dumps(op.body, separators=(",", ":")).encode()
+        kwargs["headers"]["content-type"] = "application/json"
+    return kwargs
+
+
+def _result(op: Operation[T], response: httpx.Response) -> T:
+    if response.status_code >= 400:
+        raise errors.from_http_response(response.status_code, response.headers, response.content)
+    content_type = response.headers.get("content-type", "")
+    if content_type.startswith(BINARY_CONTENT_TYPE):
+        if op.from_binary is None:
+            raise errors.TeacherServiceError("INTERNAL", f"unexpected binary answer to {op.http_path}")
+        return op.from_binary(response.content)
+    return op.from_json(json.loads(response.content))
+
+
+def _failure(base_url: str, timeout: float, exc: httpx.TransportError) -> errors.TeacherServiceError:
+    if isinstance(exc, httpx.TimeoutException):
+        return errors.timed_out(base_url, timeout, exc)
+    return errors.unreachable(base_url, exc)
+
+
+class HttpTransport:
+    """Synchronous HTTP transport; `base_url` is "http(s)://host:port"."""
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        self.base_url = base_url
+        self._client = httpx.Client(base_url=base_url, headers=_headers(api_key))
+
+    def send(self, op: Operation[T], timeout: float) -> T:
+        try:
+            response = self._client.request(**_request_kwargs(op, timeout))
+        except httpx.TransportError as exc:
+            raise _failure(self.base_url, timeout, exc) from exc
+        return _result(op, response)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class AsyncHttpTransport:
+    """asyncio HTTP transport; the same requests and parsing as `HttpTransport`."""
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        self.base_url = base_url
+        self._client = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key))
+
+    async def send(self, op: Operation[T], timeout: float) -> T:
+        try:
+            response = await self._client.request(**_request_kwargs(op, timeout))
+        except httpx.TransportError as exc:
+            raise _failure(self.base_url, timeout, exc) from exc
+        return _result(op, response)
+
+    async def close(self) -> None:
+        await self._client.aclose()
