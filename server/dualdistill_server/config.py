@@ -6,9 +6,9 @@ and the Helm chart's values. Bounds are enforced here, so a bad setting fails at
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
 from typing import Annotated
 
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 

@@ -1,0 +1,301 @@
+"""Dynamic batcher: one per model, coalescing concurrent requests' sequences into padded forwards.
+
+    request A ─┐  (key, LogitsTask) per sequence      ┌─ forward 1: [a0, b1, c0]   (similar lengths)
+    request B ─┼─> pending (FIFO, token-bounded) ─────┤
+    request C ─┘       │ identical key in flight?     └─ forward 2: [b0, a1]
+                       └─> join it (dedupe)              all on the model's single worker thread
+
+Policy, and why (learned from TRL's `_logprob_batcher`, whose queue was unbounded, whose batches split
+by request parameters, whose cancelled requests still ran, and whose one bad request failed its batch):
+- The unit is a sequence, not a request: a big request spreads over several forwards and a small one
+  rides along with others. `ServedModel.compute_logits` accepts tasks with different top_k /
+  temperature / mode in one forward, so parameters never split a batch.
+- A batch is dispatched when the oldest pending sequence has waited `max_wait_s`, or when the pending
+  tokens already fill `max_batch_tokens`. It is built around the oldest sequence (so nothing starves)
+  from its neighbours in length order (first shorter, then longer ones) while
+  `batch size x longest <= max_batch_tokens`: similar lengths share a batch, so padding stays small.
+  A sequence longer than the budget runs alone. The batch then runs in a canonical order.
+- The queue is bounded by tokens: a request that would overflow it fails as a whole with
+  ResourceExhausted (429) before anything is queued.
+- A sequence whose every waiter was cancelled (client gone, deadline passed) is dropped if its forward
+  has not started. Identical sequences (same key) in flight are computed once.
+- If a batched forward raises, each of its sequences is retried alone, so the exception reaches only
+  the requests whose sequence fails by itself.
+- The model runs on ONE worker thread per model; `run_on_worker` (generation) uses the same thread, so
+  generation and forwards never race on the model, and the event loop never blocks on torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from dualdistill.results import SequenceLogits
+
+from .errors import InvalidArgument, ResourceExhausted, Unavailable
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One distinct sequence in flight and everyone waiting for it."""
+
+    key: bytes
+    task: Any  # models.LogitsTask
+    tokens: int
+    future: asyncio.Future
+    enqueued_at: float
+    waiters: int = 1
+    started: bool = False
+
+
+def _consume_exception(future: asyncio.Future) -> None:
+    # An entry may fail after all its waiters left; reading the exception keeps asyncio from warning.
+    if not future.cancelled():
+        future.exception()
+
+
+class Batcher:
+    """Queues LogitsTasks of one model and runs them in padded batches on the model's worker thread."""
+
+    def __init__(
+        self,
+        name: str,
+        model: Any,
+        *,
+        max_batch_tokens: int,
+        max_wait_s: float,
+        max_queue_tokens: int,
+        metrics: Metrics,
+        on_result: Callable[[bytes, SequenceLogits], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._model = model
+        self._max_batch_tokens = max_batch_tokens
+        self._max_wait_s = max_wait_s
+        self._max_queue_tokens = max_queue_tokens
+        self._metrics = metrics
+        self._on_result = on_result
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._pending: dict[bytes, _Entry] = {}  # not started, insertion (= arrival) order
+        self._in_flight: dict[bytes, _Entry] = {}  # pending or running: the dedupe index
+        self._queued_tokens = 0
+        self._wakeup: asyncio.Event | None = None
+        self._scheduler: asyncio.Task | None = None
+        self._closed = False
+
+    # ---- public API -------------------------------------------------------------------------------
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    async def compute(self, items: list[tuple[bytes, Any]]) -> list[SequenceLogits]:
+        """Results for (key, LogitsTask) items, in order. Raises ResourceExhausted when the queue is full."""
+        if self._closed:
+            raise Unavailable(f"model {self.name!r} is shutting down")
+        self._ensure_started()
+        entries = self._admit(items)
+        try:
+            return [await asyncio.shield(entry.future) for entry in entries]
+        finally:
+            self._release(entries)
+
+    async def run_on_worker(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn` on the model's worker thread, in turn with the batched forwards."""
+        if self._closed:
+            raise Unavailable(f"model {self.name!r} is shutting down")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    async def close(self) -> None:
+        """Fail what is still queued, stop the scheduler, release the worker thread."""
+        self._closed = True
+        for entry in list(self._pending.values()):
+            self._drop(entry)
+            if not entry.future.done():
+                entry.future.set_exception(Unavailable(f"model {self.name!r} is shutting down"))
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            try:
+                await self._scheduler
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- admission and release -----------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self._scheduler is None:
+            self._wakeup = asyncio.Event()
+            self._scheduler = asyncio.get_running_loop().create_task(self._schedule(), name=f"batcher-{self.name}")
+
+    def _admit(self, items: list[tuple[bytes, Any]]) -> list[_Entry]:
+        new_keys: dict[bytes, Any] = {}
+        for key, task in items:
+            if key not in self._in_flight and key not in new_keys:
+                new_keys[key] = task
+        new_tokens = sum(len(task.token_ids) for task in new_keys.values())
+        if new_tokens > self._max_queue_tokens:
+            raise InvalidArgument(
+                f"the request holds {new_tokens} tokens, more than the queue ever admits "
+                f"(max_queue_tokens={self._max_queue_tokens}); split it into smaller requests",
+                field="sequences",
+            )
+        if new_keys and self._queued_tokens + new_tokens > self._max_queue_tokens:
+            raise ResourceExhausted(
+                f"model {self.name!r} has {self._queued_tokens} tokens queued; {new_tokens} more would exceed "
+                f"max_queue_tokens={self._max_queue_tokens}; retry later"
+            )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        entries = []
+        for key, task in items:
+            entry = self._in_flight.get(key)
+            if entry is None:
+                future = loop.create_future()
+                future.add_done_callback(_consume_exception)
+                entry = _Entry(key=key, task=task, tokens=len(task.token_ids), future=future, enqueued_at=now, waiters=0)
+                self._in_flight[key] = entry
+                self._pending[key] = entry
+                self._queued_tokens += entry.tokens
+            elif key not in new_keys:
+                self._metrics.deduplicated.labels(model=self.name).inc()
+            entry.waiters += 1
+            entries.append(entry)
+        self._metrics.queue_tokens.labels(model=self.name).set(self._queued_tokens)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return entries
+
+    def _release(self, entries: list[_Entry]) -> None:
+        """A request stops waiting (done, failed or cancelled): drop entries nobody waits for any more."""
+        for entry in entries:
+            entry.waiters -= 1
+            if entry.waiters == 0 and not entry.started and not entry.future.done():
+                self._drop(entry)
+                entry.future.cancel()
+
+    def _drop(self, entry: _Entry) -> None:
+        if self._pending.pop(entry.key, None) is not None:
+            self._queued_tokens -= entry.tokens
+            self._metrics.queue_tokens.labels(model=self.name).set(self._queued_tokens)
+        if self._in_flight.get(entry.key) is entry:
+            del self._in_flight[entry.key]
+
+    # ---- scheduling ------------------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        while True:
+            await self._wait_for_batch()
+            batch = self._select_batch()
+            for entry in batch:
+                entry.started = True
+                self._pending.pop(entry.key)
+                self._queued_tokens -= entry.tokens
+            self._metrics.queue_tokens.labels(model=self.name).set(self._queued_tokens)
+            try:
+                await self._execute(batch)
+            except Exception:  # never let one batch kill the scheduler
+                log.exception("batch on model %s failed outside the model call", self.name)
+                for entry in batch:
+                    self._resolve(entry, error=RuntimeError("batch failed"))
+
+    async def _wait_for_batch(self) -> None:
+        """Return when a batch is due: the oldest pending entry waited max_wait, or the budget is full."""
+        loop = asyncio.get_running_loop()
+        assert self._wakeup is not None
+        while True:
+            self._wakeup.clear()
+            if not self._pending:
+                await self._wakeup.wait()
+                continue
+            oldest = next(iter(self._pending.values()))
+            remaining = oldest.enqueued_at + self._max_wait_s - loop.time()
+            if remaining <= 0 or self._queued_tokens >= self._max_batch_tokens:
+                return
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    def _select_batch(self) -> list[_Entry]:
+        """The oldest entry plus its length neighbours, while batch size x longest <= max_batch_tokens."""
+        anchor = next(iter(self._pending.values()))
+        others = [entry for entry in self._pending.values() if entry is not anchor]
+        shorter = sorted((e for e in others if e.tokens <= anchor.tokens), key=lambda e: -e.tokens)
+        longer = sorted((e for e in others if e.tokens > anchor.tokens), key=lambda e: e.tokens)
+        batch, longest = [anchor], anchor.tokens
+        for entry in shorter:
+            if (len(batch) + 1) * longest > self._max_batch_tokens:
+                break
+            batch.append(entry)
+        for entry in longer:
+            if (len(batch) + 1) * entry.tokens > self._max_batch_tokens:
+                break
+            batch.append(entry)
+            longest = entry.tokens
+        # A canonical order (longest first, then by key): the same set of sequences always makes the same
+        # padded tensor, so its results are bit-identical however the requests arrived. (Different sets
+        # agree only to float32 rounding: kernels may block a batch differently.)
+        return sorted(batch, key=lambda e: (-e.tokens, e.key))
+
+    async def _execute(self, batch: list[_Entry]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self._forward, [e.task for e in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                self._resolve(batch[0], error=exc)
+                return
+            log.warning("batched forward of %d sequences on %s failed (%r); retrying each alone",
+                        len(batch), self.name, exc)
+            for entry in batch:
+                try:
+                    (result,) = await loop.run_in_executor(self._executor, self._forward, [entry.task])
+                except Exception as single_exc:
+                    self._resolve(entry, error=single_exc)
+                else:
+                    self._resolve(entry, result=result)
+            return
+        for entry, result in zip(batch, results, strict=True):
+            self._resolve(entry, result=result)
+
+    def _forward(self, tasks: list[Any]) -> list[SequenceLogits]:
+        """On the worker thread: one padded forward, with its metrics."""
+        lengths = [len(task.token_ids) for task in tasks]
+        begin = time.perf_counter()
+        results = self._model.compute_logits(tasks)
+        seconds = time.perf_counter() - begin
+        if len(results) != len(tasks):
+            raise RuntimeError(f"model returned {len(results)} results for {len(tasks)} tasks")
+        labels = {"model": self.name}
+        self._metrics.forward_seconds.labels(**labels).observe(seconds)
+        self._metrics.forward_tokens.labels(**labels).inc(sum(lengths))
+        self._metrics.batch_tokens.labels(**labels).observe(len(tasks) * max(lengths))
+        self._metrics.batch_sequences.labels(**labels).observe(len(tasks))
+        return results
+
+    def _resolve(self, entry: _Entry, *, result: SequenceLogits | None = None, error: BaseException | None = None) -> None:
+        if self._in_flight.get(entry.key) is entry:
+            del self._in_flight[entry.key]
+        if entry.future.done():
+            return
+        if error is not None:
+            entry.future.set_exception(error)
+            return
+        assert result is not None
+        if self._on_result is not None:
+            try:
+                self._on_result(entry.key, result)
+            except Exception:  # a failing cache must not fail the request
+                log.exception("storing a result of model %s failed", self.name)
+        entry.future.set_result(result)

@@ -1,0 +1,228 @@
+"""TeacherService: the one core behind both transports.
+
+    HTTP handler ─┐                      ┌─ validation.py (model limits -> LogitsTasks)
+                  ├─> TeacherService ────┼─ cache (per-sequence lookup / store)
+    gRPC servicer ┘   (readiness, drain,  └─ Batcher per model (dedupe, padded forwards, worker thread)
+                       deadlines)
+
+Transports turn their input into `schemas.LogitsRequest` / `GenerateRequest`, call `logits` /
+`generate`, and turn the result (or the typed error) into their own response. Nothing here knows about
+HTTP or protobuf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from dualdistill.results import SequenceLogits
+
+from .. import context
+from ..batcher import Batcher
+from ..config import ServerConfig
+from ..errors import DeadlineExceeded, ModelNotFound, Unavailable
+from ..metrics import Metrics
+from ..models import GeneratedCompletion, ModelInfo
+from ..schemas import GenerateRequest, LogitsRequest
+from .cache import NoCache, ResultCache, sequence_key
+from .validation import logits_tasks, prompt_ids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LogitsResult:
+    model: str
+    fingerprint: str
+    request_id: str
+    results: list[SequenceLogits]  # one per request sequence, in order
+
+
+@dataclass
+class GenerateResult:
+    model: str
+    fingerprint: str
+    request_id: str
+    completions: list[GeneratedCompletion]  # by prompt_index, then sample
+
+
+class TeacherService:
+    """Serves `models` (name -> ServedModel). Construct with no models to start "loading" (not ready);
+    `add_model` then `mark_loaded` when they are in memory."""
+
+    def __init__(
+        self,
+        models: dict,
+        config: ServerConfig,
+        *,
+        metrics: Metrics | None = None,
+        cache: ResultCache | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.cache: ResultCache = cache if cache is not None else NoCache()
+        self._models: dict = {}
+        self._batchers: dict[str, Batcher] = {}
+        self._loaded = False
+        self._draining = False
+        self._listeners: list[Callable[[bool], None]] = []
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        for name, model in models.items():
+            self.add_model(name, model)
+        if models:
+            self.mark_loaded()
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    def add_model(self, name: str, model) -> None:
+        self._models[name] = model
+        self._batchers[name] = Batcher(
+            name,
+            model,
+            max_batch_tokens=self.config.max_batch_tokens,
+            max_wait_s=self.config.max_wait_ms / 1000.0,
+            max_queue_tokens=self.config.max_queue_tokens,
+            metrics=self.metrics,
+            on_result=self.cache.put,
+        )
+
+    def mark_loaded(self) -> None:
+        self._loaded = True
+        self._notify()
+
+    def start_draining(self) -> None:
+        """Refuse new work (UNAVAILABLE) and report not-ready; in-flight requests go on."""
+        self._draining = True
+        self._notify()
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded and not self._draining
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def active_requests(self) -> int:
+        return self._active
+
+    def subscribe(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(ready)` now and on every readiness change (gRPC health uses it)."""
+        self._listeners.append(listener)
+        listener(self.ready)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener(self.ready)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if `timeout` seconds passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
+
+    # ---- queries ---------------------------------------------------------------------------------------
+
+    def list_models(self) -> list[ModelInfo]:
+        return [model.info for model in self._models.values()]
+
+    async def logits(
+        self, request: LogitsRequest, *, request_id: str = "", timeout: float | None = None
+    ) -> LogitsResult:
+        """Teacher distributions for every sequence. `timeout` (seconds) is the transport's deadline;
+        the request's `deadline_seconds` applies too, whichever is sooner."""
+        name, model = self._admit(request.model)
+        info = model.info
+        tasks = logits_tasks(request, info, self.config)
+        timeout = _sooner(timeout, request.deadline_seconds)
+        with self._tracking():
+            results = await _within(timeout, self._compute(name, info.fingerprint, tasks))
+        return LogitsResult(name, info.fingerprint, request.request_id or request_id, results)
+
+    async def generate(
+        self, request: GenerateRequest, *, request_id: str = "", timeout: float | None = None
+    ) -> GenerateResult:
+        name, model = self._admit(request.model)
+
+        def run() -> list[GeneratedCompletion]:  # on the model's worker thread
+            prompts = prompt_ids(request, model)
+            return model.generate(
+                prompts,
+                max_new_tokens=request.max_new_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                n=request.n,
+                seed=request.seed,
+            )
+
+        with self._tracking():
+            completions = await _within(timeout, self._batchers[name].run_on_worker(run))
+        return GenerateResult(name, model.info.fingerprint, request.request_id or request_id, completions)
+
+    # ---- internals ---------------------------------------------------------------------------------------
+
+    def _admit(self, name: str):
+        if not self._loaded:
+            raise Unavailable("models are still loading; retry shortly")
+        if self._draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        model = self._models.get(name)
+        if model is None:
+            served = ", ".join(sorted(self._models)) or "none"
+            raise ModelNotFound(f"model {name!r} is not served here (served: {served})", field="model")
+        ctx = context.current()
+        if ctx is not None:
+            ctx.model = name
+        return name, model
+
+    async def _compute(self, name: str, fingerprint: str, tasks: list) -> list[SequenceLogits]:
+        keys = [sequence_key(fingerprint, task) for task in tasks]
+        results: list[SequenceLogits | None] = [self.cache.get(key) for key in keys]
+        missing = [i for i, result in enumerate(results) if result is None]
+        if missing:
+            computed = await self._batchers[name].compute([(keys[i], tasks[i]) for i in missing])
+            for i, result in zip(missing, computed, strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def _tracking(self) -> Iterator[None]:
+        """Count the request as in flight (drain waits for the count to reach zero)."""
+        self._active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    values = [v for v in (a, b) if v is not None]
+    return min(values) if values else None
+
+
+async def _within(timeout: float | None, awaitable):
+    """Await with a deadline; a passed deadline cancels the work (queued sequences are dropped)."""
+    if timeout is None:
+        return await awaitable
+    if timeout <= 0:
+        awaitable.close()
+        raise DeadlineExceeded("the request's deadline had passed when it arrived")
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        raise DeadlineExceeded(f"no result within the deadline ({timeout:.3g} s)") from None

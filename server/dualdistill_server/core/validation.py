@@ -1,0 +1,107 @@
+"""Checks that depend on the served model and the server's limits, and the conversion to model tasks.
+
+Static bounds (types, start >= 1, start < len, temperature > 0 ...) were checked by `schemas.py`; here
+come the limits only the core knows: vocab size, max_seq_len, max_top_k, max_samples. Every error names
+the offending field with its JSON path, e.g. `sequences[3].token_ids[17]`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import ServerConfig
+from ..errors import InvalidArgument
+from ..models import LogitsTask, ModelInfo
+from ..schemas import GenerateRequest, LogitsRequest
+
+
+def token_array(token_ids: list[int], info: ModelInfo, field: str) -> np.ndarray:
+    """(T,) int64 ids, every one < vocab_size (the first bad one is named)."""
+    ids = np.asarray(token_ids, dtype=np.int64)
+    bad = np.flatnonzero((ids < 0) | (ids >= info.vocab_size))
+    if len(bad):
+        j = int(bad[0])
+        raise InvalidArgument(
+            f"token id {int(ids[j])} is outside the vocabulary of model {info.name!r} "
+            f"(0 <= id < {info.vocab_size})",
+            field=f"{field}[{j}]",
+        )
+    return ids
+
+
+def logits_tasks(request: LogitsRequest, info: ModelInfo, config: ServerConfig) -> list[LogitsTask]:
+    """One LogitsTask per sequence, after checking the request against the model's limits."""
+    # Each limit applies where its parameter is used: top_k shapes topk rows, samples the sampled ones
+    # (the default samples=64 must not fail a topk request on a server with max_samples < 64).
+    if request.mode == "topk" and request.top_k > info.max_top_k:
+        raise InvalidArgument(
+            f"top_k must be <= {info.max_top_k} for model {info.name!r} (min of max_top_k and vocab size), "
+            f"got {request.top_k}",
+            field="top_k",
+        )
+    if request.mode == "sample" and request.samples > config.max_samples:
+        raise InvalidArgument(
+            f"samples must be <= max_samples = {config.max_samples}, got {request.samples}", field="samples"
+        )
+    tasks = []
+    for i, sequence in enumerate(request.sequences):
+        field = f"sequences[{i}].token_ids"
+        if len(sequence.token_ids) > info.max_seq_len:
+            raise InvalidArgument(
+                f"sequence has {len(sequence.token_ids)} tokens; model {info.name!r} accepts at most "
+                f"{info.max_seq_len} (max_seq_len)",
+                field=field,
+            )
+        tasks.append(
+            LogitsTask(
+                token_ids=token_array(sequence.token_ids, info, field),
+                start=sequence.start,
+                top_k=request.top_k,
+                temperature=request.temperature,
+                mode=request.mode,
+                samples=request.samples,
+                seed=request.seed,
+            )
+        )
+    return tasks
+
+
+def _chat_errors() -> tuple[type[Exception], ...]:
+    try:  # jinja2 renders chat templates; it comes with the tokenizer stack, not with us
+        from jinja2 import TemplateError
+    except ImportError:
+        return (ValueError,)
+    return (ValueError, TemplateError)
+
+
+def prompt_ids(request: GenerateRequest, model) -> list[list[int]]:
+    """Each prompt as token ids (text encoded, chat template applied), checked against the model's limits.
+
+    Runs on the model's worker thread: the tokenizer is not shared with other threads.
+    """
+    info: ModelInfo = model.info
+    out = []
+    for i, prompt in enumerate(request.prompts):
+        field = f"prompts[{i}]"
+        if prompt.messages:
+            field += ".messages"
+            try:
+                ids = list(model.encode_chat([m.model_dump() for m in prompt.messages]))
+            except _chat_errors() as exc:  # no chat template, or the template refused the turns
+                raise InvalidArgument(str(exc), field=field) from exc
+        elif prompt.token_ids:
+            ids = token_array(prompt.token_ids, info, f"{field}.token_ids").tolist()
+            field += ".token_ids"
+        else:
+            ids = list(model.encode_text(prompt.text or ""))
+            field += ".text"
+        if not ids:
+            raise InvalidArgument("the prompt encodes to no tokens", field=field)
+        if len(ids) >= info.max_seq_len:
+            raise InvalidArgument(
+                f"the prompt has {len(ids)} tokens; model {info.name!r} needs it shorter than "
+                f"max_seq_len = {info.max_seq_len} to generate anything",
+                field=field,
+            )
+        out.append(ids)
+    return out

@@ -1,0 +1,104 @@
+"""The Teacher servicer: a thin adapter (protobuf -> pydantic request -> TeacherService -> protobuf).
+
+Errors are not handled here: they propagate to `interceptors.ServiceInterceptor`, the one place that
+maps them to gRPC status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from dualdistill.v1 import teacher_pb2 as pb
+from dualdistill.v1 import teacher_pb2_grpc
+from pydantic import ValidationError
+
+from .. import context
+from ..core import TeacherService
+from ..errors import ServiceError, to_service_error
+from . import convert
+
+# Requests of one StreamLogits call computed concurrently; when all slots are busy the server stops
+# reading the stream, so gRPC flow control slows the client down instead of the queue overflowing.
+STREAM_MAX_IN_FLIGHT = 32
+_END_OF_INPUT = object()
+
+
+class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
+    def __init__(self, service: TeacherService) -> None:
+        self._service = service
+
+    async def ListModels(self, request: pb.ListModelsRequest, rpc_context: grpc.aio.ServicerContext):
+        return pb.ListModelsResponse(models=[convert.model_info(info) for info in self._service.list_models()])
+
+    async def GetLogits(self, request: pb.LogitsRequest, rpc_context: grpc.aio.ServicerContext):
+        return await self._logits(request, rpc_context)
+
+    async def Generate(self, request: pb.GenerateRequest, rpc_context: grpc.aio.ServicerContext):
+        body = convert.generate_request(request)
+        result = await self._service.generate(
+            body, request_id=context.current_request_id(), timeout=rpc_context.time_remaining()
+        )
+        return convert.generate_response(result)
+
+    async def StreamLogits(
+        self, request_iterator: AsyncIterator[pb.LogitsRequest], rpc_context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.LogitsResponse]:
+        """Requests are computed concurrently (up to STREAM_MAX_IN_FLIGHT); responses go out as they
+        finish, each with its request's request_id. The first failing request aborts the stream."""
+        outbox: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
+        workers: set[asyncio.Task] = set()
+        started = 0
+
+        async def work(message: pb.LogitsRequest) -> None:
+            try:
+                await outbox.put(await self._logits(message, rpc_context))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, ServiceError | ValidationError):
+                    exc = to_service_error(exc)
+                    if message.request_id:  # say which request of the stream failed
+                        exc.message = f"stream request {message.request_id!r}: {exc.message}"
+                await outbox.put(exc)
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            nonlocal started
+            try:
+                async for message in request_iterator:
+                    await slots.acquire()
+                    started += 1
+                    task = asyncio.create_task(work(message))
+                    workers.add(task)
+                    task.add_done_callback(workers.discard)
+            except Exception as exc:  # the stream broke while reading
+                await outbox.put(exc)
+            await outbox.put(_END_OF_INPUT)
+
+        reader = asyncio.create_task(read())
+        delivered, input_done = 0, False
+        try:
+            while not (input_done and delivered == started):
+                item = await outbox.get()
+                if item is _END_OF_INPUT:
+                    input_done = True
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    delivered += 1
+                    yield item
+        finally:
+            reader.cancel()
+            for task in list(workers):
+                task.cancel()
+
+    async def _logits(self, message: pb.LogitsRequest, rpc_context: grpc.aio.ServicerContext) -> pb.LogitsResponse:
+        body = convert.logits_request(message)
+        result = await self._service.logits(
+            body, request_id=context.current_request_id(), timeout=rpc_context.time_remaining()
+        )
+        return await asyncio.to_thread(convert.logits_response, result, body.format)

@@ -1,0 +1,106 @@
+"""The FastAPI app: a thin adapter from HTTP to the TeacherService (routes of docs/api.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from .. import context
+from ..config import ServerConfig
+from ..core import TeacherService
+from ..core.payload import BINARY_CONTENT_TYPE, binary_payload
+from ..errors import Cancelled
+from ..schemas import GenerateRequest, LogitsRequest
+from .encode import generate_json, logits_json
+from .errors import install_error_handlers
+from .middleware import RequestMiddleware
+
+T = TypeVar("T")
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (its queued sequences are dropped)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise Cancelled("the client disconnected")
+    finally:
+        watcher.cancel()
+        task.cancel()
+
+
+def _adopt_request_id(body_request_id: str) -> str:
+    """The body's request_id wins over the header's; it becomes the request's id for logs and headers."""
+    ctx = context.current()
+    if ctx is None:
+        return body_request_id
+    if body_request_id and context.clean_request_id(body_request_id) == body_request_id:
+        ctx.request_id = body_request_id
+    return body_request_id or ctx.request_id
+
+
+def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
+    """The HTTP transport of `service`. Metrics come from `service.metrics` (one registry per service)."""
+    app = FastAPI(
+        title="dualdistill teacher",
+        description="Teacher next-token distributions (top-k or sampled) per sequence; see docs/api.md.",
+        version="1",
+    )
+    app.state.service = service
+    install_error_handlers(app)
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Every model is loaded and the server is not draining")
+    async def readyz() -> Response:
+        if service.ready:
+            return JSONResponse({"status": "ready"})
+        status = "draining" if service.draining else "loading"
+        return JSONResponse({"status": status}, status_code=503, headers={"retry-after": "1"})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+
+    @app.get("/v1/models", summary="Served models and their tokenizer/fingerprint facts")
+    async def list_models() -> dict:
+        return {"models": [info.to_dict() for info in service.list_models()]}
+
+    @app.post(
+        "/v1/logits",
+        summary="Teacher distributions for every response position of each sequence",
+        responses={200: {"content": {"application/json": {}, BINARY_CONTENT_TYPE: {}}}},
+    )
+    async def logits(body: LogitsRequest, request: Request) -> Response:
+        request_id = _adopt_request_id(body.request_id)
+        result = await _unless_disconnected(request, service.logits(body, request_id=request_id))
+        # x-request-id: added by RequestMiddleware (the body's id when it is header-safe).
+        if body.format == "json":
+            content = await asyncio.to_thread(logits_json, result)
+            return Response(content, media_type="application/json")
+        payload = await asyncio.to_thread(binary_payload, result, body.format)
+        headers = {"x-dualdistill-model": result.model, "x-dualdistill-fingerprint": result.fingerprint}
+        return Response(payload, media_type=BINARY_CONTENT_TYPE, headers=headers)
+
+    @app.post("/v1/generate", summary="Sampled completions for prompts (text, token ids or chat messages)")
+    async def generate(body: GenerateRequest, request: Request) -> Response:
+        request_id = _adopt_request_id(body.request_id)
+        result = await _unless_disconnected(request, service.generate(body, request_id=request_id))
+        return Response(generate_json(result), media_type="application/json")
+
+    app.add_middleware(RequestMiddleware, max_body_bytes=config.max_body_bytes, metrics=service.metrics)
+    return app

@@ -1,0 +1,121 @@
+"""One pure-ASGI middleware around the whole app: request id, body limit, metrics, access log, last-resort 500.
+
+Pure ASGI (not BaseHTTPMiddleware) so it adds no task switch per request and sees every response,
+including those of the exception handlers. Order of work per request:
+1. open a RequestContext with the client's `x-request-id` (or a fresh id); every response gets the header;
+2. refuse bodies over `max_body_bytes` with 413, from Content-Length before reading, else while reading
+   (the body is read here and replayed to the app: FastAPI turns errors raised while it reads a body into
+   a generic 400, so the limit cannot be enforced from inside);
+3. after the response: `dualdistill_requests_total` / `dualdistill_request_seconds` and one log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import context
+from ..errors import InternalError, PayloadTooLarge, ServiceError, code_name_for_http_status
+from ..metrics import Metrics
+from .errors import error_response
+
+log = logging.getLogger("dualdistill_server.access")
+_QUIET_ROUTES = ("/healthz", "/readyz", "/metrics")  # probes: logged at debug level only
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.lower(): value for key, value in scope.get("headers", [])}
+        ctx, token = context.open_request(headers.get(b"x-request-id", b"").decode("latin-1"))
+        begin = time.perf_counter()
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started, status = True, message["status"]
+                out = list(message.get("headers", []))
+                if not any(key.lower() == b"x-request-id" for key, _ in out):
+                    out.append((b"x-request-id", ctx.request_id.encode("latin-1")))
+                message = {**message, "headers": out}
+            await send(message)
+
+        try:
+            body_receive = await self._read_body(scope, headers, receive, send_with_id)
+            if body_receive is not None:
+                await self.app(scope, body_receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error")
+            if not started:
+                await error_response(InternalError(f"internal error (request id {ctx.request_id})"))(
+                    scope, receive, send_with_id
+                )
+        finally:
+            self._record(scope, ctx, status, time.perf_counter() - begin)
+            context.close_request(token)
+
+    async def _read_body(self, scope: Scope, headers: dict, receive: Receive, send: Send) -> Receive | None:
+        """A receive() that replays the whole body, or None after answering 413."""
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return receive
+        limit = self.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._too_large(scope, receive, send, int(declared))
+            return None
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # disconnected while sending the body
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._too_large(scope, receive, send, size)
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # afterwards: http.disconnect, when the client goes away
+
+        return replay
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+        error: ServiceError = PayloadTooLarge(
+            f"the request body has {size}+ bytes, over the limit of {self.max_body_bytes} (max_body_bytes); "
+            "send fewer sequences per request"
+        )
+        await error_response(error)(scope, receive, send)
+
+    def _record(self, scope: Scope, ctx: context.RequestContext, status: int, seconds: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"
+        code = ctx.code or code_name_for_http_status(status)
+        self.metrics.observe_request(path, ctx.model, code, seconds)
+        level = logging.DEBUG if path in _QUIET_ROUTES else logging.INFO
+        log.log(
+            level,
+            "%s %s %d",
+            scope.get("method"),
+            scope.get("path"),
+            status,
+            extra={"route": path, "status": status, "code": code, "model": ctx.model, "seconds": round(seconds, 6)},
+        )

@@ -1,0 +1,53 @@
+"""JSON-lines logs on stderr, each record with the request id of the request it belongs to."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from .context import current_request_id
+
+# Attributes the transports attach with `extra=` that belong in the JSON object.
+_EXTRA_KEYS = ("route", "status", "code", "model", "seconds", "http", "grpc")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", "")
+        if request_id:
+            out["request_id"] = request_id
+        for key in _EXTRA_KEYS:
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps the current request id on the record where it is created (the request's own task)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "request_id", ""):
+            record.request_id = current_request_id()
+        return True
+
+
+def configure_logging(level: str) -> None:
+    """Root logger -> one JSON object per line on stderr (uvicorn's and grpc's loggers included)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's own access log repeats ours (which has the request id); keep its error log.
+    logging.getLogger("uvicorn.access").disabled = True

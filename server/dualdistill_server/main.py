@@ -1,0 +1,230 @@
+"""`serve_forever`: both transports in one event loop, model loading, and the graceful drain.
+
+Timeline of one process:
+    bind HTTP + gRPC ──> /healthz 200, /readyz 503, health NOT_SERVING
+    load models (a thread; the loop keeps answering probes)
+    ──> /readyz 200, health SERVING, stdout: "dualdistill serving http=HOST:PORT grpc=HOST:PORT"
+    SIGTERM / SIGINT ──> /readyz 503, health NOT_SERVING, new requests UNAVAILABLE (503)
+    in-flight requests finish (at most drain_seconds) ──> listeners close ──> exit 0
+A second signal during the drain skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import uvicorn
+from pydantic import ValidationError
+
+from .config import ServerConfig
+from .core import TeacherService
+from .grpc import GrpcTransport
+from .grpc.server import host_port
+from .http import create_app
+from .logs import configure_logging
+
+log = logging.getLogger("dualdistill_server")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: serve_forever drains first, then stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29 spelling of the same hook
+        return None
+
+
+def serve_forever(overrides: dict) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the process exit code (0 after a clean drain,
+    1 when a port cannot be bound or a model fails to load, 2 for invalid settings)."""
+    try:
+        config = ServerConfig(**overrides)
+    except ValidationError as exc:
+        print(f"dualdistill serve: invalid settings\n{exc}", file=sys.stderr)
+        return 2
+    if config.log_level.lower() not in LOG_LEVELS:
+        print(f"dualdistill serve: log_level must be one of {LOG_LEVELS}, got {config.log_level!r}", file=sys.stderr)
+        return 2
+    if not config.models:
+        print("dualdistill serve: no model given; pass --model NAME=PATH (or DUALDISTILL_MODELS)", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    return asyncio.run(_serve(config))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+async def _in_daemon_thread(fn, *args):
+    """Run a blocking call without holding up exit: a signal during a slow load must not wait for it."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result: object, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, name="model-loader", daemon=True).start()
+    return await future
+
+
+def _quiet_transformers() -> None:
+    """transformers logs through its own handler and draws progress bars; route it into our JSON logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+
+
+def _load_models(config: ServerConfig) -> dict:
+    _quiet_transformers()
+    from .models import load_model
+
+    models = {}
+    for name, path in config.model_specs():
+        begin = time.perf_counter()
+        models[name] = load_model(
+            name, path, device=config.device, dtype=config.dtype,
+            max_seq_len=config.max_seq_len, max_top_k=config.max_top_k,
+        )
+        log.info("loaded model %s from %s in %.1f s", name, path, time.perf_counter() - begin,
+                 extra={"model": name, "seconds": round(time.perf_counter() - begin, 3)})
+    return models
+
+
+async def _serve(config: ServerConfig) -> int:
+    service = TeacherService({}, config)
+    try:
+        http_socket = _bind(config.host, config.http_port)
+    except OSError as exc:
+        log.error("cannot bind HTTP to %s: %s", host_port(config.host, config.http_port), exc)
+        return 1
+    grpc_transport = GrpcTransport(service, config)
+    try:
+        grpc_port = await grpc_transport.start()
+    except OSError as exc:
+        log.error("%s", exc)
+        http_socket.close()
+        return 1
+    http = _HttpServer(
+        uvicorn.Config(
+            create_app(service, config), log_config=None, access_log=False, lifespan="off", server_header=False,
+            timeout_graceful_shutdown=max(1, int(config.drain_seconds)),
+        )
+    )
+    http_task = asyncio.create_task(http.serve(sockets=[http_socket]))
+    if config.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port, addr=config.host, registry=service.metrics.registry)
+    addresses = {"http": host_port(config.host, http_socket.getsockname()[1]),
+                 "grpc": host_port(config.host, grpc_port)}
+    log.info("listening; loading %d model(s)", len(config.models), extra=addresses)
+
+    stop, signals = _signal_event()
+    exit_code = await _load_and_serve(service, config, addresses, stop, http_task)
+    await _drain(service, config, signals, stop)
+    await grpc_transport.stop(grace=1.0)
+    http.should_exit = True
+    with contextlib.suppress(Exception):
+        await http_task
+    await service.close()
+    log.info("stopped", extra={"code": exit_code})
+    return exit_code
+
+
+def _signal_event() -> tuple[asyncio.Event, list[int]]:
+    """An event set by SIGTERM / SIGINT, and the list of signals received so far."""
+    stop, signals = asyncio.Event(), []
+
+    def on_signal(signum: int) -> None:
+        signals.append(signum)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    return stop, signals
+
+
+async def _load_and_serve(
+    service: TeacherService, config: ServerConfig, addresses: dict, stop: asyncio.Event, http_task: asyncio.Task
+) -> int:
+    """Load the models, become ready, serve until a signal. Returns the exit code so far."""
+    loading = asyncio.ensure_future(_in_daemon_thread(_load_models, config))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({loading, stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
+        if loading.done() and not stop.is_set() and not http_task.done():
+            try:
+                models = loading.result()
+            except Exception as exc:
+                from .models import ModelLoadError  # imported by the loader already
+
+                # A ModelLoadError's message says what to fix; a traceback only helps for the unexpected.
+                log.error("loading the models failed: %s", exc, exc_info=not isinstance(exc, ModelLoadError))
+                return 1
+            for name, model in models.items():
+                service.add_model(name, model)
+            service.mark_loaded()
+            print(f"dualdistill serving http={addresses['http']} grpc={addresses['grpc']}", flush=True)
+            await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
+        if http_task.done() and not stop.is_set():
+            log.error("the HTTP server stopped unexpectedly")
+            return 1
+        return 0
+    finally:
+        stopped.cancel()
+        loading.cancel()
+
+
+async def _drain(service: TeacherService, config: ServerConfig, signals: list[int], stop: asyncio.Event) -> None:
+    """Not ready any more; wait for in-flight requests (at most drain_seconds; a second signal ends it)."""
+    service.start_draining()
+    if signals:
+        log.info("signal %s: draining %d request(s) in flight", signals[0], service.active_requests)
+    stop.clear()
+    if len(signals) > 1:
+        return
+    idle = asyncio.ensure_future(service.wait_idle(config.drain_seconds))
+    again = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({idle, again}, return_when=asyncio.FIRST_COMPLETED)
+    again.cancel()
+    if not (idle.done() and idle.result()):
+        idle.cancel()
+        log.warning("drain ended with %d request(s) still in flight", service.active_requests)

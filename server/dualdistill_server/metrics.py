@@ -1,0 +1,65 @@
+"""Prometheus metrics of one service instance, in its own registry (tests run several apps per process).
+
+Names are part of the operations contract (dashboards and alerts use them):
+- dualdistill_requests_total{route,model,code}   requests by outcome (code = gRPC code name, "OK" on success)
+- dualdistill_request_seconds{route}             wall time per request, both transports
+- dualdistill_forward_seconds{model}             wall time per batched forward (one per batch)
+- dualdistill_forward_tokens_total{model}        real (unpadded) tokens through the model
+- dualdistill_batch_tokens{model}                padded tokens per forward (batch size x longest sequence)
+- dualdistill_batch_sequences{model}             sequences per forward
+- dualdistill_queue_tokens{model}                tokens waiting for a forward now
+- dualdistill_deduplicated_sequences_total{model} sequences served by joining an identical one in flight
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TOKENS = tuple(2**i for i in range(4, 21))
+_SEQUENCES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """All metrics of one TeacherService; `registry` is what /metrics exposes."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "dualdistill_requests_total", "Requests by route, model and outcome code.", ("route", "model", "code"),
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "dualdistill_request_seconds", "Request wall time.", ("route",), buckets=_SECONDS, registry=r
+        )
+        self.forward_seconds = Histogram(
+            "dualdistill_forward_seconds", "Wall time of one batched forward.", ("model",), buckets=_SECONDS,
+            registry=r,
+        )
+        self.forward_tokens = Counter(
+            "dualdistill_forward_tokens_total", "Real (unpadded) tokens through the model.", ("model",), registry=r
+        )
+        self.batch_tokens = Histogram(
+            "dualdistill_batch_tokens", "Padded tokens per forward.", ("model",), buckets=_TOKENS, registry=r
+        )
+        self.batch_sequences = Histogram(
+            "dualdistill_batch_sequences", "Sequences per forward.", ("model",), buckets=_SEQUENCES, registry=r
+        )
+        self.queue_tokens = Gauge(
+            "dualdistill_queue_tokens", "Tokens waiting for a forward.", ("model",), registry=r
+        )
+        self.deduplicated = Counter(
+            "dualdistill_deduplicated_sequences_total",
+            "Sequences answered by an identical sequence already in flight.", ("model",), registry=r,
+        )
+
+    def observe_request(self, route: str, model: str, code: str, seconds: float) -> None:
+        self.requests.labels(route=route, model=model, code=code).inc()
+        self.request_seconds.labels(route=route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

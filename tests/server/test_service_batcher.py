@@ -1,0 +1,253 @@
+"""The dynamic batcher and the service core, in process, on the real tiny model.
+
+`SpyModel` wraps the real ServedModel and records the sequence lengths of every forward (and can be told
+to fail on a poisoned token), so these tests see exactly which sequences shared a forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+from dualdistill_server.batcher import Batcher
+from dualdistill_server.config import ServerConfig
+from dualdistill_server.core import TeacherService, sequence_key
+from dualdistill_server.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ModelNotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from dualdistill_server.metrics import Metrics
+from dualdistill_server.models import LogitsTask
+from dualdistill_server.schemas import LogitsRequest
+
+from tests.server.helpers import assert_same_result
+
+POISON = 7  # SpyModel fails any forward containing a sequence that starts with this id
+
+
+class SpyModel:
+    """The real model, plus a record of each forward's sequence lengths and worker thread."""
+
+    def __init__(self, model, poison: bool = False) -> None:
+        self.model = model
+        self.info = model.info
+        self.poison = poison
+        self.forwards: list[list[int]] = []
+        self.threads: set[str] = set()
+
+    def compute_logits(self, tasks):
+        self.forwards.append([len(t.token_ids) for t in tasks])
+        self.threads.add(threading.current_thread().name)
+        if self.poison and any(int(t.token_ids[0]) == POISON for t in tasks):
+            raise ValueError("poisoned sequence")
+        return self.model.compute_logits(tasks)
+
+    def whoami(self) -> str:
+        return threading.current_thread().name
+
+
+def _task(length: int, first: int = 5, top_k: int = 4, seed: int = 0) -> LogitsTask:
+    ids = np.arange(length, dtype=np.int64) % 300
+    ids[0] = first
+    return LogitsTask(token_ids=ids, start=1, top_k=top_k, temperature=1.0, mode="topk", samples=8, seed=seed)
+
+
+def _item(task: LogitsTask) -> tuple[bytes, LogitsTask]:
+    return sequence_key("fp", task), task
+
+
+def _batcher(model, **overrides) -> Batcher:
+    settings = {"max_batch_tokens": 4096, "max_wait_s": 0.05, "max_queue_tokens": 100_000, "metrics": Metrics()}
+    settings.update(overrides)
+    return Batcher("tiny", model, **settings)
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_share_one_forward_and_match_single_forwards(tiny_model) -> None:
+    spy = SpyModel(tiny_model)
+    tasks = [_task(n, top_k=k) for n, k in [(9, 3), (14, 5), (11, 1), (20, 8), (6, 2)]]  # params differ
+
+    async def main():
+        batcher = _batcher(spy, max_wait_s=0.2)
+        results = await asyncio.gather(*(batcher.compute([_item(t)]) for t in tasks))
+        await batcher.close()
+        return results
+
+    results = _run(main())
+    assert len(spy.forwards) == 1 and sorted(spy.forwards[0]) == [6, 9, 11, 14, 20], spy.forwards
+    for task, (result,) in zip(tasks, results, strict=True):
+        assert_same_result(result, tiny_model.compute_logits([task])[0])
+
+
+def test_batches_group_similar_lengths_within_the_token_budget(tiny_model) -> None:
+    spy = SpyModel(tiny_model)
+    lengths = [10, 200, 12, 190]
+
+    async def main():
+        batcher = _batcher(spy, max_batch_tokens=400, max_wait_s=0.1)
+        await asyncio.gather(*(batcher.compute([_item(_task(n))]) for n in lengths))
+        await batcher.close()
+
+    _run(main())
+    # Oldest first (10) with its nearest lengths while size x longest <= 400; then 200 with 190.
+    assert spy.forwards == [[12, 10], [200, 190]]  # each forward in canonical order: longest first
+    assert all(len(f) * max(f) <= 400 for f in spy.forwards)
+
+
+def test_a_sequence_longer_than_the_budget_runs_alone(tiny_model) -> None:
+    spy = SpyModel(tiny_model)
+
+    async def main():
+        batcher = _batcher(spy, max_batch_tokens=64)
+        (result,) = await batcher.compute([_item(_task(100))])
+        await batcher.close()
+        return result
+
+    assert _run(main()).num_rows == 99
+    assert spy.forwards == [[100]]
+
+
+def test_cancelled_request_is_dropped_before_its_forward(tiny_model) -> None:
+    spy = SpyModel(tiny_model)
+    metrics = Metrics()
+
+    async def main():
+        batcher = _batcher(spy, max_wait_s=0.3, metrics=metrics)
+        waiting = asyncio.ensure_future(batcher.compute([_item(_task(30)), _item(_task(40))]))
+        await asyncio.sleep(0.05)
+        assert batcher.queued_tokens == 70
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        queued_after_cancel = batcher.queued_tokens
+        await asyncio.sleep(0.4)  # past the batching window: nothing may run
+        await batcher.close()
+        return queued_after_cancel
+
+    assert _run(main()) == 0
+    assert spy.forwards == []
+    assert metrics.queue_tokens.labels(model="tiny")._value.get() == 0
+
+
+def test_model_error_reaches_only_the_request_whose_sequence_fails(tiny_model) -> None:
+    spy = SpyModel(tiny_model, poison=True)
+    good_a, bad, good_b = _task(8), _task(9, first=POISON), _task(10)
+
+    async def main():
+        batcher = _batcher(spy, max_wait_s=0.1)
+        outcomes = await asyncio.gather(
+            batcher.compute([_item(good_a)]), batcher.compute([_item(bad)]), batcher.compute([_item(good_b)]),
+            return_exceptions=True,
+        )
+        await batcher.close()
+        return outcomes
+
+    first, second, third = _run(main())
+    assert isinstance(second, ValueError)
+    assert_same_result(first[0], tiny_model.compute_logits([good_a])[0])
+    assert_same_result(third[0], tiny_model.compute_logits([good_b])[0])
+    assert spy.forwards[0] == [10, 9, 8] and sorted(spy.forwards[1:]) == [[8], [9], [10]]
+
+
+def test_full_queue_refuses_with_resource_exhausted_and_oversized_request_is_invalid(tiny_model) -> None:
+    async def main():
+        batcher = _batcher(SpyModel(tiny_model), max_wait_s=0.3, max_queue_tokens=100)
+        first = asyncio.ensure_future(batcher.compute([_item(_task(60))]))
+        await asyncio.sleep(0.02)
+        with pytest.raises(ResourceExhausted):
+            await batcher.compute([_item(_task(50))])
+        with pytest.raises(InvalidArgument) as oversized:
+            await batcher.compute([_item(_task(70)), _item(_task(71))])
+        (result,) = await first  # the queued request is unaffected
+        await batcher.close()
+        return oversized.value, result
+
+    error, result = _run(main())
+    assert error.field == "sequences" and "max_queue_tokens=100" in error.message
+    assert result.num_rows == 59
+
+
+def test_identical_sequences_in_flight_are_computed_once(tiny_model) -> None:
+    spy = SpyModel(tiny_model)
+    metrics = Metrics()
+
+    async def main():
+        batcher = _batcher(spy, metrics=metrics)
+        a, b = await asyncio.gather(batcher.compute([_item(_task(12))]), batcher.compute([_item(_task(12))]))
+        await batcher.close()
+        return a[0], b[0]
+
+    a, b = _run(main())
+    assert a is b and spy.forwards == [[12]]
+    assert metrics.deduplicated.labels(model="tiny")._value.get() == 1
+
+
+def test_generation_runs_on_the_forward_worker_thread(tiny_model) -> None:
+    spy = SpyModel(tiny_model)
+
+    async def main():
+        batcher = _batcher(spy)
+        await batcher.compute([_item(_task(5))])
+        name = await batcher.run_on_worker(spy.whoami)
+        await batcher.close()
+        return name
+
+    assert {_run(main())} == spy.threads
+
+
+# ---- the service core ----------------------------------------------------------------------------------
+
+
+def _request(**fields) -> LogitsRequest:
+    body = {"model": "tiny", "sequences": [{"token_ids": [5, 6, 7, 8], "start": 1}]}
+    body.update(fields)
+    return LogitsRequest.model_validate(body)
+
+
+def test_service_readiness_states_and_listener() -> None:
+    seen: list[bool] = []
+
+    async def main():
+        service = TeacherService({}, ServerConfig())
+        service.subscribe(seen.append)
+        with pytest.raises(Unavailable, match="loading"):
+            await service.logits(_request())
+        return service
+
+    service = _run(main())
+    assert seen == [False] and not service.ready
+
+
+def test_service_limits_deadline_and_drain(tiny_model) -> None:
+    config = ServerConfig(max_wait_ms=300, max_samples=16)
+
+    async def main():
+        service = TeacherService({"tiny": tiny_model}, config)
+        assert service.ready
+        with pytest.raises(ModelNotFound) as missing:
+            await service.logits(_request(model="nope"))
+        assert missing.value.field == "model" and "tiny" in missing.value.message
+        with pytest.raises(InvalidArgument) as too_many:
+            await service.logits(_request(mode="sample", samples=17))
+        assert too_many.value.field == "samples"
+        with pytest.raises(InvalidArgument) as oov:
+            await service.logits(_request(sequences=[{"token_ids": [1, 2, 320], "start": 1}]))
+        assert oov.value.field == "sequences[0].token_ids[2]"
+        with pytest.raises(DeadlineExceeded):
+            await service.logits(_request(deadline_seconds=0.05))  # the batching window is 300 ms
+        assert service.active_requests == 0
+        service.start_draining()
+        assert not service.ready
+        with pytest.raises(Unavailable, match="shutting down"):
+            await service.logits(_request())
+        await service.close()
+
+    _run(main())
