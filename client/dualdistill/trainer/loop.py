@@ -1,0 +1,292 @@
+"""`train(config) -> TrainResult`: the DPD training loop.
+
+    for each micro-batch of this rank (data.iterate_micro_batches), teacher rows prefetched (Prefetcher):
+        logits = student([chosen; rejected])                         one forward, (2B, L, V)
+        out = dpd_loss(..., TeacherLogits aligned with logits, reference scores, loss config)
+        (out.loss * weight).backward()                               weight = n_rank / n_step * world_size
+    after the step's last micro-batch (DDP all-reduces the gradients there, averaging over ranks):
+        clip, AdamW step, schedule step; log; evaluate / checkpoint when due
+
+The weight makes each micro-batch count in proportion to its pairs whatever rank and micro-batch it
+ran on (DDP divides the summed gradient by world_size, the weight multiplies it back): the DPO term is
+then exactly the mean over the step's pairs; the KD terms are token means within each micro-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dualdistill.teacher_logits import TeacherLogits
+from dualdistill.trainer import checkpoint as ckpt
+from dualdistill.trainer import distributed as dd
+from dualdistill.trainer.config import TrainConfig
+from dualdistill.trainer.data import MicroBatch, PairBatch, collate, iterate_micro_batches
+from dualdistill.trainer.evaluation import evaluate, load_verifier
+from dualdistill.trainer.logs import MetricsLog, Progress
+from dualdistill.trainer.setup import Session, build_session
+from dualdistill.trainer.teacher import FetchedTeacher
+
+StepHook = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_step: int
+    model_dir: Path | None  # the newest checkpoint: an HF directory of the final weights
+    train_metrics: dict[str, Any]  # the last step's record
+    eval_metrics: dict[str, float] | None  # the last evaluation, if any
+    examples_seen: int  # by all ranks, in this invocation
+    wall_seconds: float
+    teacher_wait_seconds: float  # this rank's time blocked on teacher rows
+
+
+def train(config: TrainConfig, on_step: StepHook | None = None) -> TrainResult:
+    """Train the student as `config` says (under torchrun: one rank of a DDP run).
+
+    on_step(step, record) is called on every rank after each optimizer step, once its checkpoint (if
+    due) is written; an exception raised there stops the run like a crash would.
+    """
+    config.validate()
+    info = dd.env_info()
+    device = dd.pick_device(config.device, info)
+    created = dd.init(info, device)
+    try:
+        session = build_session(config, info, device)
+        try:
+            return _run(session, on_step)
+        finally:
+            session.teacher.close()
+    finally:
+        dd.shutdown(created)
+
+
+def pair_loss(session: Session, model: Any, batch: PairBatch, fetched: FetchedTeacher) -> Any:
+    """dpd_loss of one collated batch ([chosen; rejected] in one forward pass)."""
+    from dualdistill.losses import dpd_loss
+
+    device, b = session.device, batch.num_pairs
+    input_ids = batch.input_ids.to(device)
+    mask = batch.response_mask.to(device)
+    with _autocast(session):
+        logits = model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device)).logits  # (2B, L, V)
+    teacher_chosen = TeacherLogits.from_results(fetched.chosen, batch.starts[:b], batch.seq_len).to(device)
+    teacher_rejected = TeacherLogits.from_results(fetched.rejected, batch.starts[b:], batch.seq_len).to(device)
+    ref_c, ref_r = session.reference.scores(batch, fetched) if session.reference is not None else (None, None)
+    return dpd_loss(
+        logits[:b], logits[b:], input_ids[:b], input_ids[b:], mask[:b], mask[b:],
+        teacher_chosen, teacher_rejected, ref_c, ref_r, session.loss_config,
+    )  # fmt: skip
+
+
+def weights_sha256(model: Any) -> str:
+    """SHA-256 over every parameter's name, dtype, shape and bytes (in state_dict order)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _autocast(session: Session) -> Any:
+    dtype = session.autocast_dtype
+    return torch.autocast(device_type=session.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+class _StepTotals:
+    """Example-weighted sums of one step's metrics on this rank, reduced over ranks at the end."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.examples = 0
+        self.ids: list[str] = []
+
+    def add(self, out: Any, examples: list[str]) -> None:
+        n = len(examples)
+        terms = {"dpo": out.dpo, "pos": out.pos, "neg": out.neg}
+        values = {**out.metrics, **{name: float(term.detach()) for name, term in terms.items()}}
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value * n
+        self.examples += n
+        self.ids.extend(examples)
+
+    def reduce(self, session: Session) -> tuple[dict[str, float], list[list[str]]]:
+        totals = dd.mean_over_ranks({**self.sums, "_n": float(self.examples)}, session.info, session.device)
+        n = max(totals.pop("_n"), 1e-12)  # means over ranks of both numerator and count: ratio is exact
+        return {k: v / n for k, v in totals.items()}, dd.all_gather_objects(self.ids, session.info)
+
+
+def _run(session: Session, on_step: StepHook | None) -> TrainResult:
+    cfg, info = session.config, session.info
+    began = time.perf_counter()
+    output_dir = Path(cfg.output_dir)
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        print("resolved config:\n" + cfg.to_json(), flush=True)
+        (output_dir / "train_config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
+        for note in session.notes:
+            print(note, file=sys.stderr)
+    dd.barrier(info)
+    model = session.model
+    wrapped = model
+    if info.enabled:
+        ids = [session.device.index] if session.device.type == "cuda" else None
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    log = MetricsLog(output_dir, info.is_main, cfg.tensorboard, session.start_step if session.resumed_from else None)
+    log.write({"kind": "run", "event": "resume" if session.resumed_from else "start", "step": session.start_step,
+               "world_size": info.world_size, "total_steps": session.total_steps, **session.teacher_facts})  # fmt: skip
+    examples = session.train_examples
+    micro_batches = iterate_micro_batches(
+        len(examples), session.geometry, info.rank, cfg.seed, cfg.epochs,
+        session.start_epoch, session.start_position, session.start_step, session.total_steps,
+    )  # fmt: skip
+    verifier = load_verifier(cfg.verifier, session.eval_examples) if session.eval_examples else None
+    progress = Progress(info.is_main and cfg.progress, session.total_steps, session.start_step)
+    from dualdistill.prefetch import Prefetcher
+
+    prefetcher = Prefetcher(
+        lambda mb: session.teacher.fetch([examples[i] for i in mb.indices]), micro_batches, depth=cfg.prefetch_depth
+    )
+    record: dict[str, Any] = {}
+    eval_metrics: dict[str, float] | None = None
+    seen, step = 0, session.start_step
+    totals = _StepTotals()
+    try:
+        for mb, fetched in prefetcher:
+            batch = collate([examples[i] for i in mb.indices], session.pad_id)
+            weight = 0.0 if mb.filler else batch.num_pairs / mb.step_examples * info.world_size
+            last = mb.micro == mb.num_micro - 1
+            sync = contextlib.nullcontext() if last or not info.enabled else wrapped.no_sync()
+            with sync:
+                out = pair_loss(session, wrapped, batch, fetched)
+                (out.loss * weight).backward()
+            totals.add(out, [] if mb.filler else [e.id for e in batch.examples])
+            if not last:
+                continue
+            step = mb.step
+            record, eval_metrics = _finish_step(session, model, mb, totals, prefetcher, verifier, log, eval_metrics)
+            seen += record["examples"]
+            totals = _StepTotals()
+            progress.update({k: record[k] for k in ("loss", "dpo", "pos", "neg") if k in record})
+            if on_step is not None:
+                on_step(step, record)
+    finally:
+        prefetcher.close()
+        progress.close()
+    if step == session.start_step and session.start_step >= session.total_steps and info.is_main:
+        print(f"nothing to do: the run already reached step {session.total_steps}", file=sys.stderr)
+    digests = dd.all_gather_objects(weights_sha256(model), info)  # DDP ranks must agree bit for bit
+    log.write({"kind": "run", "event": "end", "step": step, "wall_seconds": time.perf_counter() - began,
+               "weights_sha256": digests})  # fmt: skip
+    log.close()
+    if info.is_main and cfg.plots:
+        from dualdistill.trainer.plots import write_plots
+
+        write_plots(output_dir)
+    dd.barrier(info)
+    return TrainResult(
+        output_dir=output_dir,
+        final_step=step,
+        model_dir=ckpt.latest_checkpoint(output_dir),
+        train_metrics=record,
+        eval_metrics=eval_metrics,
+        examples_seen=seen,
+        wall_seconds=time.perf_counter() - began,
+        teacher_wait_seconds=prefetcher.stats.wait_seconds,
+    )
+
+
+def _finish_step(
+    session: Session,
+    model: Any,
+    mb: MicroBatch,
+    totals: _StepTotals,
+    prefetcher: Any,
+    verifier: Any,
+    log: MetricsLog,
+    eval_metrics: dict[str, float] | None,
+) -> tuple[dict[str, Any], dict[str, float] | None]:
+    """Optimizer step, then the step's log record, evaluation and checkpoint when due."""
+    cfg, info = session.config, session.info
+    lr = session.optimizer.param_groups[0]["lr"]
+    grad_norm = None
+    if cfg.max_grad_norm > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+    session.optimizer.step()
+    session.scheduler.step()
+    session.optimizer.zero_grad(set_to_none=True)
+    metrics, ids = totals.reduce(session)
+    client_stats = getattr(getattr(session.teacher, "client", None), "stats", None)
+    record = {
+        "kind": "train",
+        "step": mb.step,
+        "epoch": mb.epoch,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "examples": sum(len(r) for r in ids),
+        **metrics,
+        "example_ids": ids,
+        "teacher_wait_s": prefetcher.stats.wait_seconds,
+        "teacher_retries": client_stats.retries if client_stats is not None else 0,
+    }
+    log.write(record)
+    last_step = mb.step == session.total_steps
+    if session.eval_examples and ((cfg.eval_every and mb.step % cfg.eval_every == 0) or last_step):
+        eval_metrics = _evaluate(session, model, verifier, mb.step)
+        log.write({"kind": "eval", "step": mb.step, **eval_metrics})
+    if (cfg.save_every and mb.step % cfg.save_every == 0) or last_step:
+        epoch, position = mb.epoch, mb.end_position
+        if position >= len(session.train_examples):
+            epoch, position = epoch + 1, 0
+        ckpt.save_checkpoint(
+            cfg.output_dir,
+            step=mb.step,
+            model=model,
+            tokenizer=session.tokenizer,
+            optimizer=session.optimizer,
+            scheduler=session.scheduler,
+            data_position=(epoch, position),
+            config_json=cfg.to_json(),
+            facts={**session.teacher_facts, "last_metrics": {k: v for k, v in record.items() if k != "example_ids"}},
+            info=info,
+            keep=cfg.keep_checkpoints,
+        )
+    return record, eval_metrics
+
+
+def _evaluate(session: Session, model: Any, verifier: Any, step: int) -> dict[str, float]:
+    """Rank 0 evaluates (other ranks wait); the training RNG streams are left untouched."""
+    metrics: dict[str, float] = {}
+    if session.info.is_main:
+        devices = [session.device] if session.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            metrics = evaluate(
+                model,
+                session.tokenizer,
+                session.eval_examples,
+                session.teacher.fetch,
+                session.reference,
+                beta=session.loss_config.beta,
+                length_normalize=session.loss_config.length_normalize,
+                batch_size=session.config.eval_batch_size,
+                device=session.device,
+                pad_id=session.pad_id,
+                verifier=verifier,
+                max_new_tokens=session.config.eval_max_new_tokens,
+                autocast=lambda: _autocast(session),
+            )
+        model.train()
+        print(f"step {step} eval: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}), flush=True)
+    dd.barrier(session.info)
+    return metrics
