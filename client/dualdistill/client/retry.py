@@ -120,8 +120,10 @@ def _next_delay(
     on_retry: RetryHook | None,
 ) -> float:
     """The delay before the next attempt; re-raises `error` (with its attempt count) when we stop."""
-    error.attempts = attempt
     if not policy.should_retry(error, attempt):
+        # Set only when giving up: the error's message says "gave up after N attempts", which would be
+        # wrong in an on_retry hook that prints an error still being retried.
+        error.attempts = attempt
         stats.add(failures=1)
         raise error
     delay = policy.delay(attempt, error.retry_after)
