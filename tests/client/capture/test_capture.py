@@ -85,7 +85,7 @@ def test_training_refuses_a_capture_that_does_not_match(tmp_path, capture_dir, s
     changed = tmp_path / "changed.jsonl"  # same ids, other token ids
     records = [json.loads(line) for line in pair_files[0].read_text().splitlines()]
     for record in records:
-        record["rejected"]["token_ids"] = record["rejected"]["token_ids"][:-1]
+        record["rejected_token_ids"] = record["rejected_token_ids"][:-1]
     changed.write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(CaptureError, match="digest mismatch"):
         train(small_config(tmp_path / "c", student_dir, changed, url, max_steps=1))

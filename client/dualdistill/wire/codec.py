@@ -1,0 +1,287 @@
+"""`encode` / `decode`: all sequences of one response in one self-describing payload.
+
+Call tree:
+    encode -> _flatten -> dictionary.build -> _encode_blocks -> (lossy | lossless).encode_entries
+           -> container.pack
+    decode -> container.unpack -> _structure -> _dictionary -> _decode_blocks
+           -> (lossy | lossless).decode_entries -> _split
+
+Stream layout (index: content); integer streams are pairs (symbols, extra bits), intcode.py:
+     0/1  rows per sequence            2/3  entries per row
+     4/5  ids per count class (32)     6/7  dictionary ids in key order, as per-class gaps (dictionary.py)
+     8/9  key codes (lossy: tie-group gaps; lossless: keys in the given order)
+    10    token_logprobs, float32 byte planes       11  tail_logprobs, float32 byte planes
+    12/13 counts ("sample" mode only; empty otherwise)
+    14..  the variant's own streams, in the order of lossy.STREAMS / lossless.STREAMS (a "uint" stream
+          is a pair, a "bytes" stream a single one)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from dualdistill.results import SequenceLogits
+from dualdistill.wire import container, dictionary
+from dualdistill.wire import lossless as lossless_entries
+from dualdistill.wire import lossy as lossy_entries
+from dualdistill.wire.container import FLAG_COUNTS, LOSSLESS, LOSSY, Header, uint_streams
+from dualdistill.wire.errors import WireFormatError
+from dualdistill.wire.quantize import DEFAULT_TARGET_KL, choose_levels
+from dualdistill.wire.ragged import row_blocks, row_offsets, segment_cumsum
+
+DEFAULT_MAX_ENTRIES = 1 << 27  # decode refuses payloads declaring more rows/entries (~1.6 GB decoded)
+BLOCK_ENTRIES = 1 << 14  # row-local work runs on blocks of about this many entries (cache-sized)
+_INT32_MAX = (1 << 31) - 1
+_VARIANT_STREAMS = 14  # index of the first variant-specific stream
+
+
+def encode(
+    results: Sequence[SequenceLogits], *, lossless: bool = False, target_kl: float = DEFAULT_TARGET_KL
+) -> bytes:
+    """Serialise one response's sequences. Lossless: bit-exact. Lossy: logprobs quantized (quantize.py)
+    for a mean KL(exact || decoded) of about `target_kl` nats per row; ids, counts, token and tail
+    logprobs stay exact and rows come back sorted by decoded logprob (ties by key)."""
+    seq_rows, row_lengths, ids, logprobs, token, tail, counts = _flatten(results, lossless)
+    key_to_id, key_classes, keys = dictionary.build(ids)
+    n_rows, n_entries, n_dict = len(row_lengths), len(ids), len(key_to_id)
+    quant = 0 if lossless else choose_levels(logprobs, n_rows, target_kl)
+    codes, values, perm = _encode_blocks(row_lengths, keys, logprobs, quant, n_dict)
+    if counts is not None and perm is not None:
+        counts = counts[perm]
+    streams = [
+        *uint_streams(seq_rows),
+        *uint_streams(row_lengths),
+        *(part for values in dictionary.to_streams(key_to_id, key_classes) for part in uint_streams(values)),
+        *uint_streams(codes),
+        _planes(token),
+        _planes(tail),
+        *(uint_streams(counts) if counts is not None else [b"", b""]),
+    ]
+    if not lossless:
+        values.update(lossy_entries.split_steps(values))
+    for name, kind in lossless_entries.STREAMS if lossless else lossy_entries.STREAMS:
+        streams += uint_streams(values[name]) if kind == "uint" else [values[name]]
+    flags = FLAG_COUNTS if counts is not None else 0
+    header = Header(LOSSLESS if lossless else LOSSY, flags, len(seq_rows), n_rows, n_entries, n_dict, quant)
+    return container.pack(header, streams)
+
+
+def decode(payload: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> list[SequenceLogits]:
+    """Inverse of `encode`. Raises WireFormatError on any malformed payload, before allocating more than
+    the header's (capped) counts allow."""
+    header, streams = container.unpack(payload, max_entries=max_entries)
+    seq_rows, row_lengths = _structure(header, streams)
+    key_to_id, key_classes = _dictionary(header, streams)
+    n, n_dict = header.n_entries, header.n_dict
+    codes = streams.get_uints(8, n)
+    if n and int(codes.max()) >= n_dict:
+        raise WireFormatError(f"key code {int(codes.max())} out of range (< {n_dict})")
+    token = _from_planes(streams.get(10, 4 * header.n_rows))
+    tail = _from_planes(streams.get(11, 4 * header.n_rows))
+    counts = None
+    if header.flags & FLAG_COUNTS:
+        counts = streams.get_uints(12, n)
+        if n and int(counts.max()) > _INT32_MAX:
+            raise WireFormatError("count out of int32 range")
+    else:
+        streams.get(12, 0), streams.get(13, 0)
+    values = _variant_values(header, streams, row_lengths)
+    keys, logprobs = _decode_blocks(row_lengths, codes, values, header.quant, n_dict)
+    if not np.array_equal(dictionary.count_class(np.bincount(keys, minlength=n_dict)), key_classes):
+        raise WireFormatError("dictionary count classes do not match the keys")
+    return _split(seq_rows, row_lengths, key_to_id[keys], logprobs, token, tail, counts)
+
+
+def _variant_values(
+    header: Header, streams: container.Streams, row_lengths: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Read the variant's streams; each one's length follows from the header and the streams before it."""
+    nonempty = int(np.count_nonzero(row_lengths))
+    at = _VARIANT_STREAMS
+    if header.variant == LOSSLESS:
+        return {
+            "first_values": streams.get_uints(at, nonempty),
+            "value_drops": streams.get_uints(at + 2, header.n_entries - nonempty),
+        }
+    groups = streams.get_uints(at, header.n_rows).astype(np.int64)
+    lossy_entries.check_groups(row_lengths, groups)
+    inner = int(groups.sum()) - nonempty  # groups that are not a row's first (or not its last)
+    first_levels = streams.get_uints(at + 2, nonempty)
+    steps, n_size_overflow, n_drop_overflow = lossy_entries.overflow_counts(streams.get(at + 4, inner))
+    sizes, drops = lossy_entries.join_steps(
+        steps, streams.get_uints(at + 5, n_size_overflow), streams.get_uints(at + 7, n_drop_overflow)
+    )
+    return {
+        "groups_per_row": groups,
+        "group_sizes": sizes,
+        "first_levels": first_levels,
+        "level_drops": drops,
+    }
+
+
+def _encode_blocks(row_lengths, keys, logprobs, quant, n_dict):
+    """Row-local coding block by block: (codes (N,), {stream: values}, permutation or None if lossless)."""
+    codes, parts, perms = [], [], []
+    offsets = row_offsets(row_lengths)
+    for r0, r1 in row_blocks(row_lengths, BLOCK_ENTRIES):
+        e0, e1 = offsets[r0], offsets[r1]
+        lengths = row_lengths[r0:r1]
+        if quant == 0:
+            parts.append(lossless_entries.encode_entries(lengths, logprobs[e0:e1]))
+            codes.append(keys[e0:e1])
+        else:
+            perm, code, values = lossy_entries.encode_entries(
+                lengths, keys[e0:e1], logprobs[e0:e1], quant, n_dict
+            )
+            parts.append(values)
+            codes.append(code)
+            perms.append(perm + e0)
+    values = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    return np.concatenate(codes), values, (np.concatenate(perms) if perms else None)
+
+
+def _decode_blocks(row_lengths, codes, values, quant, n_dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per row block: (keys (N,) int64, logprobs (N,) float32); quant == 0 means lossless."""
+    keys = np.empty(len(codes), dtype=np.int64)
+    logprobs = np.empty(len(codes), dtype=np.float32)
+    entry_at = row_offsets(row_lengths)
+    first_at = row_offsets(row_lengths > 0)  # a row's index among the non-empty rows
+    group_at = row_offsets(values["groups_per_row"]) if quant else entry_at
+    for r0, r1 in row_blocks(row_lengths, BLOCK_ENTRIES):
+        e0, e1, f0, f1, g0, g1 = (
+            entry_at[r0],
+            entry_at[r1],
+            first_at[r0],
+            first_at[r1],
+            group_at[r0],
+            group_at[r1],
+        )
+        # Which slice of each stream belongs to rows [r0, r1): per row, per non-empty row, or per
+        # group/entry that is not a row's first.
+        span = {"row": slice(r0, r1), "first": slice(f0, f1), "inner": slice(g0 - f0, g1 - f1)}
+        lengths = row_lengths[r0:r1]
+        if quant == 0:
+            block = {
+                "first_values": values["first_values"][span["first"]],
+                "value_drops": values["value_drops"][span["inner"]],
+            }
+            keys[e0:e1] = codes[e0:e1]
+            logprobs[e0:e1] = lossless_entries.decode_entries(lengths, block)
+        else:
+            block = {
+                "groups_per_row": values["groups_per_row"][span["row"]],
+                "group_sizes": values["group_sizes"][span["inner"]],
+                "first_levels": values["first_levels"][span["first"]],
+                "level_drops": values["level_drops"][span["inner"]],
+            }
+            keys[e0:e1], logprobs[e0:e1] = lossy_entries.decode_entries(
+                lengths, codes[e0:e1], block, quant, n_dict
+            )
+    return keys, logprobs
+
+
+def _flatten(results: Sequence[SequenceLogits], lossless: bool):
+    """Concatenate sequences; validate what the format cannot carry."""
+    results = list(results)
+    for i, r in enumerate(results):
+        if not isinstance(r, SequenceLogits):
+            raise TypeError(f"results[{i}] is {type(r).__name__}, expected SequenceLogits")
+    with_counts = [r.counts is not None for r in results]
+    if any(with_counts) and not all(with_counts):
+        raise ValueError(
+            "all sequences of one response must be in the same mode (counts present in all or none)"
+        )
+    seq_rows = np.array([r.num_rows for r in results], dtype=np.int64)
+    row_lengths, ids = _concat(results, "row_lengths", np.int64), _concat(results, "top_ids", np.int64)
+    logprobs = _concat(results, "top_logprobs", np.float32)
+    token, tail = (
+        _concat(results, "token_logprobs", np.float32),
+        _concat(results, "tail_logprobs", np.float32),
+    )
+    counts = _concat(results, "counts", np.int64) if results and all(with_counts) else None
+    if (
+        len(row_lengths) != int(seq_rows.sum())
+        or len(ids) != int(row_lengths.sum())
+        or len(logprobs) != len(ids)
+    ):
+        raise ValueError("inconsistent SequenceLogits arrays (row_lengths, top_ids, top_logprobs)")
+    if len(token) != len(row_lengths) or len(tail) != len(row_lengths):
+        raise ValueError("inconsistent SequenceLogits arrays (token/tail logprobs need one value per row)")
+    if counts is not None and len(counts) != len(ids):
+        raise ValueError("inconsistent SequenceLogits arrays (counts need one value per entry)")
+    if len(ids) > 0xFFFFFFFF or len(row_lengths) > 0xFFFFFFFF:
+        raise ValueError("too many entries for one payload (max 2**32 - 1); split the response")
+    for name, arr in (("row_lengths", row_lengths), ("top_ids", ids), ("counts", counts)):
+        if arr is not None and arr.size and int(arr.min()) < 0:
+            raise ValueError(f"{name} must be non-negative")
+    if not lossless and np.isnan(logprobs).any():
+        raise ValueError("top_logprobs contain NaN; the lossy variant cannot quantize them (use lossless)")
+    return seq_rows, row_lengths, ids, logprobs, token, tail, counts
+
+
+def _concat(results: list[SequenceLogits], name: str, dtype) -> np.ndarray:
+    parts = [np.asarray(getattr(r, name), dtype=dtype).reshape(-1) for r in results]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
+def _structure(header: Header, streams: container.Streams) -> tuple[np.ndarray, np.ndarray]:
+    seq_rows = streams.get_uints(0, header.n_sequences).astype(np.int64)
+    if int(seq_rows.sum()) != header.n_rows:
+        raise WireFormatError("rows per sequence do not add up to the header's row count")
+    row_lengths = streams.get_uints(2, header.n_rows)
+    if header.n_rows and int(row_lengths.max()) > _INT32_MAX:
+        raise WireFormatError("row length out of int32 range")
+    row_lengths = row_lengths.astype(np.int64)
+    if int(row_lengths.sum()) != header.n_entries:
+        raise WireFormatError("row lengths do not add up to the header's entry count")
+    return seq_rows, row_lengths
+
+
+def _dictionary(header: Header, streams: container.Streams) -> tuple[np.ndarray, np.ndarray]:
+    """-> (key_to_id (U,) int64, count class of each key (U,) int64)."""
+    n_dict = header.n_dict
+    sizes = streams.get_uints(4, dictionary.NUM_CLASSES).astype(np.int64)  # values < 2**32: no overflow
+    if int(sizes.sum()) != n_dict:
+        raise WireFormatError("ids per count class do not add up to the dictionary size")
+    gaps = streams.get_uints(6, n_dict).astype(np.int64)
+    if n_dict == 0:
+        return gaps, gaps
+    starts = np.zeros(n_dict, dtype=bool)
+    starts[np.r_[0, np.cumsum(sizes)[:-1]][sizes > 0]] = True
+    key_to_id = segment_cumsum(np.where(starts, gaps, gaps + 1), starts)  # <= 2**27 * 2**32: no overflow
+    if int(key_to_id.max()) > _INT32_MAX or len(np.unique(key_to_id)) != n_dict:
+        raise WireFormatError("dictionary ids out of int32 range or repeated")
+    classes = np.repeat(np.arange(dictionary.NUM_CLASSES - 1, -1, -1), sizes)
+    return key_to_id, classes
+
+
+def _split(seq_rows, row_lengths, ids, logprobs, token, tail, counts) -> list[SequenceLogits]:
+    """One SequenceLogits per sequence (loop per sequence, not per row)."""
+    rows_at = row_offsets(seq_rows)
+    entries_at = row_offsets(row_lengths)[rows_at]
+    out = []
+    for s in range(len(seq_rows)):
+        r0, r1, e0, e1 = rows_at[s], rows_at[s + 1], entries_at[s], entries_at[s + 1]
+        out.append(
+            SequenceLogits(
+                row_lengths=row_lengths[r0:r1],
+                top_ids=ids[e0:e1],
+                top_logprobs=logprobs[e0:e1],
+                token_logprobs=token[r0:r1],
+                tail_logprobs=tail[r0:r1],
+                counts=None if counts is None else counts[e0:e1],
+            )
+        )
+    return out
+
+
+def _planes(values: np.ndarray) -> bytes:
+    """(R,) float32 -> 4R bytes: byte 0 (least significant) of every value, then byte 1, 2, 3."""
+    return np.ascontiguousarray(values, dtype="<f4").view(np.uint8).reshape(-1, 4).T.tobytes()
+
+
+def _from_planes(data: bytes) -> np.ndarray:
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(4, -1)
+    return np.ascontiguousarray(planes.T).view("<f4").reshape(-1).astype(np.float32)

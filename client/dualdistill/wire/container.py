@@ -1,0 +1,161 @@
+"""Payload container: fixed header, stream directory, one zstd frame (or raw bytes) per stream, CRC-32.
+
+    payload = header (32 B) | directory (n_streams x 9 B) | stream bodies | crc32 (4 B)
+
+All integers little-endian. The CRC-32 (zlib / IEEE 802.3 polynomial, as `zlib.crc32`) covers every
+byte before it, so a truncated or bit-flipped payload is rejected before anything is decompressed.
+Each stream's decoded length is checked against the length the header's counts imply *before* it is
+decompressed, so a hostile payload cannot make the decoder allocate more than those counts allow
+(and the counts are capped by `max_entries`). docs/wire-format.md is the normative description.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import zstandard
+
+from dualdistill.wire.errors import WireFormatError
+from dualdistill.wire.intcode import decode_uints, encode_uints, symbol_extra_bits
+from dualdistill.wire.quantize import MAX_LEVELS
+
+MAGIC = b"DDWL"
+VERSION = 1
+LOSSLESS, LOSSY = 1, 2  # variant byte
+FLAG_COUNTS = 0x01  # the response is in "sample" mode: per-entry counts are present
+STREAM_COUNTS = {LOSSLESS: 18, LOSSY: 23}  # streams per variant (codec.py lists them)
+CODEC_RAW, CODEC_ZSTD = 0, 1
+ZSTD_LEVEL = 3  # entropy-limited streams: level 19 is only 0.5% smaller and 2.4x slower to encode
+MAX_WINDOW = 1 << 27  # decoder refuses zstd frames asking for a larger window (memory bound)
+
+# magic, version, variant, flags, num_streams, n_sequences, n_rows, n_entries, n_dict, quant, reserved
+_HEADER = struct.Struct("<4sBBBBIIIIII")
+_ENTRY = struct.Struct("<BII")  # codec, raw_len, stored_len
+_CRC = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Header:
+    variant: int  # LOSSLESS or LOSSY
+    flags: int  # FLAG_COUNTS or 0
+    n_sequences: int
+    n_rows: int  # all sequences' rows
+    n_entries: int  # all rows' entries
+    n_dict: int  # distinct ids in the payload
+    quant: int  # LOSSY: levels per unit of sqrt(probability) (M); LOSSLESS: 0
+
+
+def pack(header: Header, streams: list[bytes]) -> bytes:
+    """Header + directory + bodies + CRC. Each stream is stored zstd-compressed unless that is not smaller."""
+    if len(streams) != STREAM_COUNTS[header.variant]:
+        raise ValueError(
+            f"variant {header.variant} has {STREAM_COUNTS[header.variant]} streams, got {len(streams)}"
+        )
+    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=False)
+    directory, bodies = [], []
+    for raw in streams:
+        packed = cctx.compress(raw) if raw else b""
+        codec, body = (CODEC_ZSTD, packed) if len(packed) < len(raw) else (CODEC_RAW, raw)
+        directory.append(_ENTRY.pack(codec, len(raw), len(body)))
+        bodies.append(body)
+    head = _HEADER.pack(
+        MAGIC,
+        VERSION,
+        header.variant,
+        header.flags,
+        len(streams),
+        header.n_sequences,
+        header.n_rows,
+        header.n_entries,
+        header.n_dict,
+        header.quant,
+        0,
+    )
+    out = b"".join([head, *directory, *bodies])
+    return out + _CRC.pack(zlib.crc32(out))
+
+
+class Streams:
+    """Validated access to a payload's streams: `get(i, expected_len)` decompresses stream i."""
+
+    def __init__(self, body: memoryview, directory: list[tuple[int, int, int]]):
+        self._body, self._directory = body, directory
+        self._offsets = np.cumsum([0] + [stored for _, _, stored in directory]).tolist()
+        self._dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+
+    def get(self, index: int, expected_len: int) -> bytes:
+        codec, raw_len, _ = self._directory[index]
+        if raw_len != expected_len:
+            raise WireFormatError(
+                f"stream {index} declares {raw_len} bytes, the header implies {expected_len}"
+            )
+        data = self._body[self._offsets[index] : self._offsets[index + 1]]
+        if codec == CODEC_RAW:
+            return bytes(data)
+        if raw_len == 0:
+            raise WireFormatError(f"stream {index}: an empty stream must be stored raw")
+        try:
+            if zstandard.frame_content_size(data) != raw_len:  # checked before the decoder allocates it
+                raise WireFormatError(f"stream {index}: zstd frame content size does not match the directory")
+            return self._dctx.decompress(data, allow_extra_data=False)
+        except zstandard.ZstdError as exc:
+            raise WireFormatError(f"stream {index}: invalid zstd frame ({exc})") from None
+
+    def get_uints(self, index: int, count: int) -> np.ndarray:
+        """Integer stream pair (symbols at `index`, extra bits at `index + 1`): (count,) uint64."""
+        symbols = self.get(index, count)
+        nbits = symbol_extra_bits(np.frombuffer(symbols, dtype=np.uint8))
+        extra = self.get(index + 1, (int(nbits.sum(dtype=np.int64)) + 7) // 8)
+        return decode_uints(symbols, nbits, extra)
+
+
+def uint_streams(values: np.ndarray) -> list[bytes]:
+    """The two streams (symbols, extra bits) of an integer stream pair; values in [0, 2**32)."""
+    return list(encode_uints(values))
+
+
+def unpack(payload: bytes, *, max_entries: int) -> tuple[Header, Streams]:
+    """Check framing, version, CRC and size limits; return the header and lazy stream access."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise WireFormatError(f"payload must be bytes, got {type(payload).__name__}")
+    view = memoryview(payload).cast("B")
+    if len(view) < _HEADER.size + _CRC.size or bytes(view[:4]) != MAGIC:
+        raise WireFormatError("not a dualdistill wire payload (bad magic or too short)")
+    magic, version, variant, flags, n_streams, n_seq, n_rows, n_entries, n_dict, quant, reserved = (
+        _HEADER.unpack_from(view)
+    )
+    if version != VERSION:
+        raise WireFormatError(
+            f"wire format version {version} is not supported (this decoder reads {VERSION})"
+        )
+    (crc,) = _CRC.unpack_from(view, len(view) - _CRC.size)
+    if zlib.crc32(view[: len(view) - _CRC.size]) != crc:
+        raise WireFormatError("payload checksum mismatch (truncated or corrupted)")
+    if (
+        variant not in STREAM_COUNTS
+        or flags & ~FLAG_COUNTS
+        or n_streams != STREAM_COUNTS[variant]
+        or reserved
+    ):
+        raise WireFormatError(f"unknown variant {variant}, flags {flags:#x} or stream count {n_streams}")
+    if len(view) < _HEADER.size + n_streams * _ENTRY.size + _CRC.size:
+        raise WireFormatError("payload too short for its stream directory")
+    for name, value in (("entries", n_entries), ("rows", n_rows), ("sequences", n_seq)):
+        if value > max_entries:
+            raise WireFormatError(f"payload holds {value} {name}, above max_entries={max_entries}")
+    if n_dict > n_entries or (n_entries > 0) != (n_dict > 0):
+        raise WireFormatError(f"dictionary size {n_dict} inconsistent with {n_entries} entries")
+    if (variant == LOSSY) != (quant > 0) or quant > MAX_LEVELS:
+        raise WireFormatError(f"quantizer parameter {quant} invalid for variant {variant}")
+    directory = [_ENTRY.unpack_from(view, _HEADER.size + i * _ENTRY.size) for i in range(n_streams)]
+    body = view[_HEADER.size + n_streams * _ENTRY.size : len(view) - _CRC.size]
+    if sum(stored for _, _, stored in directory) != len(body):
+        raise WireFormatError("stream directory does not match the payload length")
+    for index, (codec, raw_len, stored) in enumerate(directory):
+        if codec not in (CODEC_RAW, CODEC_ZSTD) or (codec == CODEC_RAW and raw_len != stored):
+            raise WireFormatError(f"stream {index}: bad codec {codec} or length")
+    header = Header(variant, flags, n_seq, n_rows, n_entries, n_dict, quant)
+    return header, Streams(body, directory)

@@ -1,0 +1,136 @@
+"""Bucket code for unsigned integers: one entropy-coded symbol byte + raw low bits per value.
+
+A value x (0 <= x < 2**32) becomes a symbol in [0, 128) plus n "extra" bits:
+
+    x < 16:   symbol = x,                          n = 0
+    x >= 16:  L = floor(log2 x)  (4..31),  n = L - 2
+              symbol = 16 + 4 * (L - 4) + ((x >> n) & 3),   extra = x & (2**n - 1)
+
+    decode:   x = symbol                        if symbol < 16
+              x = ((4 + (symbol - 16) % 4) << n) | extra,  L = 4 + (symbol - 16) // 4, n = L - 2
+
+The symbol carries the magnitude and the two bits below the leading one (the part with a skewed,
+compressible distribution); the extra bits are nearly uniform. Splitting them lets zstd's order-0
+entropy stage see a small homogeneous alphabet (the same idea as zstd's own offset codes) instead
+of multi-byte integers whose byte boundaries cut through the statistics.
+
+Extra bits are concatenated in value order, each value's n bits most-significant first, into a
+byte string filled most-significant bit first and zero-padded to a whole byte. Vectorised: no
+Python loop per value; fields are placed into 64-bit words with two reduceats, CHUNK values at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dualdistill.wire.errors import WireFormatError
+
+DIRECT = 16  # values below this are their own symbol
+NUM_SYMBOLS = DIRECT + 4 * (32 - 4)  # 128: every value < 2**32
+CHUNK = 1 << 14  # values per vectorised step (temporaries of ~128 KiB)
+
+_U64 = np.uint64
+_ONE, _63 = np.uint64(1), np.uint64(63)
+
+
+def to_symbols(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(V,) integers in [0, 2**32) -> symbols (V,) uint8, extra (V,) uint64, extra_bits (V,) int64."""
+    x = np.asarray(values).astype(np.uint64, copy=False)
+    # floor(log2 x) from the float64 exponent field (exact: integers < 2**53 are exact in float64).
+    msb = (x.astype(np.float64).view(np.uint64) >> _U64(52)).astype(np.int64) - 1023
+    big = x >= DIRECT
+    nbits = (msb - 2) * big
+    lead = x >> nbits.astype(np.uint64)  # 0b1tt for big values: the leading one and the two bits below
+    symbols = np.where(big, 4 * msb - 4 + lead.astype(np.int64), x.astype(np.int64)).astype(np.uint8)
+    return symbols, x - (lead << nbits.astype(np.uint64)), nbits
+
+
+def from_symbols(symbols: np.ndarray, extra: np.ndarray, nbits: np.ndarray) -> np.ndarray:
+    """Inverse of `to_symbols` given the unpacked extra bits: (V,) uint64."""
+    s = symbols.astype(np.uint64)
+    lead = np.where(s >= DIRECT, _U64(4) + (s & _U64(3)), s)
+    return (lead << nbits.astype(np.uint64)) | extra
+
+
+def symbol_extra_bits(symbols: np.ndarray) -> np.ndarray:
+    """(V,) uint8 symbols -> (V,) int8 number of extra bits each carries; raises on symbols >= 128."""
+    s = np.asarray(symbols, dtype=np.uint8)
+    if s.size and int(s.max()) >= NUM_SYMBOLS:
+        raise WireFormatError(f"integer symbol {int(s.max())} out of range (< {NUM_SYMBOLS})")
+    return _EXTRA_BITS[s]
+
+
+# Extra bits per symbol: 0 below DIRECT, then floor(log2 x) - 2 = symbol // 4 - 2.
+_EXTRA_BITS = np.array([0] * DIRECT + [s // 4 - 2 for s in range(DIRECT, 256)], dtype=np.int8)
+
+
+def _bit_offsets(nbits: np.ndarray, start_bit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(word index, bit position from the word's MSB) of each field's first bit in 64-bit words."""
+    offset = np.cumsum(nbits, dtype=np.int64) - nbits + start_bit
+    return offset >> 6, (offset & 63).astype(np.uint64)
+
+
+def _place(words: np.ndarray, values: np.ndarray, nbits: np.ndarray, start_bit: int) -> None:
+    """OR fields (values' low nbits, MSB first) into `words` starting at bit `start_bit`."""
+    word, pos = _bit_offsets(nbits, start_bit)
+    # The field top-aligned in 64 bits, then split at the word boundary: `head` stays in its word,
+    # `tail` (non-zero only if the field crosses the boundary) goes to the next word. Double shifts
+    # keep every shift count below 64 (n = 0 and pos = 0 would otherwise shift by 64).
+    top = (values.astype(np.uint64) << (_63 - nbits.astype(np.uint64))) << _ONE
+    head = top >> pos
+    tail = (top << (_63 - pos)) << _ONE
+    # Fields are in offset order, so each word's fields are contiguous; their bits are disjoint, so a
+    # sum is an OR (also with the previous chunk's last word, hence += rather than =).
+    starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]])
+    words[word[starts]] += np.add.reduceat(head, starts)
+    words[word[starts] + 1] += np.add.reduceat(tail, starts)
+
+
+def encode_uints(values: np.ndarray) -> tuple[bytes, bytes]:
+    """(V,) integers in [0, 2**32) -> (symbol bytes (V,), packed extra bits).
+
+    Works in chunks of CHUNK values: the temporaries then stay small enough to be reused from the
+    allocator's free lists and the CPU cache (whole-array temporaries cost more in page faults than in
+    arithmetic). This is a loop per chunk, not per row or entry.
+    """
+    x = np.asarray(values).astype(np.uint64, copy=False)
+    symbols = np.empty(len(x), dtype=np.uint8)
+    parts = []
+    for lo in range(0, len(x), CHUNK):
+        symbols[lo : lo + CHUNK], extra, nbits = to_symbols(x[lo : lo + CHUNK])
+        parts.append((extra, nbits, int(nbits.sum())))
+    total = sum(bits for _, _, bits in parts)
+    words = np.zeros(total // 64 + 2, dtype=np.uint64)
+    start = 0
+    for extra, nbits, bits in parts:
+        if bits:
+            _place(words, extra, nbits, start)
+        start += bits
+    return symbols.tobytes(), words.astype(">u8").tobytes()[: (total + 7) // 8]
+
+
+def decode_uints(symbol_bytes: bytes, nbits: np.ndarray, extra_bytes: bytes) -> np.ndarray:
+    """Inverse of `encode_uints` given `nbits = symbol_extra_bits(symbols)`: (V,) uint64.
+
+    Raises WireFormatError if the extra-bit stream's length or padding does not match the symbols.
+    """
+    symbols = np.frombuffer(symbol_bytes, dtype=np.uint8)
+    total = int(nbits.sum(dtype=np.int64))
+    if len(extra_bytes) != (total + 7) // 8:
+        raise WireFormatError(f"extra-bit stream holds {len(extra_bytes)} bytes, expected {(total + 7) // 8}")
+    if total % 8 and extra_bytes[-1] & ((1 << (8 - total % 8)) - 1):
+        raise WireFormatError("extra-bit stream has non-zero padding bits")
+    padded = np.zeros((len(extra_bytes) + 7) // 8 * 8 + 16, dtype=np.uint8)
+    padded[: len(extra_bytes)] = np.frombuffer(extra_bytes, dtype=np.uint8)
+    words = padded.view(">u8").astype(np.uint64)
+    out = np.empty(len(symbols), dtype=np.uint64)
+    start = 0
+    for lo in range(0, len(symbols), CHUNK):
+        n = nbits[lo : lo + CHUNK]
+        word, pos = _bit_offsets(n, start)
+        # The 64 bits starting at the field's first bit, then its top n bits.
+        window = (words[word] << pos) | ((words[word + 1] >> _ONE) >> (_63 - pos))
+        extra = (window >> _ONE) >> (_63 - n.astype(np.uint64))
+        out[lo : lo + CHUNK] = from_symbols(symbols[lo : lo + CHUNK], extra, n)
+        start += int(n.sum(dtype=np.int64))
+    return out
