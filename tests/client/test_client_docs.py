@@ -77,3 +77,8 @@ def test_training_loop_example_runs(tiny_server, tiny_model_dir, capsys):
     assert namespace["batches"].stats.batches == 3
     assert "teacher stall" in capsys.readouterr().out
     namespace["client"].close()
+
+
+def test_readme_shows_the_tested_training_loop():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"```python\n{training_loop_source()}```" in readme, "README's training loop drifted from docs/client.md"
