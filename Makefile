@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check client server tests bench experiments
+	$(VENV)/bin/ruff check .
 
 test: venv
-	$(VENV)/bin/ruff check client server tests bench experiments
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m 'not slow' $(PYTEST_ARGS)
 
 test-all: venv

@@ -42,14 +42,21 @@ class ServerConfig(BaseSettings):
     )
     api_key_file: str | None = Field(None, description="File of 'tenant:key' lines; data endpoints then need a key.")
     api_keys: str | None = Field(None, description="Alternative to the file: 'tenant:key,tenant:key'.")
-    cache: str = Field("memory", description="Result cache: memory | disk:DIR | redis://HOST:PORT/DB | none.")
-    cache_bytes: int = Field(1 << 30, ge=0, description="Byte budget of the memory cache (LRU).")
+    cache: str = Field(
+        "memory",
+        description="Result cache: memory | disk:DIR | redis://HOST:PORT/DB[?ttl=SECONDS] | none "
+        "(docs/many-students.md).",
+    )
+    cache_bytes: int = Field(1 << 30, ge=0, description="Byte budget of the memory or disk cache (LRU).")
     drain_seconds: float = Field(30.0, ge=0, le=3600, description="Grace period for in-flight work on SIGTERM.")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics on its own port too.")
     tenant_tokens_per_second: float | None = Field(
         None, gt=0, description="Per-tenant token-rate limit (token bucket); none by default."
     )
     tenant_max_concurrency: int | None = Field(None, ge=1, description="Per-tenant cap on requests in flight.")
+    max_generate_tokens: int = Field(
+        65_536, ge=1, description="Largest prompts x n x max_new_tokens of one generate request (422 above)."
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     @field_validator("dtype")
@@ -58,6 +65,14 @@ class ServerConfig(BaseSettings):
         allowed = ("float32", "bfloat16", "float16")
         if value not in allowed:
             raise ValueError(f"dtype must be one of {allowed}, got {value!r}")
+        return value
+
+    @field_validator("cache")
+    @classmethod
+    def _known_cache(cls, value: str) -> str:
+        from .cache import parse_cache_spec  # stdlib only: cheap at settings time
+
+        parse_cache_spec(value)
         return value
 
     @field_validator("models", mode="before")

@@ -1,7 +1,8 @@
 """Per-request context shared by the transports, the core and the logs.
 
-A transport opens a `RequestContext` when a request arrives; the core fills in the model once it has
-resolved it; logs read the request id from it; metrics read the model and the final code. It is a
+A transport opens a `RequestContext` when a request arrives and sets the tenant once the API key is
+checked; the core fills in the model once it has resolved it; logs read the request id and tenant from
+it; metrics read the model, tenant and the final code. It is a
 mutable object behind a ContextVar, so tasks spawned for the request (which copy the context) update
 the same object.
 """
@@ -21,6 +22,7 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/@+=-]{1,128}$")
 class RequestContext:
     request_id: str
     model: str = ""  # set once the model name is known to be served (bounded label cardinality)
+    tenant: str = ""  # set once the API key is checked (core.api_keys; never the key itself)
     code: str = ""  # gRPC code name of the error, once one is reported ("" = none so far)
 
 
@@ -57,3 +59,8 @@ def current() -> RequestContext | None:
 def current_request_id() -> str:
     context = _current.get()
     return context.request_id if context else ""
+
+
+def current_tenant() -> str:
+    context = _current.get()
+    return context.tenant if context else ""

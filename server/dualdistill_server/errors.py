@@ -24,12 +24,14 @@ class ServiceError(Exception):
 
     grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
     http_status: ClassVar[int] = 500
-    retry_after_seconds: ClassVar[int | None] = None  # sent as Retry-After (HTTP) / retry-after (gRPC)
+    retry_after_seconds: int | None = None  # sent as Retry-After (HTTP) / retry-after (gRPC)
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(self, message: str, field: str | None = None, *, retry_after_seconds: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        if retry_after_seconds is not None:  # this instance knows better than its class (a rate limit's wait)
+            self.retry_after_seconds = retry_after_seconds
 
     @property
     def code_name(self) -> str:
@@ -55,12 +57,14 @@ class ModelNotFound(ServiceError):
 
 
 class Unauthenticated(ServiceError):
+    """No API key, or one this server does not know (the message never repeats the key)."""
+
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
     http_status = 401
 
 
 class ResourceExhausted(ServiceError):
-    """The queue is full: retrying later helps."""
+    """The queue is full, or a tenant is over its rate or concurrency limit: retrying later helps."""
 
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     http_status = 429

@@ -1,4 +1,7 @@
-"""JSON-lines logs on stderr, each record with the request id of the request it belongs to."""
+"""JSON-lines logs on stderr, each record with the request id and tenant of the request it belongs to.
+
+API keys are never logged: the transports log routes, codes and tenant names, never headers or metadata.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,10 @@ import logging
 import sys
 import time
 
-from .context import current_request_id
+from .context import current_request_id, current_tenant
 
 # Attributes the transports attach with `extra=` that belong in the JSON object.
-_EXTRA_KEYS = ("route", "status", "code", "model", "seconds", "http", "grpc")
+_EXTRA_KEYS = ("route", "status", "code", "model", "seconds", "bytes", "http", "grpc")
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,9 +24,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        request_id = getattr(record, "request_id", "")
-        if request_id:
-            out["request_id"] = request_id
+        for key in ("request_id", "tenant"):
+            value = getattr(record, key, "")
+            if value:
+                out[key] = value
         for key in _EXTRA_KEYS:
             if hasattr(record, key):
                 out[key] = getattr(record, key)
@@ -33,11 +37,13 @@ class JsonFormatter(logging.Formatter):
 
 
 class RequestIdFilter(logging.Filter):
-    """Stamps the current request id on the record where it is created (the request's own task)."""
+    """Stamps the current request id and tenant on the record where it is created (the request's task)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "request_id", ""):
             record.request_id = current_request_id()
+        if not getattr(record, "tenant", ""):
+            record.tenant = current_tenant()
         return True
 
 

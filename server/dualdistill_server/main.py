@@ -1,11 +1,13 @@
 """`serve_forever`: both transports in one event loop, model loading, and the graceful drain.
 
 Timeline of one process:
+    read the API keys, open the result cache (exit 2 / 1 when they are unusable)
     bind HTTP + gRPC ──> /healthz 200, /readyz 503, health NOT_SERVING
     load models (a thread; the loop keeps answering probes)
     ──> /readyz 200, health SERVING, stdout: "dualdistill serving http=HOST:PORT grpc=HOST:PORT"
     SIGTERM / SIGINT ──> /readyz 503, health NOT_SERVING, new requests UNAVAILABLE (503)
-    in-flight requests finish (at most drain_seconds) ──> listeners close ──> exit 0
+    in-flight requests finish (at most drain_seconds) ──> 0.5 s more of refusals ──> listeners close
+    ──> cache writes flushed ──> exit 0
 A second signal during the drain skips the wait.
 """
 
@@ -24,15 +26,18 @@ from collections.abc import Iterator
 import uvicorn
 from pydantic import ValidationError
 
+from .cache import open_backend, parse_cache_spec
 from .config import ServerConfig
-from .core import TeacherService
+from .core import ApiKeys, ResultCache, TeacherService
 from .grpc import GrpcTransport
 from .grpc.server import host_port
 from .http import create_app
 from .logs import configure_logging
+from .metrics import Metrics
 
 log = logging.getLogger("dualdistill_server")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LINGER_SECONDS = 0.5  # after the drain: still refusing new requests before the listeners close
 
 
 class _HttpServer(uvicorn.Server):
@@ -127,8 +132,39 @@ def _load_models(config: ServerConfig) -> dict:
     return models
 
 
+def _cache_description(spec: str) -> str:
+    """The cache setting for the log, without a Redis password."""
+    parsed = parse_cache_spec(spec)
+    if parsed.kind != "redis":
+        return spec
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(parsed.location)
+    return f"redis {parts.hostname}:{parts.port or 6379}{parts.path} (ttl {parsed.ttl_seconds} s)"
+
+
+def _open_service(config: ServerConfig) -> TeacherService | int:
+    """The service with its API keys and result cache, or an exit code (2: bad keys, 1: no cache)."""
+    try:
+        api_keys = ApiKeys.from_settings(config.api_key_file, config.api_keys)
+    except ValueError as exc:
+        log.error("invalid API keys: %s", exc)
+        return 2
+    try:
+        backend = open_backend(config.cache, config.cache_bytes)
+    except Exception as exc:  # noqa: BLE001 - e.g. a disk cache directory that cannot be written
+        log.error("cannot open the result cache %s: %s", _cache_description(config.cache), exc)
+        return 1
+    metrics = Metrics()
+    log.info("result cache: %s; API keys: %s", _cache_description(config.cache),
+             f"{len(api_keys.tenants)} tenant(s)" if api_keys.enabled else "off (no key needed)")
+    return TeacherService({}, config, metrics=metrics, cache=ResultCache(backend, metrics), api_keys=api_keys)
+
+
 async def _serve(config: ServerConfig) -> int:
-    service = TeacherService({}, config)
+    service = _open_service(config)
+    if isinstance(service, int):
+        return service
     try:
         http_socket = _bind(config.host, config.http_port)
     except OSError as exc:
@@ -228,3 +264,10 @@ async def _drain(service: TeacherService, config: ServerConfig, signals: list[in
     if not (idle.done() and idle.result()):
         idle.cancel()
         log.warning("drain ended with %d request(s) still in flight", service.active_requests)
+        return
+    if signals and not stop.is_set():
+        # Clients that just got their last answer send the next request at once. Refusing it for a moment
+        # longer with a retryable 503 / UNAVAILABLE (and Retry-After) beats closing under it: gRPC cancels
+        # calls that arrive while its server stops (CANCELLED, which clients do not retry).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), min(LINGER_SECONDS, config.drain_seconds))

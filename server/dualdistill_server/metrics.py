@@ -1,14 +1,21 @@
 """Prometheus metrics of one service instance, in its own registry (tests run several apps per process).
 
 Names are part of the operations contract (dashboards and alerts use them):
-- dualdistill_requests_total{route,model,code}   requests by outcome (code = gRPC code name, "OK" on success)
+- dualdistill_requests_total{route,model,tenant,code}  requests by outcome (code = gRPC code name, "OK" on
+                                                  success; tenant "" when the request had no valid key)
 - dualdistill_request_seconds{route}             wall time per request, both transports
+- dualdistill_response_bytes_total{route}        response body bytes (HTTP) / serialized messages (gRPC)
 - dualdistill_forward_seconds{model}             wall time per batched forward (one per batch)
 - dualdistill_forward_tokens_total{model}        real (unpadded) tokens through the model
 - dualdistill_batch_tokens{model}                padded tokens per forward (batch size x longest sequence)
 - dualdistill_batch_sequences{model}             sequences per forward
 - dualdistill_queue_tokens{model}                tokens waiting for a forward now
 - dualdistill_deduplicated_sequences_total{model} sequences served by joining an identical one in flight
+- dualdistill_cache_hits_total{model}            sequences answered by the result cache
+- dualdistill_cache_misses_total{model}          sequences the cache did not have (computed or joined)
+- dualdistill_cache_errors_total{backend,op}     cache failures answered as misses (op: get, put, decode,
+                                                  overflow = a write skipped because the writer fell behind)
+- dualdistill_tenant_rejections_total{tenant,limit}  requests refused by a tenant limit (429)
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "dualdistill_requests_total", "Requests by route, model and outcome code.", ("route", "model", "code"),
+            "dualdistill_requests_total", "Requests by route, model, tenant and outcome code.",
+            ("route", "model", "tenant", "code"),
             registry=r,
         )
         self.request_seconds = Histogram(
@@ -56,10 +64,31 @@ class Metrics:
             "dualdistill_deduplicated_sequences_total",
             "Sequences answered by an identical sequence already in flight.", ("model",), registry=r,
         )
+        self.response_bytes = Counter(
+            "dualdistill_response_bytes_total", "Response bytes sent.", ("route",), registry=r
+        )
+        self.cache_hits = Counter(
+            "dualdistill_cache_hits_total", "Sequences answered by the result cache.", ("model",), registry=r
+        )
+        self.cache_misses = Counter(
+            "dualdistill_cache_misses_total", "Sequences not in the result cache.", ("model",), registry=r
+        )
+        self.cache_errors = Counter(
+            "dualdistill_cache_errors_total", "Result-cache failures (answered as misses).", ("backend", "op"),
+            registry=r,
+        )
+        self.tenant_rejections = Counter(
+            "dualdistill_tenant_rejections_total", "Requests refused by a per-tenant limit.", ("tenant", "limit"),
+            registry=r,
+        )
 
-    def observe_request(self, route: str, model: str, code: str, seconds: float) -> None:
-        self.requests.labels(route=route, model=model, code=code).inc()
+    def observe_request(
+        self, route: str, model: str, code: str, seconds: float, *, tenant: str = "", response_bytes: int = 0
+    ) -> None:
+        self.requests.labels(route=route, model=model, tenant=tenant, code=code).inc()
         self.request_seconds.labels(route=route).observe(seconds)
+        if response_bytes:
+            self.response_bytes.labels(route=route).inc(response_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -39,6 +39,11 @@ Float = Annotated[float, BeforeValidator(_not_bool)]
 TokenId = Annotated[int, Strict(), Field(ge=0, le=INT32_MAX)]
 
 
+# Below this, logits / temperature overflows float32 for ordinary logits (|logit| ~ 1e2 / 1e-36 > 3.4e38)
+# and the distribution turns to NaN; 1e-4 already makes any model's distribution one-hot in practice.
+MIN_TEMPERATURE = 1e-4
+
+
 def _as_float32(value: float, name: str) -> float:
     """Round to float32, the wire type, so HTTP and gRPC requests compute (and cache) identically."""
     rounded = float(np.float32(value))
@@ -70,7 +75,9 @@ class LogitsRequest(_Strict):
     model: str = Field(min_length=1, max_length=256, description="Name of a served model (GET /v1/models).")
     sequences: list[SequenceIn] = Field(min_length=1, description="Sequences to score.")
     top_k: Int = Field(20, ge=1, le=INT32_MAX, description="Entries per row in topk mode; <= max_top_k.")
-    temperature: Float = Field(1.0, gt=0, description="p = softmax(logits / temperature); finite, > 0.")
+    temperature: Float = Field(
+        1.0, gt=0, description=f"p = softmax(logits / temperature); finite, >= {MIN_TEMPERATURE}."
+    )
     mode: Literal["topk", "sample"] = Field("topk", description="'topk' rows or 'sample' (sampled ids + counts).")
     samples: Int = Field(64, ge=1, le=INT32_MAX, description="Draws per position in sample mode; <= max_samples.")
     seed: Int = Field(0, ge=0, le=UINT64_MAX, description="Sample mode: random stream seed (with the sequence).")
@@ -82,8 +89,8 @@ class LogitsRequest(_Strict):
     @classmethod
     def _temperature_float32(cls, value: float) -> float:
         rounded = _as_float32(value, "temperature")
-        if rounded <= 0:
-            raise ValueError(f"temperature must be > 0 in float32, got {value!r}")
+        if rounded < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be >= {MIN_TEMPERATURE} (and finite), got {value!r}")
         return rounded
 
     @property
@@ -115,7 +122,7 @@ class GenerateRequest(_Strict):
     model: str = Field(min_length=1, max_length=256)
     prompts: list[PromptIn] = Field(min_length=1)
     max_new_tokens: Int = Field(64, ge=1, le=INT32_MAX, description="Tokens to generate; prompt + this <= max_seq_len.")
-    temperature: Float = Field(1.0, ge=0, description="0 = greedy.")
+    temperature: Float = Field(1.0, ge=0, description=f"0 = greedy; otherwise >= {MIN_TEMPERATURE}.")
     top_p: Float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling mass.")
     n: Int = Field(1, ge=1, le=64, description="Completions per prompt.")
     seed: Int = Field(0, ge=0, le=UINT64_MAX)
@@ -124,4 +131,10 @@ class GenerateRequest(_Strict):
     @field_validator("temperature", "top_p")
     @classmethod
     def _float32(cls, value: float, info: ValidationInfo) -> float:
-        return _as_float32(value, info.field_name or "value")
+        name = info.field_name or "value"
+        rounded = _as_float32(value, name)
+        if name == "temperature" and 0 < rounded < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE}, got {value!r}")
+        if name == "top_p" and rounded <= 0:
+            raise ValueError(f"top_p must be > 0 in float32, got {value!r}")
+        return rounded

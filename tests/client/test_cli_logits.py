@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 import pytest
+
 from dualdistill.cli.logits import format_table
 from dualdistill.cli.main import main
 from dualdistill.client import TeacherClient
 from dualdistill.results import SequenceLogits
-
 from tests.client.test_client_process import TinyTeacher
 
 MODEL = "tiny"

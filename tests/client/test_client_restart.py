@@ -8,7 +8,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from dualdistill.client import RetryPolicy, TeacherClient
-
 from tests.client.test_client_process import TeacherProcess
 from tests.fixtures.tiny_model import build_tiny_model
 

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from dualdistill.client import (
     NO_RETRIES,
     AsyncTeacherClient,
@@ -25,7 +26,6 @@ from dualdistill.client import (
 )
 from dualdistill.prefetch import Prefetcher
 from dualdistill.tokenizer_hash import tokenizer_sha256
-
 from tests.client.test_client_process import TinyTeacher
 
 MODEL = "tiny"

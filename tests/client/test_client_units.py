@@ -13,6 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from dualdistill.client import (
     NO_RETRIES,
     AsyncTeacherClient,

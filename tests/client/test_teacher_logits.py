@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from dualdistill.losses import sequence_logps, sparse_kd_loss
 from dualdistill.results import SequenceLogits
 from dualdistill.teacher_logits import TeacherLogits

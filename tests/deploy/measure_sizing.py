@@ -63,8 +63,9 @@ def measure_model(threads: int, batch: int, seq_len: int) -> dict:
 
 def measure_response_bytes(positions: int = 512) -> dict:
     import numpy as np
-    from dualdistill.v1 import teacher_pb2
     from google.protobuf import json_format
+
+    from dualdistill.v1 import teacher_pb2
 
     rng = np.random.default_rng(0)
     sizes = {}

@@ -10,8 +10,8 @@ import re
 import jsonschema
 import pytest
 import yaml
-from dualdistill.trainer.config import API_KEY_ENV
 
+from dualdistill.trainer.config import API_KEY_ENV
 from tests.deploy.support import (
     ENV_PREFIX,
     ROOT,

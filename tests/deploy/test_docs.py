@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 import yaml
-from dualdistill.trainer.config import API_KEY_ENV
 
+from dualdistill.trainer.config import API_KEY_ENV
 from tests.deploy import gen_docs
 from tests.deploy.support import CHART_DIR, ROOT, server_config_from_env, server_env_names, server_fields
 

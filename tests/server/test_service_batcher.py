@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 import pytest
+
 from dualdistill_server.batcher import Batcher
 from dualdistill_server.config import ServerConfig
 from dualdistill_server.core import TeacherService, sequence_key
@@ -24,7 +25,6 @@ from dualdistill_server.errors import (
 from dualdistill_server.metrics import Metrics
 from dualdistill_server.models import LogitsTask
 from dualdistill_server.schemas import LogitsRequest
-
 from tests.server.helpers import assert_same_result
 
 POISON = 7  # SpyModel fails any forward containing a sequence that starts with this id

@@ -6,6 +6,8 @@ import asyncio
 
 import grpc
 import pytest
+from pydantic import ValidationError
+
 from dualdistill_server.context import clean_request_id
 from dualdistill_server.errors import (
     Cancelled,
@@ -22,7 +24,6 @@ from dualdistill_server.errors import (
     to_service_error,
 )
 from dualdistill_server.schemas import LogitsRequest
-from pydantic import ValidationError
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from dualdistill import wire
-from dualdistill.v1 import teacher_pb2 as pb
-from dualdistill.v1 import teacher_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from dualdistill import wire
+from dualdistill.v1 import teacher_pb2 as pb
+from dualdistill.v1 import teacher_pb2_grpc
 from tests.server.helpers import (
     assert_same_result,
     expected_results,

@@ -9,10 +9,10 @@ import re
 import httpx
 import numpy as np
 import pytest
-from dualdistill import wire
-from dualdistill.v1 import teacher_pb2
 from google.protobuf import json_format
 
+from dualdistill import wire
+from dualdistill.v1 import teacher_pb2
 from tests.server.helpers import (
     assert_same_result,
     expected_results,

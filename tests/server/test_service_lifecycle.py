@@ -16,14 +16,14 @@ import time
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from dualdistill.v1 import teacher_pb2 as pb
 from dualdistill.v1 import teacher_pb2_grpc
 from dualdistill_server.config import ServerConfig
 from dualdistill_server.core import TeacherService
 from dualdistill_server.grpc import GrpcTransport
 from dualdistill_server.http import create_app
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from tests.fixtures.server_process import start_server
 from tests.server.helpers import metric_sum
 

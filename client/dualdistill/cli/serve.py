@@ -24,12 +24,13 @@ SERVE_FLAGS: list[tuple[str, str, type, str]] = [
     ("--max-body-bytes", "max_body_bytes", int, "largest HTTP body; 413 above (default 32 MiB)"),
     ("--max-message-bytes", "max_message_bytes", int, "largest gRPC message (default 256 MiB)"),
     ("--api-key-file", "api_key_file", str, "file of tenant:key lines (env DUALDISTILL_API_KEYS: same, comma-separated)"),
-    ("--cache", "cache", str, "memory | disk:DIR | redis://HOST:PORT/DB | none (default memory)"),
-    ("--cache-bytes", "cache_bytes", int, "memory cache byte budget (default 1 GiB)"),
+    ("--cache", "cache", str, "memory | disk:DIR | redis://HOST:PORT/DB[?ttl=SECONDS] | none (default memory)"),
+    ("--cache-bytes", "cache_bytes", int, "memory or disk cache byte budget (default 1 GiB)"),
     ("--drain-seconds", "drain_seconds", float, "grace period for in-flight work on SIGTERM (default 30)"),
     ("--metrics-port", "metrics_port", int, "also serve /metrics on this port"),
     ("--tenant-tokens-per-second", "tenant_tokens_per_second", float, "per-tenant token-rate limit"),
     ("--tenant-max-concurrency", "tenant_max_concurrency", int, "per-tenant cap on requests in flight"),
+    ("--max-generate-tokens", "max_generate_tokens", int, "largest prompts x n x max_new_tokens per generate request (default 65536)"),
     ("--log-level", "log_level", str, "debug | info | warning | error (default info)"),
 ]
 

@@ -1,6 +1,17 @@
 """The service core shared by the HTTP and gRPC transports."""
 
-from .cache import NoCache, ResultCache, sequence_key
+from .api_keys import ANONYMOUS, ApiKeys
+from .cache import ResultCache, sequence_key
+from .limits import TenantLimits
 from .service import GenerateResult, LogitsResult, TeacherService
 
-__all__ = ["GenerateResult", "LogitsResult", "NoCache", "ResultCache", "TeacherService", "sequence_key"]
+__all__ = [
+    "ANONYMOUS",
+    "ApiKeys",
+    "GenerateResult",
+    "LogitsResult",
+    "ResultCache",
+    "TeacherService",
+    "TenantLimits",
+    "sequence_key",
+]

@@ -1,13 +1,14 @@
 """TeacherService: the one core behind both transports.
 
     HTTP handler ─┐                      ┌─ validation.py (model limits -> LogitsTasks)
-                  ├─> TeacherService ────┼─ cache (per-sequence lookup / store)
-    gRPC servicer ┘   (readiness, drain,  └─ Batcher per model (dedupe, padded forwards, worker thread)
-                       deadlines)
+                  ├─> TeacherService ────┼─ limits.py (per-tenant token bucket)
+    gRPC servicer ┘   (readiness, drain,  ├─ cache.py (per-sequence lookup / store)
+                       deadlines)         └─ Batcher per model (dedupe, padded forwards, worker thread)
 
-Transports turn their input into `schemas.LogitsRequest` / `GenerateRequest`, call `logits` /
-`generate`, and turn the result (or the typed error) into their own response. Nothing here knows about
-HTTP or protobuf.
+Transports authenticate with `service.api_keys` (the tenant goes into the request context), hold a
+`service.limits.slot(tenant)` for the request, turn their input into `schemas.LogitsRequest` /
+`GenerateRequest`, call `logits` / `generate`, and turn the result (or the typed error) into their own
+response. Nothing here knows about HTTP or protobuf.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from ..errors import DeadlineExceeded, ModelNotFound, Unavailable
 from ..metrics import Metrics
 from ..models import GeneratedCompletion, ModelInfo
 from ..schemas import GenerateRequest, LogitsRequest
-from .cache import NoCache, ResultCache, sequence_key
-from .validation import logits_tasks, prompt_ids
+from .api_keys import ApiKeys
+from .cache import ResultCache, sequence_key
+from .limits import TenantLimits
+from .validation import generate_budget, logits_tasks, prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,12 @@ class GenerateResult:
 
 class TeacherService:
     """Serves `models` (name -> ServedModel). Construct with no models to start "loading" (not ready);
-    `add_model` then `mark_loaded` when they are in memory."""
+    `add_model` then `mark_loaded` when they are in memory.
+
+    `cache`: the result cache (main.py opens the backend `config.cache` names); None = no cache.
+    `api_keys`: default from config.api_key_file / config.api_keys (raises ValueError for a bad entry).
+    The per-tenant limits come from config.tenant_tokens_per_second / tenant_max_concurrency.
+    """
 
     def __init__(
         self,
@@ -60,10 +68,14 @@ class TeacherService:
         *,
         metrics: Metrics | None = None,
         cache: ResultCache | None = None,
+        api_keys: ApiKeys | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
-        self.cache: ResultCache = cache if cache is not None else NoCache()
+        self.cache = cache if cache is not None else ResultCache(None, self.metrics)
+        self.api_keys = api_keys if api_keys is not None else ApiKeys.from_settings(config.api_key_file,
+                                                                                   config.api_keys)
+        self.limits = TenantLimits(config.tenant_tokens_per_second, config.tenant_max_concurrency, self.metrics)
         self._models: dict = {}
         self._batchers: dict[str, Batcher] = {}
         self._loaded = False
@@ -88,7 +100,7 @@ class TeacherService:
             max_wait_s=self.config.max_wait_ms / 1000.0,
             max_queue_tokens=self.config.max_queue_tokens,
             metrics=self.metrics,
-            on_result=self.cache.put,
+            on_result=self.cache.store,
         )
 
     def mark_loaded(self) -> None:
@@ -132,6 +144,7 @@ class TeacherService:
     async def close(self) -> None:
         for batcher in self._batchers.values():
             await batcher.close()
+        await self.cache.close()  # writes the results still waiting (the disk cache keeps them)
 
     # ---- queries ---------------------------------------------------------------------------------------
 
@@ -146,6 +159,7 @@ class TeacherService:
         name, model = self._admit(request.model)
         info = model.info
         tasks = logits_tasks(request, info, self.config)
+        self.limits.charge(context.current_tenant(), request.num_tokens)
         timeout = _sooner(timeout, request.deadline_seconds)
         with self._tracking():
             results = await _within(timeout, self._compute(name, info.fingerprint, tasks))
@@ -155,6 +169,7 @@ class TeacherService:
         self, request: GenerateRequest, *, request_id: str = "", timeout: float | None = None
     ) -> GenerateResult:
         name, model = self._admit(request.model)
+        self.limits.charge(context.current_tenant(), generate_budget(request, self.config))
 
         def run() -> list[GeneratedCompletion]:  # on the model's worker thread
             prompts = prompt_ids(request, model)
@@ -188,8 +203,11 @@ class TeacherService:
         return name, model
 
     async def _compute(self, name: str, fingerprint: str, tasks: list) -> list[SequenceLogits]:
+        """Cached sequences from the cache, the others from the batcher (which joins identical sequences
+        in flight, from any request). No await between the lookup's end and the batcher's admission, so a
+        sequence is either found finished or joined while running, never computed twice by this process."""
         keys = [sequence_key(fingerprint, task) for task in tasks]
-        results: list[SequenceLogits | None] = [self.cache.get(key) for key in keys]
+        results = await self.cache.lookup(name, keys)
         missing = [i for i, result in enumerate(results) if result is None]
         if missing:
             computed = await self._batchers[name].compute([(keys[i], tasks[i]) for i in missing])

@@ -66,6 +66,20 @@ def logits_tasks(request: LogitsRequest, info: ModelInfo, config: ServerConfig) 
     return tasks
 
 
+def generate_budget(request: GenerateRequest, config: ServerConfig) -> int:
+    """prompts x n x max_new_tokens: the most tokens the request can make the model generate. Checked
+    against max_generate_tokens before any work, since generation is the service's most expensive call."""
+    budget = len(request.prompts) * request.n * request.max_new_tokens
+    if budget > config.max_generate_tokens:
+        raise InvalidArgument(
+            f"prompts x n x max_new_tokens = {len(request.prompts)} x {request.n} x {request.max_new_tokens} = "
+            f"{budget} is over max_generate_tokens = {config.max_generate_tokens}; split the prompts over "
+            "several requests or ask for fewer tokens",
+            field="max_new_tokens",
+        )
+    return budget
+
+
 def _chat_errors() -> tuple[type[Exception], ...]:
     try:  # jinja2 renders chat templates; it comes with the tokenizer stack, not with us
         from jinja2 import TemplateError

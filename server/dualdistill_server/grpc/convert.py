@@ -3,9 +3,10 @@ transport uses, so both transports validate identically and name bad fields iden
 
 from __future__ import annotations
 
+from google.protobuf.json_format import MessageToDict
+
 from dualdistill.results import SequenceLogits
 from dualdistill.v1 import teacher_pb2 as pb
-from google.protobuf.json_format import MessageToDict
 
 from ..core import GenerateResult, LogitsResult
 from ..core.payload import binary_payload

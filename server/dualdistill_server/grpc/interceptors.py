@@ -1,10 +1,14 @@
-"""The gRPC side of errors.py: one interceptor that maps every exception of a Teacher method to its status.
+"""The gRPC side of errors.py and of the API keys: one interceptor around every Teacher method.
 
 For each call of a `dualdistill.v1.Teacher` method it opens a RequestContext (id from the
-`x-request-id` metadata, else a fresh one, returned in the trailing metadata), turns a raised exception
-into `context.abort(code, detail)` via `errors.to_service_error` (unknown errors: INTERNAL, details
-logged here, not sent), adds `retry-after` for retryable codes and `x-dualdistill-field` naming the bad
-field, and records the request metrics. Health and reflection calls pass through untouched.
+`x-request-id` metadata, else a fresh one, returned in the trailing metadata), checks the
+`authorization: Bearer KEY` metadata (UNAUTHENTICATED without a valid key; the tenant goes into the
+context), holds one of the tenant's concurrency slots for the whole call (a stream counts as one),
+refuses a message that does not parse as protobuf with INVALID_ARGUMENT (grpc would say UNKNOWN, or
+INTERNAL inside a stream), turns a raised exception into `context.abort(code, detail)` via `errors.to_service_error` (unknown
+errors: INTERNAL, details logged here, not sent), adds `retry-after` for retryable codes and
+`x-dualdistill-field` naming the bad field, and records the request metrics. Health and reflection
+calls pass through untouched (they need no key).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from typing import Any
 import grpc
 
 from .. import context
-from ..errors import ServiceError, is_unexpected, to_service_error
+from ..core.api_keys import ApiKeys
+from ..core.limits import TenantLimits
+from ..errors import InvalidArgument, ServiceError, is_unexpected, to_service_error
 from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -32,9 +38,43 @@ def _metadata_value(metadata: Any, key: str) -> str:
     return ""
 
 
+_UNDECODABLE = object()  # what the lenient deserializer hands on for bytes that are not a valid message
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError (bad wire format, invalid UTF-8)
+            return _UNDECODABLE
+
+    return parse
+
+
+def _checked(request: Any, method: str) -> Any:
+    if request is _UNDECODABLE:
+        name = method.rsplit("/", 1)[-1]
+        # The parser's own text names its internals; the client only needs to know what to fix.
+        raise InvalidArgument(
+            f"the {name} request is not a valid protobuf message (corrupt wire format, or a string that is "
+            "not UTF-8)"
+        )
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator, method: str) -> AsyncIterator:
+    async for request in requests:
+        yield _checked(request, method)
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, api_keys: ApiKeys, limits: TenantLimits) -> None:
         self._metrics = metrics
+        self._api_keys = api_keys
+        self._limits = limits
 
     async def intercept_service(
         self,
@@ -46,25 +86,30 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = details.method
         request_id = _metadata_value(details.invocation_metadata, "x-request-id")
+        authorization = _metadata_value(details.invocation_metadata, "authorization")
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, request_id),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(handler.unary_unary, method, request_id, authorization),
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap_stream(handler.stream_stream, method, request_id),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(handler.stream_stream, method, request_id, authorization),
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _wrap_unary(self, behavior: Callable, method: str, request_id: str) -> Callable:
+    def _wrap_unary(self, behavior: Callable, method: str, request_id: str, authorization: str) -> Callable:
         async def unary(request: Any, rpc_context: grpc.aio.ServicerContext) -> Any:
             call = _Call(self._metrics, method, request_id, rpc_context)
             try:
-                return await behavior(request, rpc_context)
+                call.ctx.tenant = self._api_keys.tenant_for(authorization)
+                with self._limits.slot(call.ctx.tenant):
+                    response = await behavior(_checked(request, method), rpc_context)
+                call.response_bytes = response.ByteSize()
+                return response
             except BaseException as exc:
                 await call.fail(exc)
                 raise  # only reached for aborts and cancellations (fail() aborts otherwise)
@@ -73,12 +118,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _wrap_stream(self, behavior: Callable, method: str, request_id: str) -> Callable:
+    def _wrap_stream(self, behavior: Callable, method: str, request_id: str, authorization: str) -> Callable:
         async def stream(request_iterator: AsyncIterator, rpc_context: grpc.aio.ServicerContext) -> AsyncIterator:
             call = _Call(self._metrics, method, request_id, rpc_context)
             try:
-                async for response in behavior(request_iterator, rpc_context):
-                    yield response
+                call.ctx.tenant = self._api_keys.tenant_for(authorization)
+                with self._limits.slot(call.ctx.tenant):
+                    async for response in behavior(_checked_stream(request_iterator, method), rpc_context):
+                        call.response_bytes += response.ByteSize()
+                        yield response
             except BaseException as exc:
                 await call.fail(exc)
                 raise
@@ -97,6 +145,7 @@ class _Call:
         self.rpc_context = rpc_context
         self.ctx, self.token = context.open_request(request_id)
         self.begin = time.perf_counter()
+        self.response_bytes = 0
         rpc_context.set_trailing_metadata((("x-request-id", self.ctx.request_id),))
 
     async def fail(self, exc: BaseException) -> None:
@@ -127,9 +176,12 @@ class _Call:
     def finish(self) -> None:
         seconds = time.perf_counter() - self.begin
         code = self.ctx.code or "OK"
-        self.metrics.observe_request(self.method, self.ctx.model, code, seconds)
+        self.metrics.observe_request(
+            self.method, self.ctx.model, code, seconds, tenant=self.ctx.tenant, response_bytes=self.response_bytes
+        )
         log.info(
             "%s %s", self.method, code,
-            extra={"route": self.method, "code": code, "model": self.ctx.model, "seconds": round(seconds, 6)},
+            extra={"route": self.method, "code": code, "model": self.ctx.model, "seconds": round(seconds, 6),
+                   "bytes": self.response_bytes},
         )
         context.close_request(self.token)

@@ -10,10 +10,11 @@ import asyncio
 import logging
 
 import grpc
-from dualdistill.v1 import teacher_pb2, teacher_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+
+from dualdistill.v1 import teacher_pb2, teacher_pb2_grpc
 
 from ..config import ServerConfig
 from ..core import TeacherService
@@ -36,7 +37,7 @@ class GrpcTransport:
         self._config = config
         limit = config.max_message_bytes
         self.server = grpc.aio.server(
-            interceptors=[ServiceInterceptor(service.metrics)],
+            interceptors=[ServiceInterceptor(service.metrics, service.api_keys, service.limits)],
             options=[
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),

@@ -10,9 +10,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+from pydantic import ValidationError
+
 from dualdistill.v1 import teacher_pb2 as pb
 from dualdistill.v1 import teacher_pb2_grpc
-from pydantic import ValidationError
 
 from .. import context
 from ..core import TeacherService

@@ -13,7 +13,7 @@ from .. import context
 from ..config import ServerConfig
 from ..core import TeacherService
 from ..core.payload import BINARY_CONTENT_TYPE, binary_payload
-from ..errors import Cancelled
+from ..errors import Cancelled, InvalidArgument
 from ..schemas import GenerateRequest, LogitsRequest
 from .encode import generate_json, logits_json
 from .errors import install_error_handlers
@@ -49,6 +49,24 @@ def _adopt_request_id(body_request_id: str) -> str:
     if body_request_id and context.clean_request_id(body_request_id) == body_request_id:
         ctx.request_id = body_request_id
     return body_request_id or ctx.request_id
+
+
+DEADLINE_HEADER = "x-deadline-seconds"
+
+
+def _header_deadline(request: Request) -> float | None:
+    """`x-deadline-seconds: S` (S > 0, finite): answer 504 after S seconds. For logits the body's
+    deadline_seconds applies too, whichever is sooner."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        raise InvalidArgument(f"must be a number of seconds > 0, got {raw[:32]!r}", field=DEADLINE_HEADER)
+    return value
 
 
 def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
@@ -87,7 +105,8 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
     )
     async def logits(body: LogitsRequest, request: Request) -> Response:
         request_id = _adopt_request_id(body.request_id)
-        result = await _unless_disconnected(request, service.logits(body, request_id=request_id))
+        timeout = _header_deadline(request)
+        result = await _unless_disconnected(request, service.logits(body, request_id=request_id, timeout=timeout))
         # x-request-id: added by RequestMiddleware (the body's id when it is header-safe).
         if body.format == "json":
             content = await asyncio.to_thread(logits_json, result)
@@ -99,8 +118,16 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
     @app.post("/v1/generate", summary="Sampled completions for prompts (text, token ids or chat messages)")
     async def generate(body: GenerateRequest, request: Request) -> Response:
         request_id = _adopt_request_id(body.request_id)
-        result = await _unless_disconnected(request, service.generate(body, request_id=request_id))
+        timeout = _header_deadline(request)
+        result = await _unless_disconnected(request, service.generate(body, request_id=request_id, timeout=timeout))
         return Response(generate_json(result), media_type="application/json")
 
-    app.add_middleware(RequestMiddleware, max_body_bytes=config.max_body_bytes, metrics=service.metrics)
+    app.add_middleware(
+        RequestMiddleware,
+        max_body_bytes=config.max_body_bytes,
+        metrics=service.metrics,
+        api_keys=service.api_keys,
+        limits=service.limits,
+        route_paths=frozenset(getattr(route, "path", "") for route in app.routes),
+    )
     return app

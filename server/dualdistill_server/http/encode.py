@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+
 from dualdistill.results import SequenceLogits
 
 from ..core import GenerateResult, LogitsResult

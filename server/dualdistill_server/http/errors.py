@@ -11,7 +11,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from .. import context
-from ..errors import ServiceError, code_name_for_http_status, from_validation_errors, is_unexpected
+from ..errors import (
+    InvalidArgument,
+    ServiceError,
+    code_name_for_http_status,
+    from_validation_errors,
+    is_unexpected,
+)
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +27,8 @@ def error_response(error: ServiceError) -> Response:
     headers = {}
     if error.retry_after_seconds is not None:
         headers["retry-after"] = str(error.retry_after_seconds)
+    if error.http_status == 401:
+        headers["www-authenticate"] = "Bearer"
     ctx = context.current()
     if ctx is not None:
         ctx.code = error.code_name
@@ -44,8 +52,11 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
 
 
 async def _http_error(_: Request, exc: Exception) -> Response:
-    """Starlette's own errors (unknown route 404, wrong method 405) in our error shape."""
+    """Starlette's own errors (unknown route 404, wrong method 405) in our error shape. FastAPI's 400 for a
+    body it cannot read (not UTF-8) is an invalid argument like any other bad body: 422."""
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        return error_response(InvalidArgument(f"the body could not be read as UTF-8 JSON ({exc.detail})"))
     code = code_name_for_http_status(exc.status_code)
     ctx = context.current()
     if ctx is not None:

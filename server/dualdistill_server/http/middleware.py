@@ -1,12 +1,17 @@
-"""One pure-ASGI middleware around the whole app: request id, body limit, metrics, access log, last-resort 500.
+"""One pure-ASGI middleware around the whole app: request id, API key, tenant slot, body limit, metrics,
+access log, last-resort 500.
 
 Pure ASGI (not BaseHTTPMiddleware) so it adds no task switch per request and sees every response,
 including those of the exception handlers. Order of work per request:
 1. open a RequestContext with the client's `x-request-id` (or a fresh id); every response gets the header;
-2. refuse bodies over `max_body_bytes` with 413, from Content-Length before reading, else while reading
+2. data routes (/v1/*): `Authorization: Bearer KEY` -> tenant (401 without a valid key; the key is never
+   logged), then one of the tenant's concurrency slots for the whole request (429 when all are taken),
+   freed however the request ends; probes, /metrics and the OpenAPI pages stay open;
+3. refuse bodies over `max_body_bytes` with 413, from Content-Length before reading, else while reading
    (the body is read here and replayed to the app: FastAPI turns errors raised while it reads a body into
    a generic 400, so the limit cannot be enforced from inside);
-3. after the response: `dualdistill_requests_total` / `dualdistill_request_seconds` and one log line.
+4. after the response: `dualdistill_requests_total` / `dualdistill_request_seconds` /
+   `dualdistill_response_bytes_total` and one log line.
 """
 
 from __future__ import annotations
@@ -17,19 +22,36 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import context
+from ..core.api_keys import ApiKeys
+from ..core.limits import TenantLimits
 from ..errors import InternalError, PayloadTooLarge, ServiceError, code_name_for_http_status
 from ..metrics import Metrics
 from .errors import error_response
 
 log = logging.getLogger("dualdistill_server.access")
 _QUIET_ROUTES = ("/healthz", "/readyz", "/metrics")  # probes: logged at debug level only
+DATA_PREFIX = "/v1/"  # routes that need a key (when keys are configured) and count against tenant limits
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics,
+        api_keys: ApiKeys,
+        limits: TenantLimits,
+        route_paths: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
+        # Requests refused here never reach the router; their metrics label is still the route when the
+        # path is one of the app's (a bounded set), else "unmatched".
+        self.route_paths = route_paths
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.api_keys = api_keys
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,21 +62,30 @@ class RequestMiddleware:
         begin = time.perf_counter()
         status = 500
         started = False
+        sent_bytes = 0
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, started, sent_bytes
             if message["type"] == "http.response.start":
                 started, status = True, message["status"]
                 out = list(message.get("headers", []))
                 if not any(key.lower() == b"x-request-id" for key, _ in out):
                     out.append((b"x-request-id", ctx.request_id.encode("latin-1")))
                 message = {**message, "headers": out}
+            elif message["type"] == "http.response.body":
+                sent_bytes += len(message.get("body", b""))
             await send(message)
 
         try:
-            body_receive = await self._read_body(scope, headers, receive, send_with_id)
-            if body_receive is not None:
-                await self.app(scope, body_receive, send_with_id)
+            if scope.get("path", "").startswith(DATA_PREFIX):
+                ctx.tenant = self.api_keys.tenant_for(headers.get(b"authorization", b"").decode("latin-1"))
+                with self.limits.slot(ctx.tenant):
+                    await self._serve(scope, headers, receive, send_with_id)
+            else:
+                await self._serve(scope, headers, receive, send_with_id)
+        except ServiceError as error:  # no key, a wrong key, or the tenant's slots all taken
+            if not started:
+                await error_response(error)(scope, receive, send_with_id)
         except Exception:
             log.exception("unhandled error")
             if not started:
@@ -62,8 +93,13 @@ class RequestMiddleware:
                     scope, receive, send_with_id
                 )
         finally:
-            self._record(scope, ctx, status, time.perf_counter() - begin)
+            self._record(scope, ctx, status, time.perf_counter() - begin, sent_bytes)
             context.close_request(token)
+
+    async def _serve(self, scope: Scope, headers: dict, receive: Receive, send: Send) -> None:
+        body_receive = await self._read_body(scope, headers, receive, send)
+        if body_receive is not None:
+            await self.app(scope, body_receive, send)
 
     async def _read_body(self, scope: Scope, headers: dict, receive: Receive, send: Send) -> Receive | None:
         """A receive() that replays the whole body, or None after answering 413."""
@@ -105,11 +141,14 @@ class RequestMiddleware:
         )
         await error_response(error)(scope, receive, send)
 
-    def _record(self, scope: Scope, ctx: context.RequestContext, status: int, seconds: float) -> None:
+    def _record(
+        self, scope: Scope, ctx: context.RequestContext, status: int, seconds: float, sent_bytes: int
+    ) -> None:
         route = scope.get("route")
-        path = getattr(route, "path", None) or "unmatched"
+        path = getattr(route, "path", None) or (scope.get("path") if scope.get("path") in self.route_paths else None)
+        path = path or "unmatched"
         code = ctx.code or code_name_for_http_status(status)
-        self.metrics.observe_request(path, ctx.model, code, seconds)
+        self.metrics.observe_request(path, ctx.model, code, seconds, tenant=ctx.tenant, response_bytes=sent_bytes)
         level = logging.DEBUG if path in _QUIET_ROUTES else logging.INFO
         log.log(
             level,
@@ -117,5 +156,6 @@ class RequestMiddleware:
             scope.get("method"),
             scope.get("path"),
             status,
-            extra={"route": path, "status": status, "code": code, "model": ctx.model, "seconds": round(seconds, 6)},
+            extra={"route": path, "status": status, "code": code, "model": ctx.model, "seconds": round(seconds, 6),
+                   "bytes": sent_bytes},
         )

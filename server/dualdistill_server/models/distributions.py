@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from dualdistill.results import SequenceLogits
 
+from dualdistill.results import SequenceLogits
 from dualdistill_server.models.types import LOGITS_MODES, LogitsTask
 
 _SEED_MASK = (1 << 63) - 1

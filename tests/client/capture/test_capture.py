@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from dualdistill import wire
 from dualdistill.capture.run import capture_pairs
 from dualdistill.capture.store import CaptureError, CaptureReader, CaptureSettings, CaptureWriter
@@ -14,7 +15,6 @@ from dualdistill.client import TeacherClient
 from dualdistill.trainer import train
 from dualdistill.trainer.data import load_pairs
 from dualdistill.trainer.teacher import sequences_of
-
 from tests.client.trainer.fixtures import TEACHER, TOP_K, assert_same_weights, small_config, train_records
 
 

@@ -7,6 +7,7 @@ vocabulary tensors, explicit sums over the complement.
 from __future__ import annotations
 
 import torch
+
 from dualdistill.teacher_logits import TeacherLogits
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from dualdistill.losses import DIVERGENCES, divergence
 from dualdistill.losses.divergences import log_mix, sampled_forward_kl
-
 from tests.client.losses.loss_reference import divergence_probs
 
 NEG_INF = float("-inf")

@@ -6,8 +6,8 @@ from dataclasses import fields
 
 import pytest
 import torch
-from dualdistill.losses import PRESETS, DPDLoss, DPDLossConfig, dpd_loss
 
+from dualdistill.losses import PRESETS, DPDLoss, DPDLossConfig, dpd_loss
 from tests.client.losses.loss_reference import (
     coarse_kd_reference,
     dpo_reference,

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from dualdistill.losses import DPO_LOSS_TYPES, DPOLoss, dpo_loss
 
+from dualdistill.losses import DPO_LOSS_TYPES, DPOLoss, dpo_loss
 from tests.client.losses.loss_reference import dpo_reference
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dualdistill.losses import selective_log_softmax, sequence_logps
 
+from dualdistill.losses import selective_log_softmax, sequence_logps
 from tests.client.losses.loss_reference import sequence_logps_reference
 
 

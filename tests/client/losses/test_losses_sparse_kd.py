@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+
 from dualdistill.losses import DIVERGENCES, SparseKDLoss, sparse_kd_loss
 from dualdistill.teacher_logits import TeacherLogits
-
 from tests.client.losses.loss_reference import (
     coarse_kd_reference,
     dense_teacher_probs,

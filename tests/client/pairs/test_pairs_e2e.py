@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+
 from dualdistill.cli.main import main
 from dualdistill.client import RetryPolicy, TeacherClient
 from dualdistill.pairs import PairsConfig, read_queries, run_pairs, write_queries
@@ -87,9 +88,10 @@ def test_teacher_logprob_equals_in_process_mean(service, tiny_models):
     import asyncio
 
     import torch
+    from transformers import AutoModelForCausalLM
+
     from dualdistill.client import AsyncTeacherClient
     from dualdistill.pairs.scorers import TeacherLogprobScorer
-    from transformers import AutoModelForCausalLM
 
     with TeacherClient(service.http_url) as client:
         completions = client.generate("teacher", [[{"role": "user", "content": "What is 7 times 6?"}]],

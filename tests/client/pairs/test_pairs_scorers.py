@@ -6,9 +6,9 @@ import asyncio
 import math
 
 import pytest
+
 from dualdistill.client.types import Completion
 from dualdistill.pairs.scorers import ScorerSpecError, VerifierScorer, load_callable, make_scorer
-
 from tests.fixtures.tiny_model import build_tiny_model
 
 

@@ -6,9 +6,10 @@ import math
 import random
 
 import pytest
-from dualdistill.pairs.select import DROP_REASONS, choose_pair
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from dualdistill.pairs.select import DROP_REASONS, choose_pair
 
 NAN = math.nan
 

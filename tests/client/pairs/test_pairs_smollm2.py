@@ -7,6 +7,7 @@ import json
 import signal
 
 import pytest
+
 from dualdistill.cli.main import main
 from dualdistill.pairs import write_queries
 from dualdistill.pairs.store import RunPaths
@@ -18,7 +19,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_pairs_on_smollm2_teacher_and_pruned_student(tmp_path):
     from dualdistill_server.models import prepare_smollm2, prune_layers
-
     from tests.client.pairs.conftest import ServerProcess
 
     teacher = prepare_smollm2()  # cached after the first call

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+
 from dualdistill.pairs.store import CorruptOutputError, RunPaths, open_store, truncate_partial_line
 from dualdistill.pairs.summary import distribution, format_summary, plot_margins, summarize
 

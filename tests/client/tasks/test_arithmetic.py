@@ -6,6 +6,7 @@ import re
 from fractions import Fraction
 
 import pytest
+
 from dualdistill.pairs.queries import check_query
 from dualdistill.tasks.arithmetic import extract_final_number, make_problem, make_queries, verify
 

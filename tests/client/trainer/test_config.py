@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+
 from dualdistill.cli.main import build_parser, main
 from dualdistill.cli.train import resolve_config
 from dualdistill.trainer import TrainConfig

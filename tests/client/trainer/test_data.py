@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+
 from dualdistill.trainer.data import Geometry, collate, iterate_micro_batches, load_pairs, parse_pair
 
 

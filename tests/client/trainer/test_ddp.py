@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from dualdistill.trainer.logs import read_metrics
-
 from tests.client.trainer.fixtures import TEACHER, TOP_K
 
 ROOT = Path(__file__).resolve().parents[3]

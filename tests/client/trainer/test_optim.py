@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from dualdistill.trainer import TrainConfig
 from dualdistill.trainer.optim import build_optimizer, build_scheduler, lr_factor
 

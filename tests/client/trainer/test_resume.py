@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from dualdistill.trainer import train
 from dualdistill.trainer.checkpoint import list_checkpoints
-
 from tests.client.trainer.fixtures import TEACHER, TOP_K, assert_same_weights, small_config, train_records
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -9,7 +9,6 @@ import threading
 import time
 
 from dualdistill.trainer import train
-
 from tests.client.trainer.fixtures import small_config, train_records
 from tests.fixtures.server_process import start_server
 

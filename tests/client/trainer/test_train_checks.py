@@ -12,12 +12,12 @@ import math
 
 import pytest
 import torch
+
 from dualdistill.cli.main import main
 from dualdistill.client import TokenizerMismatchError
 from dualdistill.trainer import train
 from dualdistill.trainer.data import collate, load_pairs
 from dualdistill.trainer.reference import Reference
-
 from tests.client.trainer.fixtures import (
     TEACHER,
     assert_same_weights,

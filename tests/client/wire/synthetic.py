@@ -12,6 +12,7 @@ so it is, if anything, harder to compress.
 from __future__ import annotations
 
 import numpy as np
+
 from dualdistill.results import SequenceLogits
 
 

@@ -11,11 +11,12 @@ import zlib
 import numpy as np
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dualdistill import wire
 from dualdistill.results import SequenceLogits
 from dualdistill.wire import WireFormatError
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 _HEADER = struct.Struct("<4sBBBBIIIIII")
 _LIMIT = 50_000  # max_entries for these tests: every allocation is bounded by it

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dualdistill.wire import intcode
-from dualdistill.wire.errors import WireFormatError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from dualdistill.wire import intcode
+from dualdistill.wire.errors import WireFormatError
 
 
 def reference_encode(values: list[int]) -> tuple[bytes, bytes]:

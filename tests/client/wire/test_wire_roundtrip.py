@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dualdistill import wire
-from dualdistill.results import SequenceLogits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dualdistill import wire
+from dualdistill.results import SequenceLogits
 from tests.client.wire import reference_decoder
 
 

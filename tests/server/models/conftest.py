@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from dualdistill_server.models import ServedModel, load_model
 
 

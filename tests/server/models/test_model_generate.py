@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from dualdistill_server.models import load_model
 from dualdistill_server.models.generation import draw, nucleus_probs
-
 from tests.fixtures.tiny_model import CHAT_TEMPLATE
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dualdistill_server.models.distributions import complement_logsumexp_, sorted_topk
 
+from dualdistill_server.models.distributions import complement_logsumexp_, sorted_topk
 from tests.server.models.helpers import make_task, random_ids, reference_logprobs
 
 ATOL = 2e-5  # float32 pipeline vs float64 reference, logprobs down to about -40

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from dualdistill.cli import models as models_cli
 from dualdistill.cli.main import main as cli_main
 from dualdistill_server.models import load_model, prepare_smollm2, prune_layers
 from dualdistill_server.models import prepare as prepare_module
 from dualdistill_server.models.prepare import MARKER, is_complete, write_atomically
 from dualdistill_server.models.prune import layers_to_keep, prune_state_dict
-
 from tests.fixtures.tiny_model import build_tiny_model
 from tests.server.models.helpers import make_task
 

@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 import torch
-from dualdistill_server.models.distributions import sample_rows, sequence_seed
 
+from dualdistill_server.models.distributions import sample_rows, sequence_seed
 from tests.server.models.helpers import make_task, random_ids, reference_logprobs
 
 
