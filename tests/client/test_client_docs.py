@@ -58,10 +58,13 @@ def pair_batches_for(tokenizer, count: int = 3):
     return batches
 
 
-def test_training_loop_example_runs(tiny_server, tiny_model_dir, capsys):
+def test_training_loop_example_runs(tiny_server, tmp_path, capsys):
     from transformers import AutoTokenizer
 
-    model_dir = str(tiny_model_dir)
+    from tests.fixtures.tiny_model import build_tiny_model
+
+    # A student that shares the teacher's tokenizer but not its weights, so the KD terms are clearly positive.
+    model_dir = str(build_tiny_model(tmp_path / "student", seed=1))
     source = (
         training_loop_source()
         .replace('"student-dir"', repr(model_dir))
