@@ -93,6 +93,10 @@ def parse_pair(line: dict[str, Any], max_seq_len: int, where: str) -> PairExampl
             "ref_*_logps cover the whole response; raise max_seq_len or use a served/local reference"
         )
     record = {k: v for k, v in line.items() if k not in ("prompt_token_ids", "chosen_token_ids", "rejected_token_ids")}
+    # `dualdistill pairs` keeps the query's own extra fields (e.g. a verifier's "answer") under "query_extra";
+    # the record is the query a verifier sees, so lift them to the top (never over a pair field).
+    for key, value in (line.get("query_extra") or {}).items():
+        record.setdefault(key, value)
     return PairExample(
         id=pair_id,
         prompt_ids=prompt,

@@ -114,3 +114,9 @@ def test_long_responses_are_cut_to_max_seq_len_and_bad_pairs_refused(tmp_path):
     path.write_text(json.dumps(_line(id="same")) + "\n" + json.dumps(_line(id="same")) + "\n")
     with pytest.raises(ValueError, match="duplicate pair id 'same'"):
         load_pairs(path, 64)
+
+
+def test_query_extra_fields_reach_the_verifier_record():
+    pair = parse_pair(_line(query_extra={"answer": 42, "id": "not-this"}), 64, "t")
+    assert pair.record["answer"] == 42
+    assert pair.record["id"] == "p"  # a pair field is never overwritten by the query's extras
