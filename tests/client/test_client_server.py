@@ -282,7 +282,7 @@ def test_timeout_shorter_than_the_request_fires(teacher, transport):
     long = [[int(i % 300) for i in range(250)]] * 8  # 2,000 tokens and a 30 ms batching window: > 2 ms
     with make_client(teacher, transport, timeout=0.002, retries=NO_RETRIES) as client:
         with pytest.raises(TeacherServiceError) as info:
-            client.logits(MODEL, long, [1] * 8, seed=int(time.time()))  # fresh: not answered from a cache
+            client.logits(MODEL, long, [1] * 8, seed=time.time_ns() % 2**63)  # fresh: not answered from a cache
     assert info.value.code == "DEADLINE_EXCEEDED"
     with make_client(teacher, transport, timeout=30) as client:  # the server is fine afterwards
         assert len(client.logits(MODEL, [[1, 2, 3]], [1])) == 1

@@ -175,8 +175,9 @@ def test_generate_returns_completions_that_match_in_process_generation(tiny_serv
 
 
 def test_deadline_seconds_gives_504(tiny_server) -> None:
-    body = {"model": "tiny", "sequences": [{"token_ids": [1, 2, 3], "start": 1}], "deadline_seconds": 0.001}
-    response = _post(tiny_server, "/v1/logits", body)  # the batching window alone is 30 ms
+    # A sequence no other test sends, so the result cache cannot answer it; the batching window alone is 30 ms.
+    body = {"model": "tiny", "sequences": [{"token_ids": [23, 7, 190, 64, 5, 77], "start": 2}], "deadline_seconds": 0.001}
+    response = _post(tiny_server, "/v1/logits", body)
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "DEADLINE_EXCEEDED"
 
