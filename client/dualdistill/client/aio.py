@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from dualdistill.client import operations as ops
-from dualdistill.client.base import DEFAULT_MAX_MESSAGE_BYTES, ClientBase
+from dualdistill.client.base import ClientBase
 from dualdistill.client.handshake import check_tokenizer_against
-from dualdistill.client.retry import RetryHook, RetryPolicy, acall_with_retry
+from dualdistill.client.retry import acall_with_retry
 from dualdistill.client.types import Completion, ModelInfo
 from dualdistill.results import SequenceLogits
 
@@ -22,29 +22,7 @@ class AsyncTeacherClient(ClientBase):
     flight at once (asyncio.gather), and the server batches them together.
     """
 
-    def __init__(
-        self,
-        url: str,
-        api_key: str | None = None,
-        transport: str | None = None,
-        timeout: float = 30.0,
-        retries: RetryPolicy | None = None,
-        format: str = "binary",
-        *,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        on_retry: RetryHook | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            api_key,
-            transport,
-            timeout,
-            retries,
-            format,
-            max_message_bytes=max_message_bytes,
-            on_retry=on_retry,
-            asynchronous=True,
-        )
+    asynchronous = True
 
     async def _call(self, op: ops.Operation[T], timeout: float | None) -> T:
         seconds = self._timeout(timeout)

@@ -17,6 +17,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # the server's default limit (Ser
 class ClientBase:
     """Settings shared by `TeacherClient` and `AsyncTeacherClient` (see their docstrings)."""
 
+    asynchronous: bool = False  # whether the transport's calls are coroutines; set by each subclass
+
     def __init__(
         self,
         url: str,
@@ -28,7 +30,6 @@ class ClientBase:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         on_retry: RetryHook | None = None,
-        asynchronous: bool,
     ) -> None:
         if not (math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
@@ -40,7 +41,7 @@ class ClientBase:
         self.format = format
         self.on_retry = on_retry
         self.stats = CallStats()
-        self._transport: Any = open_transport(self.endpoint, api_key, max_message_bytes, asynchronous)
+        self._transport: Any = open_transport(self.endpoint, api_key, max_message_bytes, self.asynchronous)
 
     @property
     def transport(self) -> str:

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from dualdistill.client import operations as ops
-from dualdistill.client.base import DEFAULT_MAX_MESSAGE_BYTES, ClientBase
+from dualdistill.client.base import ClientBase
 from dualdistill.client.handshake import check_tokenizer_against
-from dualdistill.client.retry import RetryHook, RetryPolicy, call_with_retry
+from dualdistill.client.retry import call_with_retry
 from dualdistill.client.types import Completion, ModelInfo
 from dualdistill.results import SequenceLogits
 
@@ -28,29 +28,6 @@ class TeacherClient(ClientBase):
     on_retry: called as on_retry(retry_number, error, delay_seconds) before each retry's sleep.
     """
 
-    def __init__(
-        self,
-        url: str,
-        api_key: str | None = None,
-        transport: str | None = None,
-        timeout: float = 30.0,
-        retries: RetryPolicy | None = None,
-        format: str = "binary",
-        *,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        on_retry: RetryHook | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            api_key,
-            transport,
-            timeout,
-            retries,
-            format,
-            max_message_bytes=max_message_bytes,
-            on_retry=on_retry,
-            asynchronous=False,
-        )
 
     def _call(self, op: ops.Operation[T], timeout: float | None) -> T:
         seconds = self._timeout(timeout)
