@@ -51,18 +51,9 @@ class AsyncTeacherClient(ClientBase):
         timeout: float | None = None,
     ) -> list[SequenceLogits]:
         """See `TeacherClient.logits`."""
-        seconds = self._timeout(timeout)
-        op = ops.logits(
-            model,
-            sequences,
-            starts,
-            top_k=top_k,
-            temperature=temperature,
-            mode=mode,
-            samples=samples,
+        op, seconds = self._logits_op(
+            model, sequences, starts, timeout, top_k=top_k, temperature=temperature, mode=mode, samples=samples,
             seed=seed,
-            format=self.format,
-            deadline_seconds=seconds,
         )
         return await self._call(op, seconds)
 

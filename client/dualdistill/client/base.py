@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dualdistill.client import operations as ops
 from dualdistill.client.endpoint import Endpoint, open_transport, parse_endpoint
 from dualdistill.client.errors import TeacherServiceError
 from dualdistill.client.operations import FORMATS
@@ -52,6 +53,13 @@ class ClientBase:
 
     def _timeout(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else float(timeout)
+
+    def _logits_op(self, model: str, sequences: Any, starts: Any, timeout: float | None, **params: Any):
+        """(operation, seconds): a logits request in this client's format whose server-side deadline is the
+        attempt's timeout, so the server drops work nobody waits for."""
+        seconds = self._timeout(timeout)
+        op = ops.logits(model, sequences, starts, format=self.format, deadline_seconds=seconds, **params)
+        return op, seconds
 
     @staticmethod
     def _pick_model(models: list[ModelInfo], name: str) -> ModelInfo:

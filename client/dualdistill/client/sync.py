@@ -60,18 +60,9 @@ class TeacherClient(ClientBase):
         mode "topk": the top_k ids per position; mode "sample": `samples` draws per position (seeded by
         (seed, sequence, start) only, so results are reproducible and cacheable). Idempotent: retried.
         """
-        seconds = self._timeout(timeout)
-        op = ops.logits(
-            model,
-            sequences,
-            starts,
-            top_k=top_k,
-            temperature=temperature,
-            mode=mode,
-            samples=samples,
+        op, seconds = self._logits_op(
+            model, sequences, starts, timeout, top_k=top_k, temperature=temperature, mode=mode, samples=samples,
             seed=seed,
-            format=self.format,
-            deadline_seconds=seconds,
         )
         return self._call(op, seconds)
 
