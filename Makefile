@@ -41,9 +41,12 @@ bench-quick: venv
 	$(PY) bench/run_all.py --quick
 
 # Regenerate the committed gRPC modules from the proto (tests/test_protos.py fails when they are stale).
+# The proto lives at protos/dualdistill/v1/ (package dualdistill.v1); its Python modules belong to the
+# contract package, so protoc maps that folder onto dualdistill/protocol/v1.
+PROTO_MAP := -Idualdistill/protocol/v1=protos/dualdistill/v1
 protos: venv
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=client --pyi_out=client --grpc_python_out=client \
-		protos/dualdistill/v1/teacher.proto
+	$(PY) -m grpc_tools.protoc $(PROTO_MAP) --python_out=client --pyi_out=client --grpc_python_out=client \
+		dualdistill/protocol/v1/teacher.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -77,7 +77,7 @@ class GrpcStream:
     def __init__(self, target: str, model: str) -> None:
         import grpc
 
-        from dualdistill.v1 import teacher_pb2_grpc
+        from dualdistill.protocol.v1 import teacher_pb2_grpc
 
         options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
         self.channel = grpc.insecure_channel(target, options=options)
@@ -87,8 +87,8 @@ class GrpcStream:
         self.counter = 0
 
     def __call__(self, sequences: np.ndarray, start: int, k: int):
-        from dualdistill import wire
-        from dualdistill.v1 import teacher_pb2
+        from dualdistill.protocol import wire
+        from dualdistill.protocol.v1 import teacher_pb2
 
         self.counter += 1
         request = teacher_pb2.LogitsRequest(

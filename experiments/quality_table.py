@@ -63,13 +63,13 @@ def capture_teacher(config: dict[str, Any], options: Any, run_dir: Path, capture
     """Start the service once: capture every pair's rows and collect the held-out set; returns the EvalSet."""
     from functools import partial
 
-    from dualdistill.capture.run import capture_pairs
     from dualdistill.client import TeacherClient
     from dualdistill.demo.data import query_set
     from dualdistill.demo.evaluate import EvalSet
     from dualdistill.demo.models import teacher_directory
     from dualdistill.demo.pipeline import GENERATE_TIMEOUT, REFERENCE, TEACHER
     from dualdistill.demo.service import run_service
+    from dualdistill.trainer.capture.run import capture_pairs
     from dualdistill.trainer.teacher import CaptureTeacher
 
     pairs = [run_dir / "pairs" / "train.jsonl", run_dir / "pairs" / "eval.jsonl"]

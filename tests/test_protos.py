@@ -19,20 +19,20 @@ def test_generated_modules_are_fresh(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-Iprotos", f"--python_out={out}", f"--pyi_out={out}",
-         f"--grpc_python_out={out}", "protos/dualdistill/v1/teacher.proto"],
+        [sys.executable, "-m", "grpc_tools.protoc", "-Idualdistill/protocol/v1=protos/dualdistill/v1", f"--python_out={out}", f"--pyi_out={out}",
+         f"--grpc_python_out={out}", "dualdistill/protocol/v1/teacher.proto"],
         cwd=tmp_path, check=True,
     )
     for name in GENERATED:
-        fresh = (out / "dualdistill" / "v1" / name).read_text()
-        committed = (ROOT / "client" / "dualdistill" / "v1" / name).read_text()
-        assert fresh == committed, f"client/dualdistill/v1/{name} is stale: run `make protos`"
+        fresh = (out / "dualdistill" / "protocol" / "v1" / name).read_text()
+        committed = (ROOT / "client" / "dualdistill" / "protocol" / "v1" / name).read_text()
+        assert fresh == committed, f"client/dualdistill/protocol/v1/{name} is stale: run `make protos`"
 
 
 def test_json_logits_request_parses_into_proto() -> None:
     from google.protobuf import json_format
 
-    from dualdistill.v1 import teacher_pb2
+    from dualdistill.protocol.v1 import teacher_pb2
 
     body = (
         '{"model": "teacher", "sequences": [{"token_ids": [1, 2, 3], "start": 1}], "top_k": 8, '

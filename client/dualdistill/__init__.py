@@ -1,6 +1,6 @@
 """dualdistill: train small LLMs from a shared teacher service with Dual-level Preference Distillation."""
 
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 
 # The client pulls in grpc and httpx; imported on first use so `import dualdistill` (and the CLI's
 # `--help`) stays light.

@@ -10,7 +10,7 @@ import pytest
 from dualdistill.cli.logits import format_table
 from dualdistill.cli.main import main
 from dualdistill.client import TeacherClient
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 from tests.client.test_client_process import TinyTeacher
 
 MODEL = "tiny"

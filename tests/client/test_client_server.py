@@ -25,7 +25,7 @@ from dualdistill.client import (
     TokenizerMismatchError,
 )
 from dualdistill.prefetch import Prefetcher
-from dualdistill.tokenizer_hash import tokenizer_sha256
+from dualdistill.protocol.tokenizer_hash import tokenizer_sha256
 from tests.client.test_client_process import TinyTeacher
 
 MODEL = "tiny"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dualdistill.losses import sequence_logps, sparse_kd_loss
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 from dualdistill.teacher_logits import TeacherLogits
 
 NEG_INF = float("-inf")

@@ -65,7 +65,7 @@ def measure_response_bytes(positions: int = 512) -> dict:
     import numpy as np
     from google.protobuf import json_format
 
-    from dualdistill.v1 import teacher_pb2
+    from dualdistill.protocol.v1 import teacher_pb2
 
     rng = np.random.default_rng(0)
     sizes = {}

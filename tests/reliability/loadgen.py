@@ -76,7 +76,7 @@ def _request(rng: np.random.Generator) -> tuple[dict, int]:
 
 def _rows(response: httpx.Response, body: dict) -> int:
     if body.get("format") == "binary":
-        from dualdistill import wire
+        from dualdistill.protocol import wire
 
         return wire.decode(response.content)[0].num_rows
     return len(response.json()["results"][0]["top_ids"])

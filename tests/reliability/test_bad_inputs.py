@@ -20,7 +20,7 @@ import httpx
 import pytest
 from google.protobuf import json_format
 
-from dualdistill.v1 import teacher_pb2 as pb
+from dualdistill.protocol.v1 import teacher_pb2 as pb
 from tests.reliability.support import Outcome, grpc_bearer, raw_unary
 
 GET_LOGITS = "/dualdistill.v1.Teacher/GetLogits"
@@ -157,7 +157,7 @@ def test_bad_input_matrix(case: Case, request: pytest.FixtureRequest) -> None:
 
 def test_keyed_server_answers_grpc_with_a_valid_key_through_the_typed_stub(keyed_server) -> None:
     """The matrix sends raw bytes; a regular client passes the key as `authorization` metadata."""
-    from dualdistill.v1 import teacher_pb2_grpc
+    from dualdistill.protocol.v1 import teacher_pb2_grpc
 
     with grpc.insecure_channel(keyed_server.server.grpc_target) as channel:
         stub = teacher_pb2_grpc.TeacherStub(channel)

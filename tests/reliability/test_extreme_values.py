@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from dualdistill import wire
+from dualdistill.protocol import wire
 from tests.conftest import TINY_MODEL_NAME
 
 SEQUENCE = {"token_ids": [5, 6, 7, 8], "start": 1}

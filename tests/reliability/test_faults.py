@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import grpc
 import httpx
 
-from dualdistill.v1 import teacher_pb2 as pb
-from dualdistill.v1 import teacher_pb2_grpc
+from dualdistill.protocol.v1 import teacher_pb2 as pb
+from dualdistill.protocol.v1 import teacher_pb2_grpc
 from tests.conftest import TINY_MODEL_NAME
 from tests.fixtures.server_process import start_server
 

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from dualdistill.v1 import teacher_pb2 as pb
+from dualdistill.protocol.v1 import teacher_pb2 as pb
 from tests.reliability.support import (
     HEALTH_CHECK,
     STREAM_METHOD,

@@ -1,4 +1,4 @@
-"""Corrupted input to the wire decoder `dualdistill.wire.decode`: it raises WireFormatError, never another
+"""Corrupted input to the wire decoder `dualdistill.protocol.wire.decode`: it raises WireFormatError, never another
 exception, never crashes or hangs, and never allocates beyond what the (capped) header counts allow.
 
 Three layers of corruption, each deeper than the last:
@@ -20,9 +20,9 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dualdistill import wire
-from dualdistill.results import SequenceLogits
-from dualdistill.wire import container, intcode
+from dualdistill.protocol import wire
+from dualdistill.protocol.results import SequenceLogits
+from dualdistill.protocol.wire import container, intcode
 
 # A deadline per example is the "never hangs" check: every payload here is a few kB at most.
 FAST = settings(max_examples=150, deadline=5000, suppress_health_check=[HealthCheck.too_slow], database=None)

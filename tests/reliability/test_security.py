@@ -15,7 +15,7 @@ import grpc
 import httpx
 import pytest
 
-from dualdistill.v1 import teacher_pb2 as pb
+from dualdistill.protocol.v1 import teacher_pb2 as pb
 from tests.reliability.support import UNARY_METHODS, raw_stream, server_output
 
 LOGITS = {"model": "tiny", "sequences": [{"token_ids": [5, 6, 7, 8], "start": 1}]}

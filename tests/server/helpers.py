@@ -12,7 +12,7 @@ import re
 import numpy as np
 import torch
 
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 
 LOGPROB_ATOL = 2e-5  # batched vs single forwards differ by float32 rounding only
 

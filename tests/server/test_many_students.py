@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 from dualdistill import TeacherClient
-from dualdistill.v1 import teacher_pb2 as pb
-from dualdistill.v1 import teacher_pb2_grpc
+from dualdistill.protocol.v1 import teacher_pb2 as pb
+from dualdistill.protocol.v1 import teacher_pb2_grpc
 from tests.fixtures.server_process import start_server
 from tests.server.helpers import assert_same_result, expected_results, metric_sum
 

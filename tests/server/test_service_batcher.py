@@ -12,9 +12,9 @@ import threading
 import numpy as np
 import pytest
 
-from dualdistill_server.batcher import Batcher
 from dualdistill_server.config import ServerConfig
 from dualdistill_server.core import TeacherService, sequence_key
+from dualdistill_server.core.batcher import Batcher
 from dualdistill_server.errors import (
     DeadlineExceeded,
     InvalidArgument,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 
-from dualdistill import wire
-from dualdistill.v1 import teacher_pb2
+from dualdistill.protocol import wire
+from dualdistill.protocol.v1 import teacher_pb2
 from tests.server.helpers import (
     assert_same_result,
     expected_results,

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dualdistill.v1 import teacher_pb2 as pb
-from dualdistill.v1 import teacher_pb2_grpc
+from dualdistill.protocol.v1 import teacher_pb2 as pb
+from dualdistill.protocol.v1 import teacher_pb2_grpc
 from dualdistill_server.config import ServerConfig
 from dualdistill_server.core import TeacherService
 from dualdistill_server.grpc import GrpcTransport

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from google.protobuf import json_format
 
-from dualdistill.v1 import teacher_pb2 as pb
-from dualdistill.v1 import teacher_pb2_grpc
+from dualdistill.protocol.v1 import teacher_pb2 as pb
+from dualdistill.protocol.v1 import teacher_pb2_grpc
 
 GOOD = {"model": "tiny", "sequences": [{"token_ids": [5, 6, 7, 8], "start": 1}]}
 HTTP_ONLY = "http-only"  # not representable as a protobuf message (unknown field, wrong JSON type ...)

@@ -50,9 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dualdistill.capture.run import capture_pairs
-    from dualdistill.capture.store import CaptureError
     from dualdistill.client import RetryPolicy, TeacherClient, TeacherServiceError
+    from dualdistill.trainer.capture.run import capture_pairs
+    from dualdistill.trainer.capture.store import CaptureError
 
     try:
         client = TeacherClient(

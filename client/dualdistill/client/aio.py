@@ -10,7 +10,7 @@ from dualdistill.client.base import ClientBase
 from dualdistill.client.handshake import check_tokenizer_against
 from dualdistill.client.retry import acall_with_retry
 from dualdistill.client.types import Completion, ModelInfo
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 
 T = TypeVar("T")
 

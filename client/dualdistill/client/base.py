@@ -8,9 +8,9 @@ from typing import Any
 from dualdistill.client import operations as ops
 from dualdistill.client.endpoint import Endpoint, open_transport, parse_endpoint
 from dualdistill.client.errors import TeacherServiceError
-from dualdistill.client.operations import FORMATS
 from dualdistill.client.retry import CallStats, RetryHook, RetryPolicy
 from dualdistill.client.types import ModelInfo
+from dualdistill.protocol.formats import LOGITS_FORMATS as FORMATS
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # the server's default limit (ServerConfig.max_message_bytes)
 

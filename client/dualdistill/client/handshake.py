@@ -2,7 +2,7 @@
 
 Teacher logits are indexed by token id, so a student whose tokenizer maps text to different ids would
 silently distil the wrong distribution. The check compares the canonical tokenizer hash
-(`dualdistill.tokenizer_hash.tokenizer_sha256`, which covers vocab, merges and added tokens) and requires
+(`dualdistill.protocol.tokenizer_hash.tokenizer_sha256`, which covers vocab, merges and added tokens) and requires
 len(tokenizer) <= vocab_size (a model's logits row may be padded beyond the tokenizer, never shorter).
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from dualdistill.client.errors import TokenizerMismatchError
 from dualdistill.client.types import ModelInfo
-from dualdistill.tokenizer_hash import tokenizer_sha256
+from dualdistill.protocol.tokenizer_hash import tokenizer_sha256
 
 
 def check_tokenizer_against(tokenizer: Any, info: ModelInfo) -> ModelInfo:
@@ -34,6 +34,6 @@ def check_tokenizer_against(tokenizer: Any, info: ModelInfo) -> ModelInfo:
             + f". Local: {local_size} tokens, sha256 {local_hash}; served: vocab_size {info.vocab_size}, "
             f"sha256 {info.tokenizer_sha256}. Load the tokenizer the teacher was served with (the model "
             "directory given to `dualdistill serve --model`), or serve a teacher that shares the student's "
-            "tokenizer; `dualdistill.tokenizer_hash.canonical_tokenizer_dict` shows what differs."
+            "tokenizer; `dualdistill.protocol.tokenizer_hash.canonical_tokenizer_dict` shows what differs."
         )
     return info

@@ -19,12 +19,11 @@ import numpy as np
 from google.protobuf import json_format
 
 from dualdistill.client.types import Completion, ModelInfo
-from dualdistill.results import SequenceLogits
-from dualdistill.v1 import teacher_pb2 as pb
+from dualdistill.protocol.formats import LOGITS_FORMATS as FORMATS
+from dualdistill.protocol.results import SequenceLogits
+from dualdistill.protocol.v1 import teacher_pb2 as pb
 
 T = TypeVar("T")
-FORMATS = ("binary", "binary-lossless", "json")
-BINARY_CONTENT_TYPE = "application/x-dualdistill-logits"
 
 
 @dataclass(frozen=True)
@@ -131,7 +130,9 @@ def logits(
 
 
 def _decode_payload(payload: bytes) -> list[SequenceLogits]:
-    from dualdistill import wire  # the codec; imported late so a JSON-only client does not need zstandard
+    from dualdistill.protocol import (
+        wire,  # the codec; imported late so a JSON-only client does not need zstandard
+    )
 
     return list(wire.decode(payload))
 

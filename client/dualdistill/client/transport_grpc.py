@@ -12,7 +12,7 @@ import grpc
 
 from dualdistill.client import errors
 from dualdistill.client.operations import Operation
-from dualdistill.v1 import teacher_pb2_grpc
+from dualdistill.protocol.v1 import teacher_pb2_grpc
 
 T = TypeVar("T")
 

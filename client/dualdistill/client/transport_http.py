@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 import httpx
 
 from dualdistill.client import errors
-from dualdistill.client.operations import BINARY_CONTENT_TYPE, Operation
+from dualdistill.client.operations import Operation
+from dualdistill.protocol.formats import BINARY_CONTENT_TYPE
 
 T = TypeVar("T")
 

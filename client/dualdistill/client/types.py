@@ -12,7 +12,7 @@ class ModelInfo:
 
     name: str
     vocab_size: int  # size of the next-token distribution (logits dimension)
-    tokenizer_sha256: str  # `dualdistill.tokenizer_hash.tokenizer_sha256` of the served tokenizer
+    tokenizer_sha256: str  # `dualdistill.protocol.tokenizer_hash.tokenizer_sha256` of the served tokenizer
     max_seq_len: int  # longest sequence the server accepts, in tokens
     max_top_k: int  # largest top_k it accepts
     eos_token_id: int | None = None

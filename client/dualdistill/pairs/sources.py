@@ -78,7 +78,7 @@ class LocalSource:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from dualdistill.tokenizer_hash import tokenizer_sha256
+        from dualdistill.protocol.tokenizer_hash import tokenizer_sha256
 
         directory = Path(directory)
         if not directory.is_dir():

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from dualdistill.capture.store import CaptureReader, CaptureSettings, take_rows
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
+from dualdistill.trainer.capture.store import CaptureReader, CaptureSettings, take_rows
 from dualdistill.trainer.data import PairExample
 
 

@@ -10,7 +10,7 @@ sequences in flight (batcher.py), whichever client or tenant sent them.
     store(key, result)   (called by the batcher on the event loop as each result is computed)
                  ─> waiting results ─> writer task: lossless wire encoding (a thread) ─> backend.put_many
 
-Values are `dualdistill.wire.encode([result], lossless=True)`: bit-exact, so a cached result serves every
+Values are `dualdistill.protocol.wire.encode([result], lossless=True)`: bit-exact, so a cached result serves every
 response format (JSON, binary, binary-lossless, protobuf), and compressed (docs/wire-format.md). Encoding
 and decoding run on threads, off the event loop. A backend failure (Redis down, disk full) is
 logged, counted in `dualdistill_cache_errors_total` and answered as a miss: requests are computed, never
@@ -30,7 +30,7 @@ from collections import deque
 
 import numpy as np
 
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 
 from ..cache import CacheBackend
 from ..metrics import Metrics
@@ -59,13 +59,13 @@ def sequence_key(fingerprint: str, task) -> bytes:
 
 
 def encode_result(result: SequenceLogits) -> bytes:
-    from dualdistill import wire
+    from dualdistill.protocol import wire
 
     return wire.encode([result], lossless=True)
 
 
 def decode_result(payload: bytes) -> SequenceLogits:
-    from dualdistill import wire
+    from dualdistill.protocol import wire
 
     (result,) = wire.decode(payload)
     return result

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from dualdistill.protocol.formats import BINARY_CONTENT_TYPE, BINARY_FORMATS, is_lossless
+
 from .service import LogitsResult
 
-BINARY_CONTENT_TYPE = "application/x-dualdistill-logits"
-BINARY_FORMATS = ("binary", "binary-lossless")
+__all__ = ["BINARY_CONTENT_TYPE", "BINARY_FORMATS", "binary_payload"]
 
 
 def binary_payload(result: LogitsResult, response_format: str) -> bytes:
-    """`dualdistill.wire.encode` of the results (docs/wire-format.md); lossless for "binary-lossless"."""
-    from dualdistill import wire
+    """`dualdistill.protocol.wire.encode` of the results (docs/wire-format.md); lossless for "binary-lossless"."""
+    from dualdistill.protocol import wire
 
-    if response_format not in BINARY_FORMATS:
-        raise ValueError(f"format must be one of {BINARY_FORMATS}, got {response_format!r}")
-    return wire.encode(result.results, lossless=response_format == "binary-lossless")
+    return wire.encode(result.results, lossless=is_lossless(response_format))

@@ -19,16 +19,16 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 
 from .. import context
-from ..batcher import Batcher
 from ..config import ServerConfig
 from ..errors import DeadlineExceeded, ModelNotFound, Unavailable
 from ..metrics import Metrics
 from ..models import GeneratedCompletion, ModelInfo
 from ..schemas import GenerateRequest, LogitsRequest
 from .api_keys import ApiKeys
+from .batcher import Batcher
 from .cache import ResultCache, sequence_key
 from .limits import TenantLimits
 from .validation import generate_budget, logits_tasks, prompt_ids

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from google.protobuf.json_format import MessageToDict
 
-from dualdistill.results import SequenceLogits
-from dualdistill.v1 import teacher_pb2 as pb
+from dualdistill.protocol.results import SequenceLogits
+from dualdistill.protocol.v1 import teacher_pb2 as pb
 
 from ..core import GenerateResult, LogitsResult
 from ..core.payload import binary_payload

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from dualdistill.v1 import teacher_pb2, teacher_pb2_grpc
+from dualdistill.protocol.v1 import teacher_pb2, teacher_pb2_grpc
 
 from ..config import ServerConfig
 from ..core import TeacherService

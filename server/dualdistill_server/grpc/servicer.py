@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import grpc
 from pydantic import ValidationError
 
-from dualdistill.v1 import teacher_pb2 as pb
-from dualdistill.v1 import teacher_pb2_grpc
+from dualdistill.protocol.v1 import teacher_pb2 as pb
+from dualdistill.protocol.v1 import teacher_pb2_grpc
 
 from .. import context
 from ..core import TeacherService

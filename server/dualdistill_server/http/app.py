@@ -9,10 +9,12 @@ from typing import TypeVar
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
+from dualdistill.protocol.formats import BINARY_CONTENT_TYPE
+
 from .. import context
 from ..config import ServerConfig
 from ..core import TeacherService
-from ..core.payload import BINARY_CONTENT_TYPE, binary_payload
+from ..core.payload import binary_payload
 from ..errors import Cancelled, InvalidArgument
 from ..schemas import GenerateRequest, LogitsRequest
 from .encode import generate_json, logits_json

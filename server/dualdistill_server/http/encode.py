@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 
 from ..core import GenerateResult, LogitsResult
 

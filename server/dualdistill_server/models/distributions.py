@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 from dualdistill_server.models.types import LOGITS_MODES, LogitsTask
 
 _SEED_MASK = (1 << 63) - 1

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from dualdistill.tokenizer_hash import tokenizer_sha256
+from dualdistill.protocol.tokenizer_hash import tokenizer_sha256
 from dualdistill_server.models.fingerprint import model_fingerprint
 from dualdistill_server.models.prepare import ALIASES, prepare_alias
 from dualdistill_server.models.served import ServedModel

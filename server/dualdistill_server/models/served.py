@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 from dualdistill_server.models.distributions import sequence_distributions
 from dualdistill_server.models.generation import forward_features, generate_rows
 from dualdistill_server.models.types import GeneratedCompletion, LogitsTask, ModelInfo

@@ -20,7 +20,7 @@ class ModelInfo:
 
     name: str  # the served name (NAME in --model NAME=PATH)
     vocab_size: int  # logits dimension; every token id must be < vocab_size
-    tokenizer_sha256: str  # dualdistill.tokenizer_hash.tokenizer_sha256 of the model's tokenizer
+    tokenizer_sha256: str  # dualdistill.protocol.tokenizer_hash.tokenizer_sha256 of the model's tokenizer
     max_seq_len: int  # min(model's max_position_embeddings, ServerConfig.max_seq_len)
     max_top_k: int  # min(ServerConfig.max_top_k, vocab_size)
     eos_token_id: int | None  # the tokenizer's end-of-sequence id (config's when the tokenizer has none)

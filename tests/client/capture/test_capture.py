@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from dualdistill import wire
-from dualdistill.capture.run import capture_pairs
-from dualdistill.capture.store import CaptureError, CaptureReader, CaptureSettings, CaptureWriter
 from dualdistill.cli.main import main
 from dualdistill.client import TeacherClient
+from dualdistill.protocol import wire
 from dualdistill.trainer import train
+from dualdistill.trainer.capture.run import capture_pairs
+from dualdistill.trainer.capture.store import CaptureError, CaptureReader, CaptureSettings, CaptureWriter
 from dualdistill.trainer.data import load_pairs
 from dualdistill.trainer.teacher import sequences_of
 from tests.client.trainer.fixtures import TEACHER, TOP_K, assert_same_weights, small_config, train_records

@@ -88,8 +88,8 @@ def capture_dir(tmp_path_factory, tiny_server, pair_files) -> Path:
 
     Training from it is deterministic whatever the server's batching does, which the bit-exact tests need.
     """
-    from dualdistill.capture.run import capture_pairs
     from dualdistill.client import TeacherClient
+    from dualdistill.trainer.capture.run import capture_pairs
 
     out = tmp_path_factory.mktemp("capture") / "capture"
     with TeacherClient(tiny_server.http_url, format="binary-lossless") as client:

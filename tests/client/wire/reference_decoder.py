@@ -1,5 +1,5 @@
 """An independent decoder written from docs/wire-format.md alone: plain Python loops, no numpy, no
-dualdistill.wire. The tests compare it with the library, so the document stays precise enough for a
+dualdistill.protocol.wire. The tests compare it with the library, so the document stays precise enough for a
 decoder in another language. Slow by design (a loop per entry); use it on small payloads only.
 """
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -14,9 +14,9 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dualdistill import wire
-from dualdistill.results import SequenceLogits
-from dualdistill.wire import WireFormatError
+from dualdistill.protocol import wire
+from dualdistill.protocol.results import SequenceLogits
+from dualdistill.protocol.wire import WireFormatError
 
 _HEADER = struct.Struct("<4sBBBBIIIIII")
 _LIMIT = 50_000  # max_entries for these tests: every allocation is bounded by it

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dualdistill.wire import intcode
-from dualdistill.wire.errors import WireFormatError
+from dualdistill.protocol.wire import intcode
+from dualdistill.protocol.wire.errors import WireFormatError
 
 
 def reference_encode(values: list[int]) -> tuple[bytes, bytes]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualdistill import wire
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol import wire
+from dualdistill.protocol.results import SequenceLogits
 from tests.client.wire.synthetic import teacher_response
 
 

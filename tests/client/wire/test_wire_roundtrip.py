@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dualdistill import wire
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol import wire
+from dualdistill.protocol.results import SequenceLogits
 from tests.client.wire import reference_decoder
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dualdistill.v1 import teacher_pb2
+from dualdistill.protocol.v1 import teacher_pb2
 from dualdistill_server.models import ModelLoadError, load_model, resolve_model_path
 from tests.fixtures.tiny_model import build_tiny_model
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualdistill.wire.errors import WireFormatError
-from dualdistill.wire.ragged import row_starts, segment_cumsum
+from dualdistill.protocol.wire.errors import WireFormatError
+from dualdistill.protocol.wire.ragged import row_starts, segment_cumsum
 
 _SIGN = np.uint32(0x80000000)
 

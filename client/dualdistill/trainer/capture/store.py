@@ -2,7 +2,7 @@
 
     DIR/manifest.json        the capture's settings (teacher model, fingerprint, tokenizer hash, top_k, ...)
     DIR/shard-00000.bin      records back to back; a pair's record is one or two payloads of
-                             `dualdistill.wire.encode`: [teacher on chosen, teacher on rejected], then
+                             `dualdistill.protocol.wire.encode`: [teacher on chosen, teacher on rejected], then
                              (with a reference model) [reference on chosen, reference on rejected]
     DIR/shard-00000.jsonl    one line per record of that shard: {"id", "digest", "offset", "length", "parts"}
     DIR/index.json           written when the capture is complete: the manifest plus
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 
 FORMAT = "dualdistill-capture"
 VERSION = 1
@@ -148,7 +148,7 @@ class CaptureWriter:
         return set(self.entries)
 
     def add(self, pair_id: str, digest: str, payloads: Sequence[bytes]) -> None:
-        """Append one pair's record: its encoded payloads (`dualdistill.wire.encode`), in order."""
+        """Append one pair's record: its encoded payloads (`dualdistill.protocol.wire.encode`), in order."""
         if pair_id in self.entries:
             raise CaptureError(f"pair {pair_id!r} is already in the capture")
         parts = [len(p) for p in payloads]
@@ -243,7 +243,7 @@ class CaptureReader:
 
     def get(self, pair_id: str, digest: str | None = None) -> list[SequenceLogits]:
         """The pair's results: [chosen, rejected] (+ [reference chosen, reference rejected])."""
-        from dualdistill import wire
+        from dualdistill.protocol import wire
 
         return [result for payload in self.payloads(pair_id, digest) for result in wire.decode(payload)]
 

@@ -4,6 +4,6 @@
     run.py     `capture_pairs(...)`: fetch every pair's rows (resumable) and write them
 """
 
-from dualdistill.capture.store import CaptureError, CaptureReader, CaptureSettings, CaptureWriter
+from dualdistill.trainer.capture.store import CaptureError, CaptureReader, CaptureSettings, CaptureWriter
 
 __all__ = ["CaptureError", "CaptureReader", "CaptureSettings", "CaptureWriter"]

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from dualdistill.wire.errors import WireFormatError
-from dualdistill.wire.intcode import decode_uints, encode_uints, symbol_extra_bits
-from dualdistill.wire.quantize import MAX_LEVELS
+from dualdistill.protocol.wire.errors import WireFormatError
+from dualdistill.protocol.wire.intcode import decode_uints, encode_uints, symbol_extra_bits
+from dualdistill.protocol.wire.quantize import MAX_LEVELS
 
 MAGIC = b"DDWL"
 VERSION = 1

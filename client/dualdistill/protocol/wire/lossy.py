@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualdistill.wire.errors import WireFormatError
-from dualdistill.wire.quantize import dequantize, quantize
-from dualdistill.wire.ragged import row_offsets, row_starts, segment_cumsum, within_row_order
+from dualdistill.protocol.wire.errors import WireFormatError
+from dualdistill.protocol.wire.quantize import dequantize, quantize
+from dualdistill.protocol.wire.ragged import row_offsets, row_starts, segment_cumsum, within_row_order
 
 # The variant's own streams in payload order: integer stream pairs ("uint") or plain bytes.
 STREAMS = (

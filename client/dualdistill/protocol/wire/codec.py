@@ -22,14 +22,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dualdistill.results import SequenceLogits
-from dualdistill.wire import container, dictionary
-from dualdistill.wire import lossless as lossless_entries
-from dualdistill.wire import lossy as lossy_entries
-from dualdistill.wire.container import FLAG_COUNTS, LOSSLESS, LOSSY, Header, uint_streams
-from dualdistill.wire.errors import WireFormatError
-from dualdistill.wire.quantize import DEFAULT_TARGET_KL, choose_levels
-from dualdistill.wire.ragged import row_blocks, row_offsets, segment_cumsum
+from dualdistill.protocol.results import SequenceLogits
+from dualdistill.protocol.wire import container, dictionary
+from dualdistill.protocol.wire import lossless as lossless_entries
+from dualdistill.protocol.wire import lossy as lossy_entries
+from dualdistill.protocol.wire.container import FLAG_COUNTS, LOSSLESS, LOSSY, Header, uint_streams
+from dualdistill.protocol.wire.errors import WireFormatError
+from dualdistill.protocol.wire.quantize import DEFAULT_TARGET_KL, choose_levels
+from dualdistill.protocol.wire.ragged import row_blocks, row_offsets, segment_cumsum
 
 DEFAULT_MAX_ENTRIES = 1 << 27  # decode refuses payloads declaring more rows/entries (~1.6 GB decoded)
 BLOCK_ENTRIES = 1 << 14  # row-local work runs on blocks of about this many entries (cache-sized)

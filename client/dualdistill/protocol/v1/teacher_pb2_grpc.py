@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from dualdistill.v1 import teacher_pb2 as dualdistill_dot_v1_dot_teacher__pb2
+from dualdistill.protocol.v1 import teacher_pb2 as dualdistill_dot_protocol_dot_v1_dot_teacher__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in dualdistill/v1/teacher_pb2_grpc.py depends on'
+        + ' but the generated code in dualdistill/protocol/v1/teacher_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,23 +36,23 @@ class TeacherStub:
         """
         self.ListModels = channel.unary_unary(
                 '/dualdistill.v1.Teacher/ListModels',
-                request_serializer=dualdistill_dot_v1_dot_teacher__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=dualdistill_dot_v1_dot_teacher__pb2.ListModelsResponse.FromString,
+                request_serializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.GetLogits = channel.unary_unary(
                 '/dualdistill.v1.Teacher/GetLogits',
-                request_serializer=dualdistill_dot_v1_dot_teacher__pb2.LogitsRequest.SerializeToString,
-                response_deserializer=dualdistill_dot_v1_dot_teacher__pb2.LogitsResponse.FromString,
+                request_serializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.LogitsRequest.SerializeToString,
+                response_deserializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.LogitsResponse.FromString,
                 _registered_method=True)
         self.StreamLogits = channel.stream_stream(
                 '/dualdistill.v1.Teacher/StreamLogits',
-                request_serializer=dualdistill_dot_v1_dot_teacher__pb2.LogitsRequest.SerializeToString,
-                response_deserializer=dualdistill_dot_v1_dot_teacher__pb2.LogitsResponse.FromString,
+                request_serializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.LogitsRequest.SerializeToString,
+                response_deserializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.LogitsResponse.FromString,
                 _registered_method=True)
         self.Generate = channel.unary_unary(
                 '/dualdistill.v1.Teacher/Generate',
-                request_serializer=dualdistill_dot_v1_dot_teacher__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=dualdistill_dot_v1_dot_teacher__pb2.GenerateResponse.FromString,
+                request_serializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.GenerateResponse.FromString,
                 _registered_method=True)
 
 
@@ -93,23 +93,23 @@ def add_TeacherServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=dualdistill_dot_v1_dot_teacher__pb2.ListModelsRequest.FromString,
-                    response_serializer=dualdistill_dot_v1_dot_teacher__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.ListModelsRequest.FromString,
+                    response_serializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.ListModelsResponse.SerializeToString,
             ),
             'GetLogits': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLogits,
-                    request_deserializer=dualdistill_dot_v1_dot_teacher__pb2.LogitsRequest.FromString,
-                    response_serializer=dualdistill_dot_v1_dot_teacher__pb2.LogitsResponse.SerializeToString,
+                    request_deserializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.LogitsRequest.FromString,
+                    response_serializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.LogitsResponse.SerializeToString,
             ),
             'StreamLogits': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamLogits,
-                    request_deserializer=dualdistill_dot_v1_dot_teacher__pb2.LogitsRequest.FromString,
-                    response_serializer=dualdistill_dot_v1_dot_teacher__pb2.LogitsResponse.SerializeToString,
+                    request_deserializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.LogitsRequest.FromString,
+                    response_serializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.LogitsResponse.SerializeToString,
             ),
             'Generate': grpc.unary_unary_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=dualdistill_dot_v1_dot_teacher__pb2.GenerateRequest.FromString,
-                    response_serializer=dualdistill_dot_v1_dot_teacher__pb2.GenerateResponse.SerializeToString,
+                    request_deserializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.GenerateRequest.FromString,
+                    response_serializer=dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.GenerateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,8 +137,8 @@ class Teacher:
             request,
             target,
             '/dualdistill.v1.Teacher/ListModels',
-            dualdistill_dot_v1_dot_teacher__pb2.ListModelsRequest.SerializeToString,
-            dualdistill_dot_v1_dot_teacher__pb2.ListModelsResponse.FromString,
+            dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.ListModelsRequest.SerializeToString,
+            dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -164,8 +164,8 @@ class Teacher:
             request,
             target,
             '/dualdistill.v1.Teacher/GetLogits',
-            dualdistill_dot_v1_dot_teacher__pb2.LogitsRequest.SerializeToString,
-            dualdistill_dot_v1_dot_teacher__pb2.LogitsResponse.FromString,
+            dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.LogitsRequest.SerializeToString,
+            dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.LogitsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -191,8 +191,8 @@ class Teacher:
             request_iterator,
             target,
             '/dualdistill.v1.Teacher/StreamLogits',
-            dualdistill_dot_v1_dot_teacher__pb2.LogitsRequest.SerializeToString,
-            dualdistill_dot_v1_dot_teacher__pb2.LogitsResponse.FromString,
+            dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.LogitsRequest.SerializeToString,
+            dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.LogitsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -218,8 +218,8 @@ class Teacher:
             request,
             target,
             '/dualdistill.v1.Teacher/Generate',
-            dualdistill_dot_v1_dot_teacher__pb2.GenerateRequest.SerializeToString,
-            dualdistill_dot_v1_dot_teacher__pb2.GenerateResponse.FromString,
+            dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.GenerateRequest.SerializeToString,
+            dualdistill_dot_protocol_dot_v1_dot_teacher__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,

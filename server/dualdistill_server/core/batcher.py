@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from dualdistill.results import SequenceLogits
+from dualdistill.protocol.results import SequenceLogits
 
-from .errors import InvalidArgument, ResourceExhausted, Unavailable
-from .metrics import Metrics
+from ..errors import InvalidArgument, ResourceExhausted, Unavailable
+from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -4,10 +4,10 @@ payload = encode(results, lossless=False)   # list[SequenceLogits] -> bytes
 results = decode(payload)                   # raises WireFormatError on any malformed payload
 """
 
-from dualdistill.wire.codec import DEFAULT_MAX_ENTRIES, decode, encode
-from dualdistill.wire.errors import WireFormatError
-from dualdistill.wire.metrics import bytes_per_position, kl_exact_vs_decoded
-from dualdistill.wire.quantize import DEFAULT_TARGET_KL
+from dualdistill.protocol.wire.codec import DEFAULT_MAX_ENTRIES, decode, encode
+from dualdistill.protocol.wire.errors import WireFormatError
+from dualdistill.protocol.wire.metrics import bytes_per_position, kl_exact_vs_decoded
+from dualdistill.protocol.wire.quantize import DEFAULT_TARGET_KL
 
 __all__ = [
     "DEFAULT_MAX_ENTRIES",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualdistill.wire.errors import WireFormatError
+from dualdistill.protocol.wire.errors import WireFormatError
 
 DIRECT = 16  # values below this are their own symbol
 NUM_SYMBOLS = DIRECT + 4 * (32 - 4)  # 128: every value < 2**32

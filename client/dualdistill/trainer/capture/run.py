@@ -19,8 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dualdistill.capture.store import DEFAULT_SHARD_BYTES, CaptureError, CaptureSettings, CaptureWriter
 from dualdistill.prefetch import Prefetcher
+from dualdistill.trainer.capture.store import (
+    DEFAULT_SHARD_BYTES,
+    CaptureError,
+    CaptureSettings,
+    CaptureWriter,
+)
 from dualdistill.trainer.data import PairExample, load_pairs
 from dualdistill.trainer.teacher import sequences_of
 
@@ -57,7 +62,7 @@ def capture_pairs(
 ) -> CaptureSummary:
     """Capture every pair of `pairs` (one file, or several: e.g. train and eval pairs, ids unique over all)
     into `out` (resumable); see the module docstring."""
-    from dualdistill import wire
+    from dualdistill.protocol import wire
 
     if batch_size < 1 or depth < 1:
         raise ValueError(f"batch_size and depth must be >= 1, got {batch_size} and {depth}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualdistill.results import SequenceLogits
-from dualdistill.wire.ragged import within_row_order
+from dualdistill.protocol.results import SequenceLogits
+from dualdistill.protocol.wire.ragged import within_row_order
 
 
 def _kl_terms(p: np.ndarray, q: np.ndarray) -> np.ndarray:
