@@ -69,6 +69,7 @@ def capture_teacher(config: dict[str, Any], options: Any, run_dir: Path, capture
     from dualdistill.demo.models import teacher_directory
     from dualdistill.demo.pipeline import GENERATE_TIMEOUT, REFERENCE, TEACHER
     from dualdistill.demo.service import run_service
+    from dualdistill.protocol.params import LogitsParams
     from dualdistill.trainer.capture.run import capture_pairs
     from dualdistill.trainer.teacher import CaptureTeacher
 
@@ -78,10 +79,9 @@ def capture_teacher(config: dict[str, Any], options: Any, run_dir: Path, capture
                      threads=config["threads"]) as service:  # fmt: skip
         print(f"service ready (pid {service.pid}); capturing {capture_dir}", flush=True)
         with TeacherClient(service.http_url, timeout=GENERATE_TIMEOUT, format="binary-lossless") as client:
-            capture_pairs(pairs, client, TEACHER, capture_dir, top_k=config["top_k"], reference_model=REFERENCE,
-                          progress=False)  # fmt: skip
-            captured = CaptureTeacher(str(capture_dir), TEACHER, top_k=config["top_k"], temperature=1.0,
-                                      mode="topk", samples=64, seed=0)  # fmt: skip
+            params = LogitsParams(top_k=config["top_k"])
+            capture_pairs(pairs, client, TEACHER, capture_dir, params=params, reference_model=REFERENCE, progress=False)
+            captured = CaptureTeacher(str(capture_dir), TEACHER, params=params)
             print("teacher greedy answers on the held-out queries ...", flush=True)
             try:
                 return EvalSet.collect(captured.fetch, partial(client.generate, TEACHER),

@@ -1,5 +1,6 @@
 """dualdistill: train small LLMs from a shared teacher service with Dual-level Preference Distillation."""
 
+from dualdistill.protocol.params import LogitsParams
 from dualdistill.protocol.results import SequenceLogits
 
 # The client pulls in grpc and httpx; imported on first use so `import dualdistill` (and the CLI's
@@ -20,5 +21,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'dualdistill' has no attribute {name!r}")
 
 
-__all__ = ["SequenceLogits", "TeacherClient", "AsyncTeacherClient", "TeacherServiceError", "Prefetcher"]
+__all__ = ["LogitsParams", "SequenceLogits", "TeacherClient", "AsyncTeacherClient", "TeacherServiceError", "Prefetcher"]
 __version__ = "0.1.0"

@@ -22,8 +22,10 @@ from pydantic import (
     model_validator,
 )
 
+from dualdistill.protocol.formats import LOGITS_FORMATS
+from dualdistill.protocol.params import LOGITS_MODES, MIN_TEMPERATURE, UINT64_MAX, LogitsParams
+
 INT32_MAX = 2**31 - 1
-UINT64_MAX = 2**64 - 1
 
 
 def _not_bool(value: object) -> object:
@@ -38,10 +40,6 @@ Float = Annotated[float, BeforeValidator(_not_bool)]
 # Strict (ints only, no "5", no true): fast for long sequences, and ids are always JSON/proto ints.
 TokenId = Annotated[int, Strict(), Field(ge=0, le=INT32_MAX)]
 
-
-# Below this, logits / temperature overflows float32 for ordinary logits (|logit| ~ 1e2 / 1e-36 > 3.4e38)
-# and the distribution turns to NaN; 1e-4 already makes any model's distribution one-hot in practice.
-MIN_TEMPERATURE = 1e-4
 
 
 def _as_float32(value: float, name: str) -> float:
@@ -78,10 +76,10 @@ class LogitsRequest(_Strict):
     temperature: Float = Field(
         1.0, gt=0, description=f"p = softmax(logits / temperature); finite, >= {MIN_TEMPERATURE}."
     )
-    mode: Literal["topk", "sample"] = Field("topk", description="'topk' rows or 'sample' (sampled ids + counts).")
+    mode: Literal[LOGITS_MODES] = Field("topk", description="'topk' rows or 'sample' (sampled ids + counts).")
     samples: Int = Field(64, ge=1, le=INT32_MAX, description="Draws per position in sample mode; <= max_samples.")
     seed: Int = Field(0, ge=0, le=UINT64_MAX, description="Sample mode: random stream seed (with the sequence).")
-    format: Literal["json", "binary", "binary-lossless"] = Field("json", description="Response encoding.")
+    format: Literal[LOGITS_FORMATS] = Field("json", description="Response encoding.")
     request_id: str = Field("", max_length=128, description="Echoed back (else the x-request-id header's).")
     deadline_seconds: Float | None = Field(None, gt=0, description="Give up (504) after this many seconds.")
 
@@ -96,6 +94,13 @@ class LogitsRequest(_Strict):
     @property
     def num_tokens(self) -> int:
         return sum(len(sequence.token_ids) for sequence in self.sequences)
+
+    @property
+    def params(self) -> LogitsParams:
+        """The teacher parameters of this request, as every layer below the transports takes them."""
+        return LogitsParams(
+            top_k=self.top_k, temperature=self.temperature, mode=self.mode, samples=self.samples, seed=self.seed
+        )
 
 
 class ChatMessageIn(_Strict):

@@ -24,6 +24,7 @@ from dualdistill.client import (
 from dualdistill.client import operations as ops
 from dualdistill.client.endpoint import parse_endpoint
 from dualdistill.client.errors import from_http_response, parse_retry_after
+from dualdistill.protocol.params import LogitsParams
 
 FAST = dict(initial_backoff=0.01, max_backoff=0.02)
 
@@ -75,11 +76,7 @@ def test_logits_request_same_on_both_transports():
         "m",
         [np.array([5, 6, 7]), [8, 9]],
         [1, 1],
-        top_k=3,
-        temperature=0.5,
-        mode="topk",
-        samples=4,
-        seed=2**40,
+        LogitsParams(top_k=3, temperature=0.5, mode="topk", samples=4, seed=2**40),
         format="binary",
         deadline_seconds=2.0,
     )
@@ -93,11 +90,7 @@ def test_logits_request_same_on_both_transports():
             "m",
             [[1, 2]],
             [],
-            top_k=1,
-            temperature=1,
-            mode="topk",
-            samples=1,
-            seed=0,
+            LogitsParams(top_k=1, samples=1),
             format="json",
             deadline_seconds=None,
         )

@@ -12,6 +12,7 @@ import re
 import numpy as np
 import torch
 
+from dualdistill.protocol.params import LogitsParams
 from dualdistill.protocol.results import SequenceLogits
 
 LOGPROB_ATOL = 2e-5  # batched vs single forwards differ by float32 rounding only
@@ -26,11 +27,13 @@ def expected_results(model, request: dict) -> list[SequenceLogits]:
         task = LogitsTask(
             token_ids=np.asarray(sequence["token_ids"], dtype=np.int64),
             start=sequence["start"],
-            top_k=request.get("top_k", 20),
-            temperature=float(np.float32(request.get("temperature", 1.0))),
-            mode=request.get("mode", "topk"),
-            samples=request.get("samples", 64),
-            seed=request.get("seed", 0),
+            params=LogitsParams(
+                top_k=request.get("top_k", 20),
+                temperature=float(np.float32(request.get("temperature", 1.0))),
+                mode=request.get("mode", "topk"),
+                samples=request.get("samples", 64),
+                seed=request.get("seed", 0),
+            ),
         )
         (result,) = model.compute_logits([task])
         out.append(result)

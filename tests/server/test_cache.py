@@ -16,6 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from dualdistill.protocol.params import LogitsParams
 from dualdistill_server.cache import open_backend, parse_cache_spec
 from dualdistill_server.cache.backend import DEFAULT_REDIS_TTL_SECONDS
 from dualdistill_server.cache.disk import DiskBackend
@@ -156,8 +157,8 @@ def test_redis_backend_sets_a_ttl_and_round_trips(tmp_path) -> None:
 def _tasks(n: int) -> list[LogitsTask]:
     rng = np.random.default_rng(5)
     return [
-        LogitsTask(token_ids=rng.integers(0, 320, 12 + i), start=3, top_k=8, temperature=0.8, mode="topk",
-                   samples=1, seed=0)
+        LogitsTask(token_ids=rng.integers(0, 320, 12 + i), start=3,
+                   params=LogitsParams(top_k=8, temperature=0.8, samples=1))
         for i in range(n)
     ]
 

@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import pytest
 
+from dualdistill.protocol.params import LogitsParams
 from dualdistill_server.config import ServerConfig
 from dualdistill_server.core import TeacherService, sequence_key
 from dualdistill_server.core.batcher import Batcher
@@ -54,7 +55,7 @@ class SpyModel:
 def _task(length: int, first: int = 5, top_k: int = 4, seed: int = 0) -> LogitsTask:
     ids = np.arange(length, dtype=np.int64) % 300
     ids[0] = first
-    return LogitsTask(token_ids=ids, start=1, top_k=top_k, temperature=1.0, mode="topk", samples=8, seed=seed)
+    return LogitsTask(token_ids=ids, start=1, params=LogitsParams(top_k=top_k, samples=8, seed=seed))
 
 
 def _item(task: LogitsTask) -> tuple[bytes, LogitsTask]:

@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+from dualdistill.protocol.params import LOGITS_MODES
+
 EXIT_BAD_INPUT, EXIT_SERVICE = 2, 3
 
 
@@ -35,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="capture directory (created; resumed if present)")
     parser.add_argument("--top-k", type=int, default=20, help="entries per position (default 20)")
     parser.add_argument("--temperature", type=float, default=1.0, help="teacher temperature (default 1)")
-    parser.add_argument("--mode", choices=("topk", "sample"), default="topk", help="row kind (default topk)")
+    parser.add_argument("--mode", choices=LOGITS_MODES, default="topk", help="row kind (default topk)")
     parser.add_argument("--samples", type=int, default=64, help="draws per position in sample mode (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="sample-mode seed; use the training seed (default 0)")
     parser.add_argument("--lossy", action="store_true", help="store with the compact lossy codec (default lossless)")
@@ -51,6 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dualdistill.client import RetryPolicy, TeacherClient, TeacherServiceError
+    from dualdistill.protocol.params import LogitsParams
     from dualdistill.trainer.capture.run import capture_pairs
     from dualdistill.trainer.capture.store import CaptureError
 
@@ -72,13 +75,12 @@ def run(args: argparse.Namespace) -> int:
                 client,
                 args.teacher_model,
                 args.out,
-                top_k=args.top_k,
+                params=LogitsParams(
+                    top_k=args.top_k, temperature=args.temperature, mode=args.mode, samples=args.samples,
+                    seed=args.seed,
+                ),
                 reference_model=args.reference_model,
                 lossless=not args.lossy,
-                temperature=args.temperature,
-                mode=args.mode,
-                samples=args.samples,
-                seed=args.seed,
                 batch_size=args.batch_size,
                 depth=args.depth,
                 max_seq_len=args.max_seq_len,

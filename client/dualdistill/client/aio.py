@@ -10,6 +10,7 @@ from dualdistill.client.base import ClientBase
 from dualdistill.client.handshake import check_tokenizer_against
 from dualdistill.client.retry import acall_with_retry
 from dualdistill.client.types import Completion, ModelInfo
+from dualdistill.protocol.params import LogitsParams
 from dualdistill.protocol.results import SequenceLogits
 
 T = TypeVar("T")
@@ -43,18 +44,13 @@ class AsyncTeacherClient(ClientBase):
         model: str,
         sequences: Sequence[Sequence[int]],
         starts: Sequence[int],
-        top_k: int = 20,
-        temperature: float = 1.0,
-        mode: str = "topk",
-        samples: int = 64,
-        seed: int = 0,
+        params: LogitsParams | None = None,
+        *,
         timeout: float | None = None,
+        **overrides: Any,
     ) -> list[SequenceLogits]:
         """See `TeacherClient.logits`."""
-        op, seconds = self._logits_op(
-            model, sequences, starts, timeout, top_k=top_k, temperature=temperature, mode=mode, samples=samples,
-            seed=seed,
-        )
+        op, seconds = self._logits_op(model, sequences, starts, params, timeout, overrides)
         return await self._call(op, seconds)
 
     async def generate(

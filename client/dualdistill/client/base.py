@@ -11,6 +11,7 @@ from dualdistill.client.errors import TeacherServiceError
 from dualdistill.client.retry import CallStats, RetryHook, RetryPolicy
 from dualdistill.client.types import ModelInfo
 from dualdistill.protocol.formats import LOGITS_FORMATS as FORMATS
+from dualdistill.protocol.params import LogitsParams
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # the server's default limit (ServerConfig.max_message_bytes)
 
@@ -54,11 +55,15 @@ class ClientBase:
     def _timeout(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else float(timeout)
 
-    def _logits_op(self, model: str, sequences: Any, starts: Any, timeout: float | None, **params: Any):
+    def _logits_op(
+        self, model: str, sequences: Any, starts: Any, params: LogitsParams | None, timeout: float | None,
+        overrides: dict[str, Any],
+    ):
         """(operation, seconds): a logits request in this client's format whose server-side deadline is the
         attempt's timeout, so the server drops work nobody waits for."""
         seconds = self._timeout(timeout)
-        op = ops.logits(model, sequences, starts, format=self.format, deadline_seconds=seconds, **params)
+        params = (params if params is not None else LogitsParams()).with_overrides(**overrides)
+        op = ops.logits(model, sequences, starts, params, format=self.format, deadline_seconds=seconds)
         return op, seconds
 
     @staticmethod

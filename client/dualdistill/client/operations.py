@@ -20,6 +20,7 @@ from google.protobuf import json_format
 
 from dualdistill.client.types import Completion, ModelInfo
 from dualdistill.protocol.formats import LOGITS_FORMATS as FORMATS
+from dualdistill.protocol.params import LogitsParams
 from dualdistill.protocol.results import SequenceLogits
 from dualdistill.protocol.v1 import teacher_pb2 as pb
 
@@ -74,17 +75,13 @@ def logits(
     model: str,
     sequences: Sequence[Sequence[int]],
     starts: Sequence[int],
+    params: LogitsParams,
     *,
-    top_k: int,
-    temperature: float,
-    mode: str,
-    samples: int,
-    seed: int,
     format: str,
     deadline_seconds: float | None,
 ) -> Operation[list[SequenceLogits]]:
-    """POST /v1/logits | Teacher.GetLogits. Values are checked by the server (one source of the bounds);
-    only the shape of the call is checked here."""
+    """POST /v1/logits | Teacher.GetLogits. `params` carries the static bounds; the server checks the
+    ones that depend on the model (top_k <= max_top_k, samples <= max_samples)."""
     if len(sequences) != len(starts):
         raise ValueError(
             f"got {len(sequences)} sequences but {len(starts)} starts; pass one start per sequence"
@@ -98,11 +95,7 @@ def logits(
     body: dict[str, Any] = {
         "model": model,
         "sequences": seqs,
-        "top_k": int(top_k),
-        "temperature": float(temperature),
-        "mode": mode,
-        "samples": int(samples),
-        "seed": int(seed),
+        **params.to_dict(),
         "format": format,
         "request_id": request_id,
     }

@@ -10,6 +10,7 @@ from dualdistill.client.base import ClientBase
 from dualdistill.client.handshake import check_tokenizer_against
 from dualdistill.client.retry import call_with_retry
 from dualdistill.client.types import Completion, ModelInfo
+from dualdistill.protocol.params import LogitsParams
 from dualdistill.protocol.results import SequenceLogits
 
 T = TypeVar("T")
@@ -48,22 +49,19 @@ class TeacherClient(ClientBase):
         model: str,
         sequences: Sequence[Sequence[int]],
         starts: Sequence[int],
-        top_k: int = 20,
-        temperature: float = 1.0,
-        mode: str = "topk",
-        samples: int = 64,
-        seed: int = 0,
+        params: LogitsParams | None = None,
+        *,
         timeout: float | None = None,
+        **overrides: Any,
     ) -> list[SequenceLogits]:
         """Teacher distributions p(. | x[:i]) for i in [starts[b], len(sequences[b])), one result per sequence.
 
-        mode "topk": the top_k ids per position; mode "sample": `samples` draws per position (seeded by
-        (seed, sequence, start) only, so results are reproducible and cacheable). Idempotent: retried.
+        `params` (default `LogitsParams()`: top_k 20, temperature 1, mode "topk"), with any field
+        overridden by keyword (`top_k=5`). mode "topk": the top_k ids per position; mode "sample":
+        `samples` draws per position (seeded by (seed, sequence, start) only, so results are reproducible
+        and cacheable). Idempotent: retried.
         """
-        op, seconds = self._logits_op(
-            model, sequences, starts, timeout, top_k=top_k, temperature=temperature, mode=mode, samples=samples,
-            seed=seed,
-        )
+        op, seconds = self._logits_op(model, sequences, starts, params, timeout, overrides)
         return self._call(op, seconds)
 
     def generate(

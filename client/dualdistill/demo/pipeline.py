@@ -34,6 +34,7 @@ from dualdistill.demo.evaluate import EvalSet
 from dualdistill.demo.models import student_init_directory, teacher_directory
 from dualdistill.demo.report import format_table, plot_results, write_results
 from dualdistill.demo.service import RunningService, run_service
+from dualdistill.protocol.params import LogitsParams
 
 STAGES = ("models", "sft-data", "sft", "pairs", "train", "evaluate", "report")
 TEACHER, REFERENCE = "teacher", "reference"  # served names
@@ -257,7 +258,7 @@ def _collect_eval_set(service: RunningService, options: DemoOptions, eval_pairs:
     size = options.size
     # lossless rows: the evaluation's KL should not carry the compact codec's rounding
     with TeacherClient(service.http_url, timeout=GENERATE_TIMEOUT, format="binary-lossless") as client:
-        live = LiveTeacher(client, TEACHER, top_k=size.top_k, temperature=1.0, mode="topk", samples=1, seed=0)
+        live = LiveTeacher(client, TEACHER, params=LogitsParams(top_k=size.top_k))
         print("fetching the teacher's rows of the held-out pairs and its greedy answers ...", flush=True)
         return EvalSet.collect(live.fetch, partial(client.generate, TEACHER), query_set("eval", size, options.seed),
                                eval_pairs, size.max_new_tokens)  # fmt: skip

@@ -20,6 +20,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dualdistill.protocol.formats import LOGITS_FORMATS
+from dualdistill.protocol.params import LOGITS_MODES, LogitsParams
+
 API_KEY_ENV = "DUALDISTILL_API_KEY"
 CAPTURE_SCHEME = "capture:"
 REFERENCE_FORMS = ("served:NAME", "local:DIR", "column")
@@ -61,7 +64,7 @@ class TrainConfig:
         default="binary",
         metadata=_help(
             "Wire format of teacher answers: binary (compact, lossy), binary-lossless, or json.",
-            choices=("binary", "binary-lossless", "json"),
+            choices=LOGITS_FORMATS,
         ),
     )
     teacher_retries: int = field(
@@ -77,7 +80,7 @@ class TrainConfig:
         default=1.0, metadata=_help("Teacher softmax temperature.", min=0, min_open=True)
     )
     teacher_mode: str = field(
-        default="topk", metadata=_help("Teacher rows: the top-k ids, or ids sampled from p.", choices=("topk", "sample"))
+        default="topk", metadata=_help("Teacher rows: the top-k ids, or ids sampled from p.", choices=LOGITS_MODES)
     )
     teacher_samples: int = field(
         default=64, metadata=_help("Draws per position when teacher_mode is 'sample'.", min=1)
@@ -211,6 +214,7 @@ class TrainConfig:
             raise ValueError("reference='local:' needs a directory: local:DIR")
         if not isinstance(self.loss, dict):
             raise ValueError(f"loss must be a mapping of DPDLossConfig fields, got {type(self.loss).__name__}")
+        self.teacher_params  # noqa: B018 (LogitsParams' own bounds, e.g. temperature >= 1e-4)
         if self.verifier not in ("auto", "none") and ":" not in self.verifier:
             raise ValueError(f"verifier={self.verifier!r} must be auto, none or MODULE:FUNCTION")
         return self
@@ -221,6 +225,14 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @property
+    def teacher_params(self) -> LogitsParams:
+        """The teacher parameters every request of this run sends (the sample stream seeded by `seed`)."""
+        return LogitsParams(
+            top_k=self.top_k, temperature=self.temperature, mode=self.teacher_mode, samples=self.teacher_samples,
+            seed=self.seed,
+        )
 
     @property
     def capture_dir(self) -> str | None:

@@ -73,11 +73,7 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
 def open_teacher(config: TrainConfig, reference_model: str | None, length_normalize: bool) -> Any:
     """A CaptureTeacher for `capture:DIR`, else a LiveTeacher over a TeacherClient."""
     common = dict(
-        top_k=config.top_k,
-        temperature=config.temperature,
-        mode=config.teacher_mode,
-        samples=config.teacher_samples,
-        seed=config.seed,
+        params=config.teacher_params,
         reference_model=reference_model,
         length_normalize=length_normalize,
     )

@@ -18,9 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from dualdistill.protocol.params import LogitsParams
 from dualdistill.protocol.results import SequenceLogits
 from dualdistill.trainer.capture.store import CaptureReader, CaptureSettings, take_rows
 from dualdistill.trainer.data import PairExample
+
+# A DPO reference is asked only for its token logprobs; the smallest legal row keeps the answer small.
+REFERENCE_PARAMS = LogitsParams(top_k=1)
 
 
 @dataclass
@@ -55,17 +59,13 @@ class LiveTeacher:
         client: Any,
         model: str,
         *,
-        top_k: int,
-        temperature: float,
-        mode: str,
-        samples: int,
-        seed: int,
+        params: LogitsParams,
         reference_model: str | None = None,
         length_normalize: bool = False,
     ) -> None:
         self.client = client
         self.model = model
-        self.request = dict(top_k=top_k, temperature=temperature, mode=mode, samples=samples, seed=seed)
+        self.params = params
         self.reference_model = reference_model
         self.length_normalize = length_normalize
 
@@ -80,12 +80,11 @@ class LiveTeacher:
 
     def fetch(self, examples: Sequence[PairExample]) -> FetchedTeacher:
         sequences, starts = sequences_of(examples)
-        results = self.client.logits(self.model, sequences, starts, **self.request)
+        results = self.client.logits(self.model, sequences, starts, self.params)
         b = len(examples)
         fetched = FetchedTeacher(chosen=results[:b], rejected=results[b:])
         if self.reference_model is not None:
-            # top_k=1: only token_logprobs are used; the smallest legal row keeps the answer small
-            ref = self.client.logits(self.reference_model, sequences, starts, top_k=1)
+            ref = self.client.logits(self.reference_model, sequences, starts, REFERENCE_PARAMS)
             scores = reference_scores(ref, self.length_normalize)
             fetched.ref_chosen, fetched.ref_rejected = scores[:b], scores[b:]
         return fetched
@@ -102,30 +101,21 @@ class CaptureTeacher:
         directory: str,
         model: str,
         *,
-        top_k: int,
-        temperature: float,
-        mode: str,
-        samples: int,
-        seed: int,
+        params: LogitsParams,
         reference_model: str | None = None,
         length_normalize: bool = False,
     ) -> None:
         self.reader = CaptureReader(directory)
         settings: CaptureSettings = self.reader.settings
-        wanted = {
-            "teacher_model": model,
-            "top_k": top_k,
-            "temperature": temperature,
-            "mode": mode,
-        }
-        if mode == "sample":
-            wanted.update(samples=samples, seed=seed)
+        wanted = {"teacher_model": model, **params.meaning()}
+        have = {"teacher_model": settings.teacher_model, **settings.params.meaning()}
         if reference_model is not None:
             wanted["reference_model"] = reference_model
+            have["reference_model"] = settings.reference_model
         differ = [
-            f"{key}: capture {getattr(settings, key)!r}, config {value!r}"
+            f"{key}: capture {have.get(key)!r}, config {value!r}"
             for key, value in wanted.items()
-            if getattr(settings, key) != value
+            if have.get(key) != value
         ]
         if differ:
             raise ValueError(
@@ -145,7 +135,7 @@ class CaptureTeacher:
             vocab_size=self.settings.vocab_size,
             tokenizer_sha256=self.settings.tokenizer_sha256,
             max_seq_len=0,
-            max_top_k=self.settings.top_k,
+            max_top_k=self.settings.params.top_k,
             fingerprint=self.settings.teacher_fingerprint,
         )
         check_tokenizer_against(tokenizer, info)

@@ -48,12 +48,13 @@ def sequence_key(fingerprint: str, task) -> bytes:
     the mode does not use are zeroed (top_k in "sample" mode; samples and seed in "topk" mode), so
     requests that differ only there share results.
     """
-    sample = task.mode == "sample"
-    top_k = 0 if sample else task.top_k
-    samples, seed = (task.samples, task.seed) if sample else (0, 0)
+    params = task.params
+    sample = params.mode == "sample"
+    top_k = 0 if sample else params.top_k
+    samples, seed = (params.samples, params.seed) if sample else (0, 0)
     digest = hashlib.sha256(KEY_VERSION)
-    digest.update(fingerprint.encode("utf-8") + b"\0" + task.mode.encode("ascii") + b"\0")
-    digest.update(struct.pack("<qqfqQ", task.start, top_k, task.temperature, samples, seed))
+    digest.update(fingerprint.encode("utf-8") + b"\0" + params.mode.encode("ascii") + b"\0")
+    digest.update(struct.pack("<qqfqQ", task.start, top_k, params.temperature, samples, seed))
     digest.update(np.ascontiguousarray(task.token_ids, dtype="<i8").tobytes())
     return digest.digest()
 

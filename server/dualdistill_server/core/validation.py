@@ -33,15 +33,16 @@ def logits_tasks(request: LogitsRequest, info: ModelInfo, config: ServerConfig) 
     """One LogitsTask per sequence, after checking the request against the model's limits."""
     # Each limit applies where its parameter is used: top_k shapes topk rows, samples the sampled ones
     # (the default samples=64 must not fail a topk request on a server with max_samples < 64).
-    if request.mode == "topk" and request.top_k > info.max_top_k:
+    params = request.params
+    if params.mode == "topk" and params.top_k > info.max_top_k:
         raise InvalidArgument(
             f"top_k must be <= {info.max_top_k} for model {info.name!r} (min of max_top_k and vocab size), "
-            f"got {request.top_k}",
+            f"got {params.top_k}",
             field="top_k",
         )
-    if request.mode == "sample" and request.samples > config.max_samples:
+    if params.mode == "sample" and params.samples > config.max_samples:
         raise InvalidArgument(
-            f"samples must be <= max_samples = {config.max_samples}, got {request.samples}", field="samples"
+            f"samples must be <= max_samples = {config.max_samples}, got {params.samples}", field="samples"
         )
     tasks = []
     for i, sequence in enumerate(request.sequences):
@@ -56,11 +57,7 @@ def logits_tasks(request: LogitsRequest, info: ModelInfo, config: ServerConfig) 
             LogitsTask(
                 token_ids=token_array(sequence.token_ids, info, field),
                 start=sequence.start,
-                top_k=request.top_k,
-                temperature=request.temperature,
-                mode=request.mode,
-                samples=request.samples,
-                seed=request.seed,
+                params=params,
             )
         )
     return tasks

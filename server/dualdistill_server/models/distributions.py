@@ -19,8 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from dualdistill.protocol.params import LOGITS_MODES
 from dualdistill.protocol.results import SequenceLogits
-from dualdistill_server.models.types import LOGITS_MODES, LogitsTask
+from dualdistill_server.models.types import LogitsTask
 
 _SEED_MASK = (1 << 63) - 1
 
@@ -110,15 +111,15 @@ def _topk_rows(
     """Top-k rows of the "topk" tasks: ({task: (ids (R, k), logprobs (R, k)) on the host}, rows, ids) where
     (rows, ids) are the (row index, id) pairs in the rows, for the tail."""
     device = logprobs.device
-    chosen = [b for b, t in enumerate(tasks) if t.mode == "topk"]
+    chosen = [b for b, t in enumerate(tasks) if t.params.mode == "topk"]
     rows = torch.cat([torch.arange(offsets[b], offsets[b + 1], device=device) for b in chosen])
-    ks = torch.cat([torch.full((tasks[b].num_rows,), tasks[b].top_k, device=device) for b in chosen])
+    ks = torch.cat([torch.full((tasks[b].num_rows,), tasks[b].params.top_k, device=device) for b in chosen])
     ids, values = sorted_topk(logprobs if len(rows) == len(logprobs) else logprobs[rows], ks)  # (N_topk, kmax)
     kept = torch.arange(ids.shape[1], device=device)[None, :] < ks[:, None]
     ids_host, values_host = ids.cpu().numpy(), values.cpu().numpy()
     out, local = {}, 0
     for b in chosen:
-        n, k = tasks[b].num_rows, tasks[b].top_k
+        n, k = tasks[b].num_rows, tasks[b].params.top_k
         out[b] = (ids_host[local : local + n, :k], values_host[local : local + n, :k])
         local += n
     return out, rows[:, None].expand_as(ids)[kept], ids[kept]
@@ -131,11 +132,11 @@ def sequence_distributions(logits: torch.Tensor, tasks: Sequence[LogitsTask]) ->
     concatenated in order (N = sum of T_b - start_b). Each task keeps its own temperature, top_k and mode.
     """
     for task in tasks:
-        if task.mode not in LOGITS_MODES:
-            raise ValueError(f"mode must be one of {LOGITS_MODES}, got {task.mode!r}")
+        if task.params.mode not in LOGITS_MODES:
+            raise ValueError(f"mode must be one of {LOGITS_MODES}, got {task.params.mode!r}")
     device = logits.device
     num_rows = torch.tensor([t.num_rows for t in tasks], device=device)
-    temperature = torch.tensor([float(t.temperature) for t in tasks], dtype=torch.float32, device=device)
+    temperature = torch.tensor([float(t.params.temperature) for t in tasks], dtype=torch.float32, device=device)
     scaled = logits.to(torch.float32, copy=True).div_(temperature.repeat_interleave(num_rows)[:, None])
     logprobs = torch.log_softmax(scaled, dim=-1)  # (N, V) float32
     del scaled
@@ -145,15 +146,15 @@ def sequence_distributions(logits: torch.Tensor, tasks: Sequence[LogitsTask]) ->
     mask_rows: list[torch.Tensor] = []  # (row, id) pairs inside the rows: excluded from the tail
     mask_ids: list[torch.Tensor] = []
     topk: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    if any(t.mode == "topk" for t in tasks):
+    if any(t.params.mode == "topk" for t in tasks):
         topk, rows, ids = _topk_rows(logprobs, tasks, offsets)
         mask_rows.append(rows)
         mask_ids.append(ids)
     sampled: dict[int, tuple[torch.Tensor, ...]] = {}
     for b, task in enumerate(tasks):
-        if task.mode == "sample":
-            generator = torch.Generator(device="cpu").manual_seed(sequence_seed(task.seed, task.token_ids, task.start))
-            sampled[b] = sample_rows(logprobs[offsets[b] : offsets[b + 1]], task.samples, generator)
+        if task.params.mode == "sample":
+            generator = torch.Generator(device="cpu").manual_seed(sequence_seed(task.params.seed, task.token_ids, task.start))
+            sampled[b] = sample_rows(logprobs[offsets[b] : offsets[b + 1]], task.params.samples, generator)
             mask_rows.append(offsets[b] + sampled[b][0])
             mask_ids.append(sampled[b][1])
 
@@ -162,7 +163,7 @@ def sequence_distributions(logits: torch.Tensor, tasks: Sequence[LogitsTask]) ->
     results = []
     for b, task in enumerate(tasks):
         lo, hi = offsets[b], offsets[b + 1]
-        if task.mode == "topk":
+        if task.params.mode == "topk":
             ids, values = topk[b]
             results.append(SequenceLogits.from_dense(ids, values, token_host[lo:hi], tail_host[lo:hi]))
             continue

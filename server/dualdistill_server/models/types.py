@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-LOGITS_MODES = ("topk", "sample")
+from dualdistill.protocol.params import LogitsParams
+
 FINISH_REASONS = ("stop", "length")
 
 
@@ -39,11 +40,7 @@ class LogitsTask:
 
     token_ids: np.ndarray  # (T,) int64, 0 <= id < vocab_size, 2 <= T <= max_seq_len
     start: int  # first returned position, 1 <= start < T
-    top_k: int  # row width in "topk" mode, 1 <= top_k <= max_top_k
-    temperature: float  # finite, > 0
-    mode: str  # "topk" | "sample"
-    samples: int  # draws per position in "sample" mode
-    seed: int  # "sample" mode; with token_ids and start it fixes the random stream
+    params: LogitsParams  # top_k <= max_top_k, samples <= max_samples (checked by the core)
 
     @property
     def num_rows(self) -> int:

@@ -4,15 +4,17 @@ not match, and training from it equals training live (bit for bit when the teach
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from dualdistill.cli.main import main
 from dualdistill.client import TeacherClient
 from dualdistill.protocol import wire
+from dualdistill.protocol.params import LogitsParams
 from dualdistill.trainer import train
 from dualdistill.trainer.capture.run import capture_pairs
-from dualdistill.trainer.capture.store import CaptureError, CaptureReader, CaptureSettings, CaptureWriter
+from dualdistill.trainer.capture.store import CaptureError, CaptureReader, CaptureWriter
 from dualdistill.trainer.data import load_pairs
 from dualdistill.trainer.teacher import sequences_of
 from tests.client.trainer.fixtures import TEACHER, TOP_K, assert_same_weights, small_config, train_records
@@ -22,11 +24,11 @@ from tests.client.trainer.fixtures import TEACHER, TOP_K, assert_same_weights, s
 def test_capture_stores_what_the_teacher_returned(tmp_path, tiny_server, pair_files, lossless):
     pairs = load_pairs(pair_files[0], 1024)
     with TeacherClient(tiny_server.http_url, format="binary-lossless") as client:
-        summary = capture_pairs(pair_files[0], client, TEACHER, tmp_path / "cap", top_k=TOP_K, reference_model=TEACHER,
+        summary = capture_pairs(pair_files[0], client, TEACHER, tmp_path / "cap", params=LogitsParams(top_k=TOP_K), reference_model=TEACHER,
                                 lossless=lossless, batch_size=4, depth=1, progress=False)  # fmt: skip
         assert (summary.total, summary.captured, summary.already) == (12, 12, 0)
         reader = CaptureReader(tmp_path / "cap")
-        assert reader.settings.top_k == TOP_K and reader.settings.lossless is lossless
+        assert reader.settings.params.top_k == TOP_K and reader.settings.lossless is lossless
         assert len(reader) == 12 and reader.settings.teacher_fingerprint == client.model_info(TEACHER).fingerprint
         for begin in range(0, 12, 4):  # the capture's own requests, again: the server answers the same bits
             batch = pairs[begin : begin + 4]
@@ -73,7 +75,7 @@ def test_capture_resumes_after_a_crash(tmp_path, tiny_server, pair_files, captur
     resumed.close()
     reference.close()
     with pytest.raises(CaptureError, match="other settings"):
-        CaptureWriter(out, CaptureSettings(**{**resumed.settings.__dict__, "top_k": TOP_K + 1}))
+        CaptureWriter(out, replace(resumed.settings, params=LogitsParams(top_k=TOP_K + 1)))
 
 
 def test_training_refuses_a_capture_that_does_not_match(tmp_path, capture_dir, student_dir, pair_files):

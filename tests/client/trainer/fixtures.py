@@ -89,11 +89,12 @@ def capture_dir(tmp_path_factory, tiny_server, pair_files) -> Path:
     Training from it is deterministic whatever the server's batching does, which the bit-exact tests need.
     """
     from dualdistill.client import TeacherClient
+    from dualdistill.protocol.params import LogitsParams
     from dualdistill.trainer.capture.run import capture_pairs
 
     out = tmp_path_factory.mktemp("capture") / "capture"
     with TeacherClient(tiny_server.http_url, format="binary-lossless") as client:
-        capture_pairs(list(pair_files), client, TEACHER, out, top_k=TOP_K, reference_model=TEACHER, progress=False)
+        capture_pairs(list(pair_files), client, TEACHER, out, params=LogitsParams(top_k=TOP_K), reference_model=TEACHER, progress=False)
     return out
 
 

@@ -23,12 +23,12 @@ def _check_against_reference(tiny, task, result) -> None:
     """A correct top-k row: our ids' reference logprobs equal ours, sorted, and nothing outside beats them."""
     ref = reference_logprobs(tiny.model, task)  # (R, V) float64
     ids, logprobs, _ = result.dense()
-    assert ids.shape == (task.num_rows, task.top_k)
-    np.testing.assert_array_equal(result.row_lengths, task.top_k)
+    assert ids.shape == (task.num_rows, task.params.top_k)
+    np.testing.assert_array_equal(result.row_lengths, task.params.top_k)
     for r in range(task.num_rows):
         np.testing.assert_allclose(logprobs[r], ref[r, ids[r]], atol=ATOL, rtol=1e-6)
         assert np.all(np.diff(logprobs[r]) <= 0), "row not sorted by logprob descending"
-        assert len(set(ids[r].tolist())) == task.top_k
+        assert len(set(ids[r].tolist())) == task.params.top_k
         outside = np.setdiff1d(np.arange(ref.shape[1]), ids[r])
         if outside.size:
             assert logprobs[r].min() >= ref[r, outside].max() - ATOL, "a better id was left out of the row"

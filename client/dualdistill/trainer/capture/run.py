@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dualdistill.prefetch import Prefetcher
+from dualdistill.protocol.params import LogitsParams
 from dualdistill.trainer.capture.store import (
     DEFAULT_SHARD_BYTES,
     CaptureError,
@@ -27,7 +28,7 @@ from dualdistill.trainer.capture.store import (
     CaptureWriter,
 )
 from dualdistill.trainer.data import PairExample, load_pairs
-from dualdistill.trainer.teacher import sequences_of
+from dualdistill.trainer.teacher import REFERENCE_PARAMS, sequences_of
 
 UNCUT = 1 << 30  # "no max_seq_len": longer than any sequence a server accepts
 
@@ -47,13 +48,9 @@ def capture_pairs(
     teacher_model: str,
     out: str | Path,
     *,
-    top_k: int = 20,
+    params: LogitsParams = LogitsParams(),  # noqa: B008 (frozen, so one shared default is safe)
     reference_model: str | None = None,
     lossless: bool = True,
-    temperature: float = 1.0,
-    mode: str = "topk",
-    samples: int = 64,
-    seed: int = 0,
     batch_size: int = 8,
     depth: int = 2,
     max_seq_len: int | None = None,
@@ -73,11 +70,7 @@ def capture_pairs(
         teacher_fingerprint=teacher.fingerprint,
         tokenizer_sha256=teacher.tokenizer_sha256,
         vocab_size=teacher.vocab_size,
-        top_k=top_k,
-        temperature=float(temperature),
-        mode=mode,
-        samples=samples,
-        seed=seed,
+        params=params,
         lossless=lossless,
         reference_model=reference_model,
         reference_fingerprint=reference.fingerprint if reference is not None else None,
@@ -91,12 +84,11 @@ def capture_pairs(
     with CaptureWriter(out, settings, shard_bytes) as writer:
         already = _check_done(examples, writer)
         todo = [e for e in examples if e.id not in writer.entries]
-        request = dict(top_k=top_k, temperature=temperature, mode=mode, samples=samples, seed=seed)
 
         def fetch(batch: Sequence[PairExample]) -> list[list[bytes]]:
             sequences, starts = sequences_of(batch)
-            results = client.logits(teacher_model, sequences, starts, **request)
-            refs = client.logits(reference_model, sequences, starts, top_k=1) if reference_model else None
+            results = client.logits(teacher_model, sequences, starts, params)
+            refs = client.logits(reference_model, sequences, starts, REFERENCE_PARAMS) if reference_model else None
             b = len(batch)
             records = []
             for i in range(b):

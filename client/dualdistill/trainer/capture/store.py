@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dualdistill.protocol.params import LogitsParams
 from dualdistill.protocol.results import SequenceLogits
 
 FORMAT = "dualdistill-capture"
@@ -50,18 +51,16 @@ class CaptureSettings:
     teacher_fingerprint: str
     tokenizer_sha256: str
     vocab_size: int
-    top_k: int
-    temperature: float
-    mode: str  # "topk" | "sample"
-    samples: int
-    seed: int
+    params: LogitsParams  # what the rows mean (stored flat in the manifest: top_k, temperature, ...)
     lossless: bool
     reference_model: str | None = None
     reference_fingerprint: str | None = None
     max_seq_len: int | None = None  # sequences were cut to this many tokens; None: uncut
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+        fields = asdict(self)
+        fields.update(fields.pop("params"))
+        return {"format": FORMAT, "version": VERSION, **fields}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaptureSettings:
@@ -69,11 +68,12 @@ class CaptureSettings:
             raise CaptureError(
                 f"not a {FORMAT} v{VERSION} manifest (format={data.get('format')!r}, version={data.get('version')!r})"
             )
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in names})
+        names = set(cls.__dataclass_fields__) - {"params"}
+        params = LogitsParams(**{k: data[k] for k in LogitsParams.__dataclass_fields__ if k in data})
+        return cls(params=params, **{k: v for k, v in data.items() if k in names})
 
     def differences(self, other: CaptureSettings) -> list[str]:
-        mine, theirs = asdict(self), asdict(other)
+        mine, theirs = self.to_dict(), other.to_dict()
         return [f"{k}: {mine[k]!r} vs {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
 
 

@@ -1,0 +1,65 @@
+"""`LogitsParams`: the teacher parameters of a logits request, declared once for every layer.
+
+What a row of teacher logits means is fixed by these five values (with the model and the sequence): the
+client's `logits(...)`, the trainer's teacher sources, offline captures, the server's request schema
+and its per-sequence tasks all carry one `LogitsParams` instead of re-declaring the fields.
+
+Only the static bounds live here. The bounds that depend on the served model and the server's settings
+(top_k <= max_top_k, samples <= max_samples) are the server's to check: it is the one that knows them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+LOGITS_MODES = ("topk", "sample")
+# Below this, logits / temperature overflows float32 for ordinary logits (|logit| ~ 1e2 / 1e-36 > 3.4e38)
+# and the distribution turns to NaN; 1e-4 already makes any model's distribution one-hot in practice.
+MIN_TEMPERATURE = 1e-4
+UINT64_MAX = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class LogitsParams:
+    """Teacher parameters of a logits request (the same names as the proto's `LogitsRequest` fields)."""
+
+    top_k: int = 20  # entries per row in "topk" mode (the row width); >= 1
+    temperature: float = 1.0  # p = softmax(logits / temperature); finite, >= MIN_TEMPERATURE
+    mode: str = "topk"  # "topk": the k most likely ids; "sample": `samples` draws from p per position
+    samples: int = 64  # draws per position in "sample" mode; >= 1
+    seed: int = 0  # "sample" mode: with the sequence and start it fixes the random stream; 0..2**64-1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float):
+            raise ValueError(f"temperature must be a number, got {self.temperature!r}")
+        if not (math.isfinite(self.temperature) and self.temperature >= MIN_TEMPERATURE):
+            raise ValueError(f"temperature must be finite and >= {MIN_TEMPERATURE}, got {self.temperature!r}")
+        if self.mode not in LOGITS_MODES:
+            raise ValueError(f"mode must be one of {LOGITS_MODES}, got {self.mode!r}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ValueError(f"samples must be an integer >= 1, got {self.samples!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= UINT64_MAX:
+            raise ValueError(f"seed must be an integer in [0, 2**64 - 1], got {self.seed!r}")
+        object.__setattr__(self, "temperature", float(self.temperature))
+
+    def with_overrides(self, **overrides: Any) -> LogitsParams:
+        """A copy with some fields replaced (a misspelt name is a TypeError naming it)."""
+        unknown = sorted(set(overrides) - set(asdict(self)))
+        if unknown:
+            raise TypeError(f"unknown logits parameter(s) {unknown}; known: {sorted(asdict(self))}")
+        return replace(self, **overrides) if overrides else self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The request fields, as JSON / proto `LogitsRequest` spells them."""
+        return asdict(self)
+
+    def meaning(self) -> dict[str, Any]:
+        """The fields that change the rows: `samples` and `seed` matter in "sample" mode only."""
+        fields = {"top_k": self.top_k, "temperature": self.temperature, "mode": self.mode}
+        if self.mode == "sample":
+            fields.update(samples=self.samples, seed=self.seed)
+        return fields
