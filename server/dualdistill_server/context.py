@@ -45,6 +45,22 @@ def open_request(request_id: str | None) -> tuple[RequestContext, contextvars.To
     return context, _current.set(context)
 
 
+def resolve_request_id(body_request_id: str, *, adopt: bool = True) -> str:
+    """The id a request answers with, resolved once per request by its transport.
+
+    The body's `request_id` wins over the transport's (x-request-id header or metadata, else a fresh
+    id). With `adopt`, a header-safe body id also becomes the context's id, so the logs, the metrics and
+    the response's x-request-id carry it. A stream's messages do not adopt (`adopt=False`): they share
+    one context, whose id stays the stream's.
+    """
+    ctx = _current.get()
+    if ctx is None:
+        return body_request_id
+    if adopt and body_request_id and clean_request_id(body_request_id) == body_request_id:
+        ctx.request_id = body_request_id
+    return body_request_id or ctx.request_id
+
+
 def close_request(token: contextvars.Token) -> None:
     try:
         _current.reset(token)

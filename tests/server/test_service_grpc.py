@@ -136,3 +136,20 @@ def test_deadline_and_message_size_limits(stub) -> None:
         stub.GetLogits(huge, timeout=30)
     assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert stub.ListModels(pb.ListModelsRequest(), timeout=10).models  # still serving
+
+
+def test_body_request_id_is_the_calls_id_in_metadata_and_logs(stub, tiny_server) -> None:
+    import json
+    import time
+
+    sequence = random_sequences(320, [5], seed=2)[0]
+    _, call = stub.GetLogits.with_call(_request([sequence], request_id="grpc-body-17"), timeout=60)
+    assert dict(call.trailing_metadata())["x-request-id"] == "grpc-body-17"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the access log line is written as the call finishes
+        records = [json.loads(line) for line in tiny_server.log_path.read_text().splitlines() if line.startswith("{")]
+        if any(r.get("request_id") == "grpc-body-17" and r.get("route", "").endswith("/GetLogits") for r in records):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("no log line of the GetLogits call carries the body's request_id")

@@ -24,7 +24,7 @@ _EXPORTS = {
     "PairsResult": "run",
     "arun_pairs": "run",
     "run_pairs": "run",
-    "Scorer": "scorers",
+    "Scorer": "scorer_base",
     "ScorerSpecError": "scorers",
     "make_scorer": "scorers",
     "Decision": "select",

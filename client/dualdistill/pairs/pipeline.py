@@ -29,7 +29,7 @@ from dualdistill.client.errors import TeacherServiceError, TokenizerMismatchErro
 from dualdistill.client.types import Completion
 from dualdistill.pairs.config import PairsConfig
 from dualdistill.pairs.queries import query_key
-from dualdistill.pairs.scorers import Scorer
+from dualdistill.pairs.scorer_base import Scorer
 from dualdistill.pairs.select import Decision, choose_pair
 from dualdistill.pairs.store import PairsStore
 

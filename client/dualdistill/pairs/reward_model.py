@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 
 from dualdistill.client.types import Completion
-from dualdistill.pairs.scorers import Scorer
+from dualdistill.pairs.scorer_base import Scorer
 
 
 def query_messages(query: dict) -> list[dict]:

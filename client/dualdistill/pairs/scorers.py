@@ -24,28 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from dualdistill.client.types import Completion
+from dualdistill.pairs.scorer_base import Scorer
 
 SPEC_FORMS = ("teacher-logprob", "verifier:MODULE:FUNCTION", "reward-model:PATH")
 
 
 class ScorerSpecError(ValueError):
     """A --scorer value that does not name a usable scorer."""
-
-
-class Scorer:
-    """Base class: subclasses implement `ascore` (and may override `score` when they are synchronous)."""
-
-    name: str = ""  # the spec string, recorded in every output line
-
-    async def ascore(self, query: dict, completions: Sequence[Completion]) -> list[float]:
-        raise NotImplementedError
-
-    def score(self, query: dict, completions: Sequence[Completion]) -> list[float]:
-        """Synchronous scoring; runs `ascore` on a private event loop (call it outside a running loop)."""
-        return asyncio.run(self.ascore(query, completions))
-
-    def close(self) -> None:
-        """Release what the scorer holds (models, clients it created)."""
 
 
 class TeacherLogprobScorer(Scorer):

@@ -152,10 +152,11 @@ class TeacherService:
         return [model.info for model in self._models.values()]
 
     async def logits(
-        self, request: LogitsRequest, *, request_id: str = "", timeout: float | None = None
+        self, request: LogitsRequest, *, request_id: str | None = None, timeout: float | None = None
     ) -> LogitsResult:
-        """Teacher distributions for every sequence. `timeout` (seconds) is the transport's deadline;
-        the request's `deadline_seconds` applies too, whichever is sooner."""
+        """Teacher distributions for every sequence. `request_id`: what the transport resolved
+        (`context.resolve_request_id`); `timeout` (seconds) is the transport's deadline; the request's
+        `deadline_seconds` applies too, whichever is sooner."""
         name, model = self._admit(request.model)
         info = model.info
         tasks = logits_tasks(request, info, self.config)
@@ -163,10 +164,10 @@ class TeacherService:
         timeout = _sooner(timeout, request.deadline_seconds)
         with self._tracking():
             results = await _within(timeout, self._compute(name, info.fingerprint, tasks))
-        return LogitsResult(name, info.fingerprint, request.request_id or request_id, results)
+        return LogitsResult(name, info.fingerprint, _answered_id(request, request_id), results)
 
     async def generate(
-        self, request: GenerateRequest, *, request_id: str = "", timeout: float | None = None
+        self, request: GenerateRequest, *, request_id: str | None = None, timeout: float | None = None
     ) -> GenerateResult:
         name, model = self._admit(request.model)
         self.limits.charge(context.current_tenant(), generate_budget(request, self.config))
@@ -184,7 +185,7 @@ class TeacherService:
 
         with self._tracking():
             completions = await _within(timeout, self._batchers[name].run_on_worker(run))
-        return GenerateResult(name, model.info.fingerprint, request.request_id or request_id, completions)
+        return GenerateResult(name, model.info.fingerprint, _answered_id(request, request_id), completions)
 
     # ---- internals ---------------------------------------------------------------------------------------
 
@@ -244,3 +245,8 @@ async def _within(timeout: float | None, awaitable):
         return await asyncio.wait_for(awaitable, timeout)
     except asyncio.TimeoutError:
         raise DeadlineExceeded(f"no result within the deadline ({timeout:.3g} s)") from None
+
+
+def _answered_id(request: LogitsRequest | GenerateRequest, request_id: str | None) -> str:
+    """The transport's resolved id; a direct caller (no transport) gets the body's, resolved the same way."""
+    return request_id if request_id is not None else context.resolve_request_id(request.request_id, adopt=False)

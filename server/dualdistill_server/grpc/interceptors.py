@@ -109,6 +109,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 with self._limits.slot(call.ctx.tenant):
                     response = await behavior(_checked(request, method), rpc_context)
                 call.response_bytes = response.ByteSize()
+                call.echo_request_id()  # the body's request_id may have become the call's id
                 return response
             except BaseException as exc:
                 await call.fail(exc)
@@ -147,6 +148,9 @@ class _Call:
         self.begin = time.perf_counter()
         self.response_bytes = 0
         rpc_context.set_trailing_metadata((("x-request-id", self.ctx.request_id),))
+
+    def echo_request_id(self) -> None:
+        self.rpc_context.set_trailing_metadata((("x-request-id", self.ctx.request_id),))
 
     async def fail(self, exc: BaseException) -> None:
         """Abort the RPC with the status of `exc` (re-raises aborts and cancellations as they are)."""

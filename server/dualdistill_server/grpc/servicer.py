@@ -39,7 +39,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
     async def Generate(self, request: pb.GenerateRequest, rpc_context: grpc.aio.ServicerContext):
         body = convert.generate_request(request)
         result = await self._service.generate(
-            body, request_id=context.current_request_id(), timeout=rpc_context.time_remaining()
+            body, request_id=context.resolve_request_id(body.request_id), timeout=rpc_context.time_remaining()
         )
         return convert.generate_response(result)
 
@@ -55,7 +55,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
 
         async def work(message: pb.LogitsRequest) -> None:
             try:
-                await outbox.put(await self._logits(message, rpc_context))
+                await outbox.put(await self._logits(message, rpc_context, in_stream=True))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -97,9 +97,10 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
             for task in list(workers):
                 task.cancel()
 
-    async def _logits(self, message: pb.LogitsRequest, rpc_context: grpc.aio.ServicerContext) -> pb.LogitsResponse:
+    async def _logits(
+        self, message: pb.LogitsRequest, rpc_context: grpc.aio.ServicerContext, *, in_stream: bool = False
+    ) -> pb.LogitsResponse:
         body = convert.logits_request(message)
-        result = await self._service.logits(
-            body, request_id=context.current_request_id(), timeout=rpc_context.time_remaining()
-        )
+        request_id = context.resolve_request_id(body.request_id, adopt=not in_stream)
+        result = await self._service.logits(body, request_id=request_id, timeout=rpc_context.time_remaining())
         return await asyncio.to_thread(convert.logits_response, result, body.format)

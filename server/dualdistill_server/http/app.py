@@ -43,16 +43,6 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         task.cancel()
 
 
-def _adopt_request_id(body_request_id: str) -> str:
-    """The body's request_id wins over the header's; it becomes the request's id for logs and headers."""
-    ctx = context.current()
-    if ctx is None:
-        return body_request_id
-    if body_request_id and context.clean_request_id(body_request_id) == body_request_id:
-        ctx.request_id = body_request_id
-    return body_request_id or ctx.request_id
-
-
 DEADLINE_HEADER = "x-deadline-seconds"
 
 
@@ -106,7 +96,7 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
         responses={200: {"content": {"application/json": {}, BINARY_CONTENT_TYPE: {}}}},
     )
     async def logits(body: LogitsRequest, request: Request) -> Response:
-        request_id = _adopt_request_id(body.request_id)
+        request_id = context.resolve_request_id(body.request_id)
         timeout = _header_deadline(request)
         result = await _unless_disconnected(request, service.logits(body, request_id=request_id, timeout=timeout))
         # x-request-id: added by RequestMiddleware (the body's id when it is header-safe).
@@ -119,7 +109,7 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
 
     @app.post("/v1/generate", summary="Sampled completions for prompts (text, token ids or chat messages)")
     async def generate(body: GenerateRequest, request: Request) -> Response:
-        request_id = _adopt_request_id(body.request_id)
+        request_id = context.resolve_request_id(body.request_id)
         timeout = _header_deadline(request)
         result = await _unless_disconnected(request, service.generate(body, request_id=request_id, timeout=timeout))
         return Response(generate_json(result), media_type="application/json")

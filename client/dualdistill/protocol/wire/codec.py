@@ -26,7 +26,7 @@ from dualdistill.protocol.results import SequenceLogits
 from dualdistill.protocol.wire import container, dictionary
 from dualdistill.protocol.wire import lossless as lossless_entries
 from dualdistill.protocol.wire import lossy as lossy_entries
-from dualdistill.protocol.wire.container import FLAG_COUNTS, LOSSLESS, LOSSY, Header, uint_streams
+from dualdistill.protocol.wire.container import FLAG_COUNTS, LOSSLESS, LOSSY, Header, Stream, uint_streams
 from dualdistill.protocol.wire.errors import WireFormatError
 from dualdistill.protocol.wire.quantize import DEFAULT_TARGET_KL, choose_levels
 from dualdistill.protocol.wire.ragged import row_blocks, row_offsets, segment_cumsum
@@ -34,7 +34,6 @@ from dualdistill.protocol.wire.ragged import row_blocks, row_offsets, segment_cu
 DEFAULT_MAX_ENTRIES = 1 << 27  # decode refuses payloads declaring more rows/entries (~1.6 GB decoded)
 BLOCK_ENTRIES = 1 << 14  # row-local work runs on blocks of about this many entries (cache-sized)
 _INT32_MAX = (1 << 31) - 1
-_VARIANT_STREAMS = 14  # index of the first variant-specific stream
 
 
 def encode(
@@ -59,6 +58,7 @@ def encode(
         _planes(tail),
         *(uint_streams(counts) if counts is not None else [b"", b""]),
     ]
+    assert len(streams) == Stream.VARIANT, "the common streams must be laid out as container.Stream says"
     if not lossless:
         values.update(lossy_entries.split_steps(values))
     for name, kind in lossless_entries.STREAMS if lossless else lossy_entries.STREAMS:
@@ -75,18 +75,18 @@ def decode(payload: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> list[Se
     seq_rows, row_lengths = _structure(header, streams)
     key_to_id, key_classes = _dictionary(header, streams)
     n, n_dict = header.n_entries, header.n_dict
-    codes = streams.get_uints(8, n)
+    codes = streams.get_uints(Stream.KEY_CODES, n)
     if n and int(codes.max()) >= n_dict:
         raise WireFormatError(f"key code {int(codes.max())} out of range (< {n_dict})")
-    token = _from_planes(streams.get(10, 4 * header.n_rows))
-    tail = _from_planes(streams.get(11, 4 * header.n_rows))
+    token = _from_planes(streams.get(Stream.TOKEN_LOGPROBS, 4 * header.n_rows))
+    tail = _from_planes(streams.get(Stream.TAIL_LOGPROBS, 4 * header.n_rows))
     counts = None
     if header.flags & FLAG_COUNTS:
-        counts = streams.get_uints(12, n)
+        counts = streams.get_uints(Stream.COUNTS, n)
         if n and int(counts.max()) > _INT32_MAX:
             raise WireFormatError("count out of int32 range")
     else:
-        streams.get(12, 0), streams.get(13, 0)
+        streams.get(Stream.COUNTS, 0), streams.get(Stream.COUNTS + 1, 0)
     values = _variant_values(header, streams, row_lengths)
     keys, logprobs = _decode_blocks(row_lengths, codes, values, header.quant, n_dict)
     if not np.array_equal(dictionary.count_class(np.bincount(keys, minlength=n_dict)), key_classes):
@@ -99,19 +99,22 @@ def _variant_values(
 ) -> dict[str, np.ndarray]:
     """Read the variant's streams; each one's length follows from the header and the streams before it."""
     nonempty = int(np.count_nonzero(row_lengths))
-    at = _VARIANT_STREAMS
     if header.variant == LOSSLESS:
+        at = lossless_entries.OFFSETS
         return {
-            "first_values": streams.get_uints(at, nonempty),
-            "value_drops": streams.get_uints(at + 2, header.n_entries - nonempty),
+            "first_values": streams.get_uints(at["first_values"], nonempty),
+            "value_drops": streams.get_uints(at["value_drops"], header.n_entries - nonempty),
         }
-    groups = streams.get_uints(at, header.n_rows).astype(np.int64)
+    at = lossy_entries.OFFSETS
+    groups = streams.get_uints(at["groups_per_row"], header.n_rows).astype(np.int64)
     lossy_entries.check_groups(row_lengths, groups)
     inner = int(groups.sum()) - nonempty  # groups that are not a row's first (or not its last)
-    first_levels = streams.get_uints(at + 2, nonempty)
-    steps, n_size_overflow, n_drop_overflow = lossy_entries.overflow_counts(streams.get(at + 4, inner))
+    first_levels = streams.get_uints(at["first_levels"], nonempty)
+    steps, n_size_overflow, n_drop_overflow = lossy_entries.overflow_counts(streams.get(at["group_steps"], inner))
     sizes, drops = lossy_entries.join_steps(
-        steps, streams.get_uints(at + 5, n_size_overflow), streams.get_uints(at + 7, n_drop_overflow)
+        steps,
+        streams.get_uints(at["size_overflow"], n_size_overflow),
+        streams.get_uints(at["drop_overflow"], n_drop_overflow),
     )
     return {
         "groups_per_row": groups,
@@ -227,10 +230,10 @@ def _concat(results: list[SequenceLogits], name: str, dtype) -> np.ndarray:
 
 
 def _structure(header: Header, streams: container.Streams) -> tuple[np.ndarray, np.ndarray]:
-    seq_rows = streams.get_uints(0, header.n_sequences).astype(np.int64)
+    seq_rows = streams.get_uints(Stream.ROWS_PER_SEQUENCE, header.n_sequences).astype(np.int64)
     if int(seq_rows.sum()) != header.n_rows:
         raise WireFormatError("rows per sequence do not add up to the header's row count")
-    row_lengths = streams.get_uints(2, header.n_rows)
+    row_lengths = streams.get_uints(Stream.ENTRIES_PER_ROW, header.n_rows)
     if header.n_rows and int(row_lengths.max()) > _INT32_MAX:
         raise WireFormatError("row length out of int32 range")
     row_lengths = row_lengths.astype(np.int64)
@@ -242,10 +245,10 @@ def _structure(header: Header, streams: container.Streams) -> tuple[np.ndarray, 
 def _dictionary(header: Header, streams: container.Streams) -> tuple[np.ndarray, np.ndarray]:
     """-> (key_to_id (U,) int64, count class of each key (U,) int64)."""
     n_dict = header.n_dict
-    sizes = streams.get_uints(4, dictionary.NUM_CLASSES).astype(np.int64)  # values < 2**32: no overflow
+    sizes = streams.get_uints(Stream.IDS_PER_CLASS, dictionary.NUM_CLASSES).astype(np.int64)  # values < 2**32: no overflow
     if int(sizes.sum()) != n_dict:
         raise WireFormatError("ids per count class do not add up to the dictionary size")
-    gaps = streams.get_uints(6, n_dict).astype(np.int64)
+    gaps = streams.get_uints(Stream.DICTIONARY_GAPS, n_dict).astype(np.int64)
     if n_dict == 0:
         return gaps, gaps
     starts = np.zeros(n_dict, dtype=bool)

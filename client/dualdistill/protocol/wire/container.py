@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 import zstandard
@@ -46,6 +47,29 @@ class Header:
     n_entries: int  # all rows' entries
     n_dict: int  # distinct ids in the payload
     quant: int  # LOSSY: levels per unit of sqrt(probability) (M); LOSSLESS: 0
+
+
+class Stream(IntEnum):
+    """Index of each stream every payload has (docs/wire-format.md); an integer pair takes two indices."""
+
+    ROWS_PER_SEQUENCE = 0  # uint pair
+    ENTRIES_PER_ROW = 2  # uint pair
+    IDS_PER_CLASS = 4  # uint pair
+    DICTIONARY_GAPS = 6  # uint pair
+    KEY_CODES = 8  # uint pair
+    TOKEN_LOGPROBS = 10  # float32 byte planes
+    TAIL_LOGPROBS = 11  # float32 byte planes
+    COUNTS = 12  # uint pair, "sample" mode only (both empty otherwise)
+    VARIANT = 14  # first of the variant's own streams (lossy.STREAMS / lossless.STREAMS)
+
+
+def variant_offsets(layout: tuple[tuple[str, str], ...]) -> dict[str, int]:
+    """Stream index of each of a variant's own streams: a "uint" stream takes two, a "bytes" one."""
+    offsets, at = {}, int(Stream.VARIANT)
+    for name, kind in layout:
+        offsets[name] = at
+        at += 2 if kind == "uint" else 1
+    return offsets
 
 
 def pack(header: Header, streams: list[bytes]) -> bytes:

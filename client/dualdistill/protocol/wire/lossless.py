@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dualdistill.protocol.wire.container import variant_offsets
 from dualdistill.protocol.wire.errors import WireFormatError
 from dualdistill.protocol.wire.ragged import row_starts, segment_cumsum
 
@@ -34,6 +35,7 @@ def from_ordered_bits(u: np.ndarray) -> np.ndarray:
 
 # The variant's own streams in payload order (integer stream pairs).
 STREAMS = (("first_values", "uint"), ("value_drops", "uint"))
+OFFSETS = variant_offsets(STREAMS)  # stream index of each, as the payload lays them out
 
 
 def encode_entries(row_lengths: np.ndarray, logprobs: np.ndarray) -> dict[str, np.ndarray]:

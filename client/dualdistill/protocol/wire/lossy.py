@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dualdistill.protocol.wire.container import variant_offsets
 from dualdistill.protocol.wire.errors import WireFormatError
 from dualdistill.protocol.wire.quantize import dequantize, quantize
 from dualdistill.protocol.wire.ragged import row_offsets, row_starts, segment_cumsum, within_row_order
@@ -36,6 +37,7 @@ STREAMS = (
     ("size_overflow", "uint"),
     ("drop_overflow", "uint"),
 )
+OFFSETS = variant_offsets(STREAMS)  # stream index of each, as the payload lays them out
 _CAP = 7  # a step symbol holds sizes and drops below this; larger ones continue in an overflow stream
 
 
