@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from dualdistill.bounds import check_int, check_range
 from dualdistill.client.errors import TeacherServiceError
 
 T = TypeVar("T")
@@ -38,12 +39,10 @@ class RetryPolicy:
     retry_statuses: frozenset[int] = field(default_factory=lambda: frozenset({429, 502, 503, 504}))
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if not (0 <= self.initial_backoff <= self.max_backoff):
-            raise ValueError("need 0 <= initial_backoff <= max_backoff")
-        if self.multiplier < 1:
-            raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
+        check_int("max_attempts", self.max_attempts, 1)
+        check_range("max_backoff", self.max_backoff, 0.0)
+        check_range("initial_backoff", self.initial_backoff, 0.0, self.max_backoff)
+        check_range("multiplier", self.multiplier, 1.0)
 
     def should_retry(self, error: TeacherServiceError, attempt: int) -> bool:
         """Whether to make attempt `attempt + 1` after `error` ended attempt `attempt`."""

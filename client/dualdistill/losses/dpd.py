@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dualdistill.losses._checks import check_choice, check_range
+from dualdistill.bounds import check_choice, check_range
 from dualdistill.losses.dpo import DPO_LOSS_TYPES, check_dpo_args, dpo_loss
 from dualdistill.losses.logprobs import DEFAULT_CHUNK_SIZE, sequence_logps
 from dualdistill.losses.sparse_kd import DIVERGENCES, sparse_kd_loss

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dualdistill.losses._checks import check_choice, check_range
+from dualdistill.bounds import check_choice, check_range
 
 __all__ = ["DPO_LOSS_TYPES", "DPOLoss", "dpo_loss"]
 

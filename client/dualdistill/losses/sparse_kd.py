@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from dualdistill.losses._checks import check_choice, check_range
+from dualdistill.bounds import check_choice, check_range
 from dualdistill.losses.divergences import DIVERGENCES, divergence, sampled_forward_kl
 from dualdistill.losses.logprobs import DEFAULT_CHUNK_SIZE, compute_dtype
 from dualdistill.teacher_logits import TeacherLogits

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from dualdistill.bounds import check_int, check_range
 from dualdistill.pairs.select import PICKS
 
 
@@ -42,22 +43,16 @@ class PairsConfig:
             raise ValueError("teacher_model is required")
         if (self.student_model is None) == (self.student_dir is None):
             raise ValueError("give exactly one of student_model (served) and student_dir (local)")
-        if not 1 <= self.samples <= 256:
-            raise ValueError(f"samples must be in 1..256, got {self.samples}")
-        if not 1 <= self.concurrency <= 1024:
-            raise ValueError(f"concurrency must be in 1..1024, got {self.concurrency}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature}")
-        if not (0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_int("samples", self.samples, 1, 256)
+        check_int("concurrency", self.concurrency, 1, 1024)
+        check_int("max_new_tokens", self.max_new_tokens, 1)
+        check_range("temperature", self.temperature, 0.0)
+        check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
         if math.isnan(self.margin) or math.isnan(self.min_score):
             raise ValueError("margin and min_score must be numbers (not NaN)")
         if self.pick not in PICKS:
             raise ValueError(f"pick must be one of {PICKS}, got {self.pick!r}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2^63), got {self.seed}")
+        check_int("seed", self.seed, 0, 2**63 - 1)
 
     def settings(self) -> dict:
         """The settings as a JSON-ready dict (for the summary)."""

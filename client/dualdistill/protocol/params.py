@@ -10,9 +10,10 @@ Only the static bounds live here. The bounds that depend on the served model and
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from dualdistill.bounds import check_choice, check_int, check_range
 
 LOGITS_MODES = ("topk", "sample")
 # Below this, logits / temperature overflows float32 for ordinary logits (|logit| ~ 1e2 / 1e-36 > 3.4e38)
@@ -32,18 +33,11 @@ class LogitsParams:
     seed: int = 0  # "sample" mode: with the sequence and start it fixes the random stream; 0..2**64-1
 
     def __post_init__(self) -> None:
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float):
-            raise ValueError(f"temperature must be a number, got {self.temperature!r}")
-        if not (math.isfinite(self.temperature) and self.temperature >= MIN_TEMPERATURE):
-            raise ValueError(f"temperature must be finite and >= {MIN_TEMPERATURE}, got {self.temperature!r}")
-        if self.mode not in LOGITS_MODES:
-            raise ValueError(f"mode must be one of {LOGITS_MODES}, got {self.mode!r}")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ValueError(f"samples must be an integer >= 1, got {self.samples!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= UINT64_MAX:
-            raise ValueError(f"seed must be an integer in [0, 2**64 - 1], got {self.seed!r}")
+        check_int("top_k", self.top_k, 1)
+        check_range("temperature", self.temperature, MIN_TEMPERATURE)
+        check_choice("mode", self.mode, LOGITS_MODES)
+        check_int("samples", self.samples, 1)
+        check_int("seed", self.seed, 0, UINT64_MAX)
         object.__setattr__(self, "temperature", float(self.temperature))
 
     def with_overrides(self, **overrides: Any) -> LogitsParams:

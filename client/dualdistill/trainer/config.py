@@ -20,6 +20,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dualdistill.bounds import check_choice
 from dualdistill.protocol.formats import LOGITS_FORMATS
 from dualdistill.protocol.params import LOGITS_MODES, LogitsParams
 
@@ -329,8 +330,8 @@ def _check_bounds(f: Any, value: Any) -> None:
     meta = f.metadata
     if value is None:
         return
-    if "choices" in meta and value not in meta["choices"]:
-        raise ValueError(f"{f.name}={value!r} is not supported; choose one of {', '.join(map(repr, meta['choices']))}")
+    if "choices" in meta:
+        check_choice(f.name, value, meta["choices"])
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{f.name}={value!r} must be finite")

@@ -1,4 +1,8 @@
-"""Argument checks shared by the losses: one wording for every bad configuration value."""
+"""Bounds checks for every config object (losses, pairs, trainer, demo, client, teacher parameters).
+
+One wording for every bad value: the field's name, the value, and what would be accepted. Kept free of
+imports beyond the standard library, so the contract package (`dualdistill.protocol`) can use it too.
+"""
 
 from __future__ import annotations
 
@@ -34,3 +38,15 @@ def check_range(
         right = ")" if high_open else "]"
         interval = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
         raise ValueError(f"{name}={value!r} must be a finite number in {interval}")
+
+
+def check_int(name: str, value: object, low: int | None = None, high: int | None = None) -> None:
+    """Raise ValueError unless `value` is an int (not a bool) within [low, high]."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        interval = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ValueError(f"{name}={value!r} must be an integer in {interval}")
