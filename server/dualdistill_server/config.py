@@ -57,6 +57,12 @@ class ServerConfig(BaseSettings):
     max_generate_tokens: int = Field(
         65_536, ge=1, description="Largest prompts x n x max_new_tokens of one generate request (422 above)."
     )
+    compat_apply_temperature: bool = Field(
+        False,
+        description="Apply the request's temperature to the logprobs of the vLLM- and TRL-compatible endpoints "
+        "(/v1/completions, /get_sequence_logprobs/). Off: raw logprobs (temperature 1), as stock vLLM reports "
+        "them; a /v1/completions request can opt in alone with apply_temperature_to_logprobs.",
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     @field_validator("dtype")

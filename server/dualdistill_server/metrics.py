@@ -16,6 +16,9 @@ Names are part of the operations contract (dashboards and alerts use them):
 - dualdistill_cache_errors_total{backend,op}     cache failures answered as misses (op: get, put, decode,
                                                   overflow = a write skipped because the writer fell behind)
 - dualdistill_tenant_rejections_total{tenant,limit}  requests refused by a tenant limit (429)
+- dualdistill_dialect_requests_total{dialect,code}  requests per API dialect: dualdistill (our /v1/logits,
+                                                  /v1/generate), openai (vLLM's /v1/completions, /health),
+                                                  trl (`trl vllm-serve`'s /get_sequence_logprobs/, /health/)
 """
 
 from __future__ import annotations
@@ -82,10 +85,25 @@ class Metrics:
             registry=r,
         )
 
+        self.dialect_requests = Counter(
+            "dualdistill_dialect_requests_total", "Requests per API dialect (dualdistill, openai, trl) and code.",
+            ("dialect", "code"), registry=r,
+        )
+
     def observe_request(
-        self, route: str, model: str, code: str, seconds: float, *, tenant: str = "", response_bytes: int = 0
+        self,
+        route: str,
+        model: str,
+        code: str,
+        seconds: float,
+        *,
+        tenant: str = "",
+        response_bytes: int = 0,
+        dialect: str | None = None,
     ) -> None:
         self.requests.labels(route=route, model=model, tenant=tenant, code=code).inc()
+        if dialect is not None:
+            self.dialect_requests.labels(dialect=dialect, code=code).inc()
         self.request_seconds.labels(route=route).observe(seconds)
         if response_bytes:
             self.response_bytes.labels(route=route).inc(response_bytes)

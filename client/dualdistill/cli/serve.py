@@ -7,9 +7,10 @@ a flag given on the command line wins. The flag names are pinned: deployment fil
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 # (flag, ServerConfig field, type, help). Help text is short; `docs/deploy.md` has the full table.
-SERVE_FLAGS: list[tuple[str, str, type, str]] = [
+SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--host", "host", str, "interface to bind (default 0.0.0.0)"),
     ("--http-port", "http_port", int, "HTTP port (default 8000; 0 = pick a free one)"),
     ("--grpc-port", "grpc_port", int, "gRPC port (default 50051; 0 = pick a free one)"),
@@ -31,8 +32,20 @@ SERVE_FLAGS: list[tuple[str, str, type, str]] = [
     ("--tenant-tokens-per-second", "tenant_tokens_per_second", float, "per-tenant token-rate limit"),
     ("--tenant-max-concurrency", "tenant_max_concurrency", int, "per-tenant cap on requests in flight"),
     ("--max-generate-tokens", "max_generate_tokens", int, "largest prompts x n x max_new_tokens per generate request (default 65536)"),
+    ("--compat-apply-temperature", "compat_apply_temperature", lambda v: _on_off(v),
+     "on | off: the vLLM/TRL endpoints apply the request temperature to logprobs (default off, as vLLM)"),
     ("--log-level", "log_level", str, "debug | info | warning | error (default info)"),
 ]
+
+
+def _on_off(value: str) -> bool:
+    """A boolean flag's value: on/true/1/yes or off/false/0/no."""
+    lowered = value.strip().lower()
+    if lowered in ("on", "true", "1", "yes"):
+        return True
+    if lowered in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -21,6 +21,9 @@ class SequenceLogits:
     token_logprobs: np.ndarray  # (R,) float32, log p(x[i] | x[:i]) of the actual next token
     tail_logprobs: np.ndarray  # (R,) float32, log(1 - sum of the row's probabilities); -inf if none left
     counts: np.ndarray | None = None  # (N,) int32, "sample" mode only; each row sums to `samples`
+    # (R,) int32 rank of the actual next token, 1 + #{ids with a higher logprob} counting ties as ahead
+    # (vLLM's rank); computed only when asked for (the OpenAI dialect's prompt_logprobs), not on the wire.
+    token_ranks: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.row_lengths = np.ascontiguousarray(self.row_lengths, dtype=np.int32)
@@ -30,6 +33,8 @@ class SequenceLogits:
         self.tail_logprobs = np.ascontiguousarray(self.tail_logprobs, dtype=np.float32)
         if self.counts is not None:
             self.counts = np.ascontiguousarray(self.counts, dtype=np.int32)
+        if self.token_ranks is not None:
+            self.token_ranks = np.ascontiguousarray(self.token_ranks, dtype=np.int32)
         n_rows, n_entries = len(self.row_lengths), int(self.row_lengths.sum())
         if not (len(self.top_ids) == len(self.top_logprobs) == n_entries):
             raise ValueError(
@@ -40,6 +45,8 @@ class SequenceLogits:
             raise ValueError(f"token_logprobs and tail_logprobs must hold one value per row ({n_rows})")
         if self.counts is not None and len(self.counts) != n_entries:
             raise ValueError(f"counts must hold sum(row_lengths) = {n_entries} entries")
+        if self.token_ranks is not None and len(self.token_ranks) != n_rows:
+            raise ValueError(f"token_ranks must hold one value per row ({n_rows})")
 
     @property
     def num_rows(self) -> int:

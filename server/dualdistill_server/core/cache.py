@@ -56,19 +56,38 @@ def sequence_key(fingerprint: str, task) -> bytes:
     digest.update(fingerprint.encode("utf-8") + b"\0" + params.mode.encode("ascii") + b"\0")
     digest.update(struct.pack("<qqfqQ", task.start, top_k, params.temperature, samples, seed))
     digest.update(np.ascontiguousarray(task.token_ids, dtype="<i8").tobytes())
+    if getattr(task, "token_ranks", False):  # ranked results are their own entries (keys of others unchanged)
+        digest.update(b"\0token_ranks")
     return digest.digest()
+
+
+# A cached result that carries token ranks: RANKS_MAGIC, u32 row count, int32 ranks, then the wire payload
+# (the wire format has no ranks: they serve the OpenAI dialect only).
+RANKS_MAGIC = b"DDRK"
 
 
 def encode_result(result: SequenceLogits) -> bytes:
     from dualdistill.protocol import wire
 
-    return wire.encode([result], lossless=True)
+    payload = wire.encode([result], lossless=True)
+    if result.token_ranks is None:
+        return payload
+    ranks = np.ascontiguousarray(result.token_ranks, dtype="<i4")
+    return RANKS_MAGIC + struct.pack("<I", len(ranks)) + ranks.tobytes() + payload
 
 
 def decode_result(payload: bytes) -> SequenceLogits:
     from dualdistill.protocol import wire
 
+    ranks = None
+    if payload[:4] == RANKS_MAGIC:
+        (rows,) = struct.unpack_from("<I", payload, 4)
+        ranks = np.frombuffer(payload, dtype="<i4", count=rows, offset=8).astype(np.int32)
+        payload = payload[8 + 4 * rows :]
     (result,) = wire.decode(payload)
+    if ranks is not None:
+        result.token_ranks = ranks
+        result.__post_init__()  # checks the row count
     return result
 
 

@@ -151,15 +151,35 @@ class TeacherService:
     def list_models(self) -> list[ModelInfo]:
         return [model.info for model in self._models.values()]
 
+    def served_model(self, name: str):
+        """The ServedModel behind `name` (after the same readiness and name checks as a request), for
+        transports that need its ModelInfo or tokenizer (the OpenAI dialect decodes token texts)."""
+        return self._admit(name)[1]
+
+    async def encode_texts(self, name: str, texts: list[str], *, add_special_tokens: bool = True) -> list[list[int]]:
+        """Token ids of each text, on the model's worker thread (its tokenizer is not shared)."""
+        _, model = self._admit(name)
+
+        def run() -> list[list[int]]:
+            return [list(model.tokenizer.encode(text, add_special_tokens=add_special_tokens)) for text in texts]
+
+        return await self._batchers[name].run_on_worker(run)
+
     async def logits(
-        self, request: LogitsRequest, *, request_id: str | None = None, timeout: float | None = None
+        self,
+        request: LogitsRequest,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        token_ranks: bool = False,
     ) -> LogitsResult:
         """Teacher distributions for every sequence. `request_id`: what the transport resolved
         (`context.resolve_request_id`); `timeout` (seconds) is the transport's deadline; the request's
-        `deadline_seconds` applies too, whichever is sooner."""
+        `deadline_seconds` applies too, whichever is sooner. `token_ranks`: every result also carries the
+        actual token's rank per row (cached apart from the unranked results)."""
         name, model = self._admit(request.model)
         info = model.info
-        tasks = logits_tasks(request, info, self.config)
+        tasks = logits_tasks(request, info, self.config, token_ranks=token_ranks)
         self.limits.charge(context.current_tenant(), request.num_tokens)
         timeout = _sooner(timeout, request.deadline_seconds)
         with self._tracking():

@@ -29,8 +29,11 @@ def token_array(token_ids: list[int], info: ModelInfo, field: str) -> np.ndarray
     return ids
 
 
-def logits_tasks(request: LogitsRequest, info: ModelInfo, config: ServerConfig) -> list[LogitsTask]:
-    """One LogitsTask per sequence, after checking the request against the model's limits."""
+def logits_tasks(
+    request: LogitsRequest, info: ModelInfo, config: ServerConfig, *, token_ranks: bool = False
+) -> list[LogitsTask]:
+    """One LogitsTask per sequence, after checking the request against the model's limits. `token_ranks`:
+    the tasks also compute the actual token's rank per row (asked for by the OpenAI dialect only)."""
     # Each limit applies where its parameter is used: top_k shapes topk rows, samples the sampled ones
     # (the default samples=64 must not fail a topk request on a server with max_samples < 64).
     params = request.params
@@ -58,6 +61,7 @@ def logits_tasks(request: LogitsRequest, info: ModelInfo, config: ServerConfig) 
                 token_ids=token_array(sequence.token_ids, info, field),
                 start=sequence.start,
                 params=params,
+                token_ranks=token_ranks,
             )
         )
     return tasks

@@ -181,7 +181,8 @@ class _Call:
         seconds = time.perf_counter() - self.begin
         code = self.ctx.code or "OK"
         self.metrics.observe_request(
-            self.method, self.ctx.model, code, seconds, tenant=self.ctx.tenant, response_bytes=self.response_bytes
+            self.method, self.ctx.model, code, seconds, tenant=self.ctx.tenant, response_bytes=self.response_bytes,
+            dialect="dualdistill",  # gRPC speaks only our own API
         )
         log.info(
             "%s %s", self.method, code,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
+from types import SimpleNamespace
 from typing import TypeVar
 
 from fastapi import FastAPI, Request
@@ -20,6 +22,8 @@ from ..schemas import GenerateRequest, LogitsRequest
 from .encode import generate_json, logits_json
 from .errors import install_error_handlers
 from .middleware import RequestMiddleware
+from .openai_compat import routes as openai_compat
+from .trl_compat import routes as trl_compat
 
 T = TypeVar("T")
 
@@ -86,9 +90,15 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
-    @app.get("/v1/models", summary="Served models and their tokenizer/fingerprint facts")
+    created = int(time.time())
+
+    @app.get("/v1/models", summary="Served models: our facts (`models`) and the OpenAI list shape (`data`)")
     async def list_models() -> dict:
-        return {"models": [info.to_dict() for info in service.list_models()]}
+        return {
+            "object": "list",
+            "data": openai_compat.model_cards(service, created),
+            "models": [info.to_dict() for info in service.list_models()],
+        }
 
     @app.post(
         "/v1/logits",
@@ -113,6 +123,14 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
         timeout = _header_deadline(request)
         result = await _unless_disconnected(request, service.generate(body, request_id=request_id, timeout=timeout))
         return Response(generate_json(result), media_type="application/json")
+
+    # The vLLM (OpenAI-compatible) and `trl vllm-serve` dialects, on the same service (docs/api.md).
+    helpers = SimpleNamespace(
+        resolve_request_id=context.resolve_request_id, header_deadline=_header_deadline,
+        unless_disconnected=_unless_disconnected,
+    )
+    openai_compat.install(app, service, config, helpers)
+    trl_compat.install(app, service, config, helpers)
 
     app.add_middleware(
         RequestMiddleware,

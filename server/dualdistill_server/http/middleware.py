@@ -4,7 +4,7 @@ access log, last-resort 500.
 Pure ASGI (not BaseHTTPMiddleware) so it adds no task switch per request and sees every response,
 including those of the exception handlers. Order of work per request:
 1. open a RequestContext with the client's `x-request-id` (or a fresh id); every response gets the header;
-2. data routes (/v1/*): `Authorization: Bearer KEY` -> tenant (401 without a valid key; the key is never
+2. data routes (/v1/*, and the TRL dialect's /get_sequence_logprobs/): `Authorization: Bearer KEY` -> tenant (401 without a valid key; the key is never
    logged), then one of the tenant's concurrency slots for the whole request (429 when all are taken),
    freed however the request ends; probes, /metrics and the OpenAPI pages stay open;
 3. refuse bodies over `max_body_bytes` with 413, from Content-Length before reading, else while reading
@@ -26,6 +26,7 @@ from ..core.api_keys import ApiKeys
 from ..core.limits import TenantLimits
 from ..errors import InternalError, PayloadTooLarge, ServiceError, code_name_for_http_status
 from ..metrics import Metrics
+from .dialects import EXTRA_DATA_ROUTES, dialect_of
 from .errors import error_response
 
 log = logging.getLogger("dualdistill_server.access")
@@ -77,7 +78,8 @@ class RequestMiddleware:
             await send(message)
 
         try:
-            if scope.get("path", "").startswith(DATA_PREFIX):
+            path = scope.get("path", "")
+            if path.startswith(DATA_PREFIX) or path in EXTRA_DATA_ROUTES:
                 ctx.tenant = self.api_keys.tenant_for(headers.get(b"authorization", b"").decode("latin-1"))
                 with self.limits.slot(ctx.tenant):
                     await self._serve(scope, headers, receive, send_with_id)
@@ -85,13 +87,12 @@ class RequestMiddleware:
                 await self._serve(scope, headers, receive, send_with_id)
         except ServiceError as error:  # no key, a wrong key, or the tenant's slots all taken
             if not started:
-                await error_response(error)(scope, receive, send_with_id)
+                await error_response(error, scope.get("path"))(scope, receive, send_with_id)
         except Exception:
             log.exception("unhandled error")
             if not started:
-                await error_response(InternalError(f"internal error (request id {ctx.request_id})"))(
-                    scope, receive, send_with_id
-                )
+                error = InternalError(f"internal error (request id {ctx.request_id})")
+                await error_response(error, scope.get("path"))(scope, receive, send_with_id)
         finally:
             self._record(scope, ctx, status, time.perf_counter() - begin, sent_bytes)
             context.close_request(token)
@@ -139,7 +140,7 @@ class RequestMiddleware:
             f"the request body has {size}+ bytes, over the limit of {self.max_body_bytes} (max_body_bytes); "
             "send fewer sequences per request"
         )
-        await error_response(error)(scope, receive, send)
+        await error_response(error, scope.get("path"))(scope, receive, send)
 
     def _record(
         self, scope: Scope, ctx: context.RequestContext, status: int, seconds: float, sent_bytes: int
@@ -148,7 +149,9 @@ class RequestMiddleware:
         path = getattr(route, "path", None) or (scope.get("path") if scope.get("path") in self.route_paths else None)
         path = path or "unmatched"
         code = ctx.code or code_name_for_http_status(status)
-        self.metrics.observe_request(path, ctx.model, code, seconds, tenant=ctx.tenant, response_bytes=sent_bytes)
+        self.metrics.observe_request(
+            path, ctx.model, code, seconds, tenant=ctx.tenant, response_bytes=sent_bytes, dialect=dialect_of(path)
+        )
         level = logging.DEBUG if path in _QUIET_ROUTES else logging.INFO
         log.log(
             level,

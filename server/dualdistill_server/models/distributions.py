@@ -159,13 +159,16 @@ def sequence_distributions(logits: torch.Tensor, tasks: Sequence[LogitsTask]) ->
             mask_ids.append(sampled[b][1])
 
     token_host = token_logprobs.cpu().numpy()
+    ranks_host = _token_ranks(logprobs, token_logprobs, tasks, offsets)  # before the tail masks logprobs
     tail_host = complement_logsumexp_(logprobs, torch.cat(mask_rows), torch.cat(mask_ids)).cpu().numpy()
     results = []
     for b, task in enumerate(tasks):
         lo, hi = offsets[b], offsets[b + 1]
         if task.params.mode == "topk":
             ids, values = topk[b]
-            results.append(SequenceLogits.from_dense(ids, values, token_host[lo:hi], tail_host[lo:hi]))
+            result = SequenceLogits.from_dense(ids, values, token_host[lo:hi], tail_host[lo:hi])
+            result.token_ranks = _ranks_of(ranks_host, task, lo, hi)
+            results.append(result)
             continue
         row, ids, counts, values = (x.cpu().numpy() for x in sampled[b])
         results.append(
@@ -176,6 +179,25 @@ def sequence_distributions(logits: torch.Tensor, tasks: Sequence[LogitsTask]) ->
                 token_logprobs=token_host[lo:hi],
                 tail_logprobs=tail_host[lo:hi],
                 counts=counts,
+                token_ranks=_ranks_of(ranks_host, task, lo, hi),
             )
         )
     return results
+
+
+def _token_ranks(
+    logprobs: torch.Tensor, token_logprobs: torch.Tensor, tasks: Sequence[LogitsTask], offsets: list[int]
+) -> np.ndarray | None:
+    """(N,) int32 rank of the actual token in its row, #{j : logprob_j >= logprob(x[i])} (ties count as
+    ahead, as vLLM counts them), for the rows of tasks that asked for it; None when none did."""
+    wanted = [b for b, task in enumerate(tasks) if task.token_ranks]
+    if not wanted:
+        return None
+    rows = torch.cat([torch.arange(offsets[b], offsets[b + 1], device=logprobs.device) for b in wanted])
+    ranks = torch.zeros(len(logprobs), dtype=torch.int32, device=logprobs.device)
+    ranks[rows] = (logprobs[rows] >= token_logprobs[rows, None]).sum(dim=-1).to(torch.int32)
+    return ranks.cpu().numpy()
+
+
+def _ranks_of(ranks: np.ndarray | None, task: LogitsTask, lo: int, hi: int) -> np.ndarray | None:
+    return ranks[lo:hi] if ranks is not None and task.token_ranks else None

@@ -41,6 +41,7 @@ class LogitsTask:
     token_ids: np.ndarray  # (T,) int64, 0 <= id < vocab_size, 2 <= T <= max_seq_len
     start: int  # first returned position, 1 <= start < T
     params: LogitsParams  # top_k <= max_top_k, samples <= max_samples (checked by the core)
+    token_ranks: bool = False  # also compute the actual token's rank per row (the OpenAI dialect needs it)
 
     @property
     def num_rows(self) -> int:
