@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=5, help="alternatives per position (default 5)")
     parser.add_argument("--start", type=int, default=1, help="first position shown, >= 1 (default 1)")
     parser.add_argument("--temperature", type=float, default=1.0, help="teacher temperature (default 1.0)")
-    parser.add_argument("--transport", choices=("http", "grpc"), help="default: inferred from --url")
+    parser.add_argument("--transport", choices=("http", "grpc", "openai"), help="default: inferred from --url")
     parser.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
     parser.add_argument(
         "--tokenizer", metavar="DIR_OR_ALIAS", help="tokenizer (default: --model as an alias)"

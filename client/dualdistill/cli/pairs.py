@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     io.add_argument("--difficulty", type=int, default=1, help="--make-queries difficulty 1..3 (default 1)")
     svc = parser.add_argument_group("service")
     svc.add_argument("--url", help="http://host:port (HTTP) or host:port (gRPC)")
-    svc.add_argument("--transport", choices=("http", "grpc"), help="default: inferred from --url")
+    svc.add_argument("--transport", choices=("http", "grpc", "openai"), help="default: inferred from --url")
     svc.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
     svc.add_argument("--timeout", type=float, default=600.0,
                      help="seconds per request attempt; generation is slow on CPUs (default 600)")

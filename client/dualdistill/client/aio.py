@@ -78,7 +78,10 @@ class AsyncTeacherClient(ClientBase):
 
     async def check_tokenizer(self, tokenizer: Any, model: str) -> ModelInfo:
         """See `TeacherClient.check_tokenizer`."""
-        return check_tokenizer_against(tokenizer, await self.model_info(model))
+        info = await self.model_info(model)
+        if self.transport == "openai":  # a vLLM server: the checks of handshake_openai.py
+            return await self._transport.check_tokenizer(tokenizer, info, self.timeout)
+        return check_tokenizer_against(tokenizer, info)
 
     async def close(self) -> None:
         await self._transport.close()

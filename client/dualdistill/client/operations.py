@@ -61,11 +61,23 @@ def list_models() -> Operation[list[ModelInfo]]:
         http_path="/v1/models",
         body=None,
         to_proto=pb.ListModelsRequest,
-        from_json=lambda data: [ModelInfo.from_dict(item) for item in data["models"]],
+        from_json=_models_from_json,
         from_binary=None,
         from_proto=lambda response: [ModelInfo.from_dict(_proto_dict(item)) for item in response.models],
         request_id=uuid.uuid4().hex,
     )
+
+
+def _models_from_json(data: dict[str, Any]) -> list[ModelInfo]:
+    if "models" not in data and data.get("object") == "list":  # an OpenAI-compatible server, not ours
+        from dualdistill.client.errors import TeacherServiceError
+
+        raise TeacherServiceError(
+            "UNIMPLEMENTED",
+            "this URL serves the OpenAI API (a vLLM server?), not a dualdistill teacher; use "
+            "openai+http://HOST:PORT to use it as the teacher",
+        )
+    return [ModelInfo.from_dict(item) for item in data["models"]]
 
 
 # ---- logits ---------------------------------------------------------------------------------------------

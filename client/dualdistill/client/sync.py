@@ -19,7 +19,9 @@ T = TypeVar("T")
 class TeacherClient(ClientBase):
     """Blocking client of the teacher service, over gRPC or HTTP.
 
-    url: "host:port" or "grpc://host:port" (gRPC), "grpcs://..." (gRPC + TLS), "http(s)://host:port" (HTTP).
+    url: "host:port" or "grpc://host:port" (gRPC), "grpcs://..." (gRPC + TLS), "http(s)://host:port" (HTTP),
+        "openai+http(s)://host:port" (a stock vLLM OpenAI-compatible server: top-k logits at temperature 1,
+        generation, and a weaker tokenizer handshake; see transport_openai.py).
     api_key: sent as `authorization: Bearer KEY` when the server requires keys.
     transport: "grpc" | "http"; None infers it from `url` (http(s):// -> HTTP, anything else -> gRPC).
     timeout: seconds per attempt (gRPC deadline; httpx connect/read/write timeout); per-call override.
@@ -90,7 +92,10 @@ class TeacherClient(ClientBase):
 
     def check_tokenizer(self, tokenizer: Any, model: str) -> ModelInfo:
         """Raise TokenizerMismatchError unless `tokenizer` is the served model's (see handshake.py)."""
-        return check_tokenizer_against(tokenizer, self.model_info(model))
+        info = self.model_info(model)
+        if self.transport == "openai":  # a vLLM server: the checks of handshake_openai.py
+            return self._transport.check_tokenizer(tokenizer, info, self.timeout)
+        return check_tokenizer_against(tokenizer, info)
 
     def close(self) -> None:
         self._transport.close()

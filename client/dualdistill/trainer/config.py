@@ -55,7 +55,8 @@ class TrainConfig:
     # --- teacher ---
     teacher_url: str = field(
         default="",
-        metadata=_help("Teacher service: http://HOST:PORT, grpc://HOST:PORT, or capture:DIR (offline capture)."),
+        metadata=_help("Teacher service: http://HOST:PORT, grpc://HOST:PORT, openai+http://HOST:PORT (a stock "
+                      "vLLM server), or capture:DIR (offline capture)."),
     )
     teacher_model: str = field(default="teacher", metadata=_help("Served model name of the teacher."))
     teacher_timeout: float = field(
@@ -206,9 +207,11 @@ class TrainConfig:
         for name in ("student", "pairs", "teacher_url", "output_dir"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is required: {fields_help()[name]}")
-        if not self.teacher_url.startswith(("http://", "https://", "grpc://", CAPTURE_SCHEME)):
+        if not self.teacher_url.startswith(("http://", "https://", "grpc://", "openai+http://", "openai+https://",
+                                            CAPTURE_SCHEME)):
             raise ValueError(
-                f"teacher_url={self.teacher_url!r} must start with http://, https://, grpc:// or {CAPTURE_SCHEME}"
+                f"teacher_url={self.teacher_url!r} must start with http://, https://, grpc://, openai+http(s):// "
+                f"or {CAPTURE_SCHEME}"
             )
         kind, _ = parse_reference(self.reference)
         if kind == "local" and not self.reference[len("local:") :]:
