@@ -129,3 +129,12 @@ def test_urls_and_the_plain_http_mistake() -> None:
         parse_endpoint("openai+http://h:1", "grpc")
     with pytest.raises(TeacherServiceError, match="use openai\\+http://HOST:PORT"):
         _models_from_json({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+
+def test_the_trainer_accepts_a_vllm_teacher_url() -> None:
+    from dualdistill.trainer.config import TrainConfig
+
+    config = TrainConfig(student="s", pairs="p.jsonl", teacher_url="openai+http://127.0.0.1:8000", output_dir="o")
+    assert config.validate().teacher_url == "openai+http://127.0.0.1:8000"
+    with pytest.raises(ValueError, match="openai\\+http"):
+        TrainConfig(student="s", pairs="p.jsonl", teacher_url="ftp://x", output_dir="o").validate()

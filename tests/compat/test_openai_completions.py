@@ -167,3 +167,36 @@ def test_models_health_and_per_dialect_metrics(tiny_server, tiny_model) -> None:
     post(tiny_server, {"prompt": PROMPT, "prompt_logprobs": 1, "max_tokens": 1})
     text = httpx.get(tiny_server.http_url + "/metrics", timeout=10).text
     assert 'dualdistill_dialect_requests_total{code="OK",dialect="openai"}' in text
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def test_prompt_scoring_shares_the_result_cache(tiny_server) -> None:
+    body = {"prompt": [11, 12, 13, 14, 15, 16], "prompt_logprobs": 4, "max_tokens": 1, "temperature": 0}
+    first = post(tiny_server, body).json()["choices"][0]["prompt_logprobs"]
+    hits = _metric(httpx.get(tiny_server.http_url + "/metrics", timeout=10).text, "dualdistill_cache_hits_total")
+    again = post(tiny_server, body).json()["choices"][0]["prompt_logprobs"]
+    after = _metric(httpx.get(tiny_server.http_url + "/metrics", timeout=10).text, "dualdistill_cache_hits_total")
+    assert again == first and after >= hits + 1  # ranks included: they are cached with the rows
+
+
+def test_tenants_keys_guard_the_compatible_routes(tiny_model_dir, tmp_path) -> None:
+    from tests.fixtures.server_process import start_server
+
+    key_file = tmp_path / "keys"
+    key_file.write_text("alice:sk-alice-3f9a2c71d04e8b6\n")
+    with start_server({"tiny": tiny_model_dir}, "--api-key-file", str(key_file)) as server:
+        body = {"prompt": PROMPT, "prompt_logprobs": 1, "max_tokens": 1}
+        refused = httpx.post(server.http_url + "/v1/completions", json=body, timeout=30)
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "Unauthorized"
+        trl_body = {"sequences": [PROMPT], "prompt_lengths": [2], "top_logprobs": 1}
+        assert httpx.post(server.http_url + "/get_sequence_logprobs/", json=trl_body, timeout=30).status_code == 401
+        assert httpx.get(server.http_url + "/health", timeout=30).status_code == 200  # probes stay open
+        key = {"authorization": "Bearer sk-alice-3f9a2c71d04e8b6"}
+        assert httpx.post(server.http_url + "/v1/completions", json=body, headers=key, timeout=30).status_code == 200
+        ok = httpx.post(server.http_url + "/get_sequence_logprobs/", json=trl_body, headers=key, timeout=30)
+        assert ok.status_code == 200
+        metrics = httpx.get(server.http_url + "/metrics", timeout=30).text
+        assert 'dialect_requests_total{code="UNAUTHENTICATED",dialect="trl"}' in metrics

@@ -107,6 +107,26 @@ def test_what_vllm_cannot_do_is_refused_clearly(vllm_url, vllm_model_dir) -> Non
             client.check_tokenizer(AutoTokenizer.from_pretrained(other), "tiny")
 
 
+def test_async_client_on_vllm(vllm_url, served_model) -> None:
+    """`dualdistill pairs` drives the asyncio client: the same translation through the async transport."""
+    import asyncio
+
+    from dualdistill.client import AsyncTeacherClient
+
+    async def run():
+        async with AsyncTeacherClient("openai+" + vllm_url, timeout=60) as client:
+            info = await client.model_info("tiny")
+            rows = await asyncio.gather(*(client.logits("tiny", [PROMPT], [2], top_k=3) for _ in range(3)))
+            completions = await client.generate("tiny", ["The quick brown"], max_new_tokens=3, n=2, seed=5)
+            return info, rows, completions
+
+    info, rows, completions = asyncio.run(run())
+    assert info.max_top_k == 20 and all(r[0].equals(rows[0][0]) for r in rows)
+    reference = reference_logprobs(served_model, PROMPT)[1:]
+    np.testing.assert_allclose(rows[0][0].token_logprobs, [reference[r][PROMPT[2 + r]] for r in range(7)], atol=1e-4)
+    assert [c.prompt_index for c in completions] == [0, 0] and all(len(c.token_ids) <= 3 for c in completions)
+
+
 def test_cli_logits_with_a_vllm_teacher(vllm_url, vllm_model_dir) -> None:
     command = [sys.executable, "-m", "dualdistill.cli.main", "logits", "--url", "openai+" + vllm_url, "--model", "tiny",
                "--tokenizer", str(vllm_model_dir), "--text", "The quick brown fox", "--top-k", "3"]
