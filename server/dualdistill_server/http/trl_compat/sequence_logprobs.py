@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from ...core import TeacherService
 from ...errors import InvalidArgument
 from ...schemas import LogitsRequest
-from ..openai_compat.completions import check_logprobs_caps
+from ..openai_compat.completions import check_logprobs_caps, resolve_model
 
 
 class SequenceLogprobsRequest(BaseModel):
@@ -81,8 +81,6 @@ async def sequence_logprobs(
     apply_temperature: bool,
 ) -> bytes:
     """The response body (JSON bytes) of one request."""
-    from ..openai_compat.completions import resolve_model
-
     name = resolve_model(service, body.model)
     info = service.served_model(name).info
     _check(body, info.max_seq_len)
