@@ -54,6 +54,7 @@ def child(spec: dict) -> dict:
 
     from bench import loss_variants as lv
     from bench.common import peak_rss_bytes, reset_peak_rss, rss_bytes
+    from dualdistill.teacher_logits import TeacherLogits
 
     torch.set_num_threads(spec["threads"])
     device, variant = spec["device"], spec["variant"]
@@ -66,6 +67,8 @@ def child(spec: dict) -> dict:
         if variant in lv.SPARSE
         else []
     )
+    if variant in lv.STACKED:  # one (2B, L, V) leaf and one 2B-row teacher, built before the baseline
+        students, sources = [lv.stack_students(students)], [TeacherLogits.cat(sources)]
     cuda = device.startswith("cuda")
     seconds, peaks = [], []
     for rep in range(spec["reps"] + 1):
@@ -83,7 +86,9 @@ def child(spec: dict) -> dict:
         if sources:
             teachers = [lv.clone_teacher(t) for t in sources]
         else:
-            teachers = [lv.make_full_teacher(b, length, vocab, device, dtype, seed=10 * i) for i in range(sides)]
+            teachers = [
+                lv.make_full_teacher(b, length, vocab, device, dtype, seed=10 * i) for i in range(sides)
+            ]
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -131,8 +136,14 @@ def measure(
             order = variants if r % 2 == 0 else tuple(reversed(variants))
             for variant in order:
                 spec = dict(
-                    variant=variant, vocab=vocab, length=length, batch=1, reps=reps, threads=threads,
-                    device=device, dtype=dtype,
+                    variant=variant,
+                    vocab=vocab,
+                    length=length,
+                    batch=1,
+                    reps=reps,
+                    threads=threads,
+                    device=device,
+                    dtype=dtype,
                 )
                 print(f"[loss_memory] V={vocab} L={length} {variant} round {r + 1}/{rounds}", file=sys.stderr)
                 runs[variant].append(
@@ -166,9 +177,14 @@ def ratio_rows(records: list[dict]) -> list[dict]:
             sec = [x / y for x, y in zip(a["round_median_seconds"], b["round_median_seconds"], strict=True)]
             rows.append(
                 {
-                    "vocab": vocab, "length": length, "sparse": sparse, "full": full,
-                    "memory_ratio": summarize(mem).as_dict(), "time_ratio": summarize(sec).as_dict(),
-                    "memory_ratio_of_medians": summarize(a["peak_bytes"]).median / summarize(b["peak_bytes"]).median,
+                    "vocab": vocab,
+                    "length": length,
+                    "sparse": sparse,
+                    "full": full,
+                    "memory_ratio": summarize(mem).as_dict(),
+                    "time_ratio": summarize(sec).as_dict(),
+                    "memory_ratio_of_medians": summarize(a["peak_bytes"]).median
+                    / summarize(b["peak_bytes"]).median,
                     "time_ratio_of_medians": summarize(a["seconds"]).median / summarize(b["seconds"]).median,
                 }
             )
@@ -192,9 +208,12 @@ def plot(records: list[dict], path: Path) -> None:
             for row, key, scale in ((0, "peak_bytes", 2**-20), (1, "seconds", 1.0)):
                 s = [summarize(p[1][key]) for p in pts]
                 axes[row][col].errorbar(
-                    xs, [x.median * scale for x in s],
+                    xs,
+                    [x.median * scale for x in s],
                     yerr=[[(x.median - x.low) * scale for x in s], [(x.high - x.median) * scale for x in s]],
-                    marker="o", capsize=3, label=variant,
+                    marker="o",
+                    capsize=3,
+                    label=variant,
                 )
         axes[0][col].set_title(f"V = {vocab}, B = 1, k = {K}")
         axes[0][col].set_ylabel("peak memory growth (MiB)")
@@ -210,16 +229,24 @@ def plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def render(records: list[dict], ratios: list[dict], args: argparse.Namespace, info: dict, argv: list[str]) -> str:
+def render(
+    records: list[dict], ratios: list[dict], args: argparse.Namespace, info: dict, argv: list[str]
+) -> str:
     mib = 2**-20
-    lines = [header("Loss memory and time (sparse k = 128 vs full-vocabulary KD)", command_line("bench/loss_memory.py", argv), info)]
+    lines = [
+        header(
+            "Loss memory and time (sparse k = 128 vs full-vocabulary KD)",
+            command_line("bench/loss_memory.py", argv),
+            info,
+        )
+    ]
     lines.append(
         f"B = 1, {args.dtype} logits on {args.device}, {args.threads} thread(s); {args.rounds} round(s) x {args.reps} "
         "timed repeats per variant, each round in fresh child processes (order alternating). Cells: median "
         "[spread] over all timed repeats (IQR for n >= 4, else min-max). Variants: sparse_kd = "
         "`sparse_kd_loss` (forward KL, k = 128 + tail, chunk_size 512); full_kd = full-vocabulary forward KL "
         "on materialised teacher logits, torchtune ForwardKLLoss style; full_kd_chunked = the same over 8 "
-        "sequence chunks (torchtune's chunked form); dpd = `dpd_loss` preset \"dpd\" on a (chosen, rejected) "
+        'sequence chunks (torchtune\'s chunked form); dpd = `dpd_loss` preset "dpd" on a (chosen, rejected) '
         "pair; full_dpd = the same objective with full log-softmax and full_kd on both sides "
         "(`bench/loss_variants.py`). All are forward + backward.\n\n"
         "Peak memory, measured: every (variant, V, L) runs in a fresh process. After the student logits "
@@ -235,10 +262,18 @@ def render(records: list[dict], ratios: list[dict], args: argparse.Namespace, in
     for r in records:
         one = r["length"] * r["vocab"] * 4 * mib
         rows.append(
-            [r["vocab"], r["length"], r["variant"], f"{one:.0f}", fmt(summarize(r["peak_bytes"]), 4, mib),
-             fmt(summarize(r["seconds"]), 3)]
+            [
+                r["vocab"],
+                r["length"],
+                r["variant"],
+                f"{one:.0f}",
+                fmt(summarize(r["peak_bytes"]), 4, mib),
+                fmt(summarize(r["seconds"]), 3),
+            ]
         )
-    lines.append(markdown_table(["V", "L", "variant", "one (1,L,V) fp32 (MiB)", "peak growth (MiB)", "time (s)"], rows))
+    lines.append(
+        markdown_table(["V", "L", "variant", "one (1,L,V) fp32 (MiB)", "peak growth (MiB)", "time (s)"], rows)
+    )
     lines.append("\nRatios (sparse / full; spread over rounds of the per-round median ratio):\n")
     rrows, mem_ok, time_ok = [], [], []
     for q in ratios:
@@ -247,8 +282,13 @@ def render(records: list[dict], ratios: list[dict], args: argparse.Namespace, in
             mem_ok.append(m <= 0.3)
             time_ok.append(t <= 1.0)
         rrows.append(
-            [q["vocab"], q["length"], f"{q['sparse']} / {q['full']}", f"{m:.3f} ({fmt(q['memory_ratio'], 3)})",
-             f"{t:.3f} ({fmt(q['time_ratio'], 3)})"]
+            [
+                q["vocab"],
+                q["length"],
+                f"{q['sparse']} / {q['full']}",
+                f"{m:.3f} ({fmt(q['memory_ratio'], 3)})",
+                f"{t:.3f} ({fmt(q['time_ratio'], 3)})",
+            ]
         )
     lines.append(markdown_table(["V", "L", "pair", "memory ratio", "time ratio"], rrows))
     lines.append(
@@ -305,7 +345,9 @@ def reading(records: list[dict], device: str) -> str:
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="V=49152, L=512, sparse_kd vs full_kd only")
-    p.add_argument("--rounds", type=int, default=None, help="fresh-process rounds per variant (default 2, quick 1)")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="fresh-process rounds per variant (default 2, quick 1)"
+    )
     p.add_argument("--reps", type=int, default=None, help="timed repeats per child (default 3, quick 3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per child (the machine is shared)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -355,7 +397,10 @@ def goals(ratios: list[dict], device: str) -> list[dict]:
         mine = [q for q in ratios if q["sparse"] == sparse and q["full"] == full]
         if not mine:
             continue
-        for key, bound, what in (("memory_ratio_of_medians", 0.3, "memory"), ("time_ratio_of_medians", 1.0, "time")):
+        for key, bound, what in (
+            ("memory_ratio_of_medians", 0.3, "memory"),
+            ("time_ratio_of_medians", 1.0, "time"),
+        ):
             vals = [q[key] for q in mine]
             met = sum(v <= bound for v in vals)
             out.append(

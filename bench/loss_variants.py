@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dualdistill.losses import DPDLossConfig, dpd_loss, sparse_kd_loss
+from dualdistill.losses import DPDBatch, DPDLossConfig, dpd_loss, shift_labels, sparse_kd_loss
 from dualdistill.teacher_logits import TeacherLogits
 
 VARIANTS = ("sparse_kd", "full_kd", "full_kd_chunked", "dpd", "full_dpd")
 PAIRED = {"dpd", "full_dpd"}  # variants that take a (chosen, rejected) pair of logits
+STACKED = {"dpd"}  # paired variants that take the pair stacked on the batch dim (one leaf, one teacher)
 SPARSE = {"sparse_kd", "dpd"}
 DPO_BETA = 0.1
 
@@ -70,17 +71,23 @@ def make_sparse_teacher(
 
 
 def clone_teacher(t: TeacherLogits) -> TeacherLogits:
-    return TeacherLogits(t.ids.clone(), t.logprobs.clone(), t.token_logprobs.clone(), t.tail.clone(), t.mask.clone())
+    return TeacherLogits(
+        t.ids.clone(), t.logprobs.clone(), t.token_logprobs.clone(), t.tail.clone(), t.mask.clone()
+    )
 
 
-def make_full_teacher(b: int, length: int, vocab: int, device: str, dtype: torch.dtype, seed: int) -> torch.Tensor:
+def make_full_teacher(
+    b: int, length: int, vocab: int, device: str, dtype: torch.dtype, seed: int
+) -> torch.Tensor:
     """Materialised teacher logits (B, L, V), as an in-process teacher forward would hand them over."""
     g = torch.Generator(device=device).manual_seed(seed + 1)
     return (torch.randn(b, length, vocab, generator=g, device=device, dtype=torch.float32) * 2.0).to(dtype)
 
 
 # ------------------------------------------------------------------------------------------- full-vocab
-def full_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def full_forward_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Mean over masked positions of -sum_v softmax(t)_v log_softmax(s)_v (forward KL up to a constant).
 
     Shapes: logits (B, L, V), mask (B, L). The torchtune formulation: teacher softmax and student
@@ -122,8 +129,10 @@ def full_dpd(chosen: StudentSide, rejected: StudentSide, t_chosen: torch.Tensor,
     pr = full_sequence_logps(rejected.logits, rejected.ids, rejected.mask)
     z = DPO_BETA * ((pc - chosen.ref_logps) - (pr - rejected.ref_logps))
     dpo = -F.logsigmoid(z).mean()
-    return dpo + full_forward_kl(chosen.logits, t_chosen, chosen.mask) + full_forward_kl(
-        rejected.logits, t_rejected, rejected.mask
+    return (
+        dpo
+        + full_forward_kl(chosen.logits, t_chosen, chosen.mask)
+        + full_forward_kl(rejected.logits, t_rejected, rejected.mask)
     )
 
 
@@ -137,14 +146,23 @@ def loss_fn(variant: str, students: list[StudentSide], teachers: list):
     if variant == "full_kd_chunked":
         return full_forward_kl_chunked(students[0].logits, teachers[0], _rows(teachers[0]))
     if variant == "dpd":
-        c, r = students
-        return dpd_loss(
-            c.logits, r.logits, c.ids, r.ids, c.mask, r.mask, teachers[0], teachers[1],
-            c.ref_logps, r.ref_logps, DPDLossConfig.preset("dpd", chunk_size=512),
-        ).loss
+        (pair,) = students  # stack_students: [chosen; rejected]
+        batch = DPDBatch(*shift_labels(pair.ids, pair.mask), teachers[0], pair.ref_logps)
+        return dpd_loss(pair.logits, batch, DPDLossConfig.preset("dpd", chunk_size=512)).loss
     if variant == "full_dpd":
         return full_dpd(students[0], students[1], teachers[0], teachers[1])
     raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+
+
+def stack_students(sides: list[StudentSide]) -> StudentSide:
+    """[chosen; rejected] as one (2B, L, V) leaf (the same values), as `dpd_loss` takes a pair batch."""
+    logits = torch.cat([side.logits.detach() for side in sides]).requires_grad_(True)
+    return StudentSide(
+        logits,
+        torch.cat([s.ids for s in sides]),
+        torch.cat([s.mask for s in sides]),
+        torch.cat([s.ref_logps for s in sides]),
+    )
 
 
 def _rows(teacher_logits: torch.Tensor) -> torch.Tensor:

@@ -65,20 +65,17 @@ class Trainer:
         self.optimizer = self.torch.optim.AdamW(self.model.parameters(), lr=self.lr)
 
     def step(self, batch: np.ndarray, fetched) -> float:
-        """batch (2P, T) = [chosen; rejected]; fetched = (TeacherLogits chosen, TeacherLogits rejected)."""
-        from dualdistill.losses import DPDLossConfig, dpd_loss
+        """batch (2P, T) = [chosen; rejected]; fetched = one TeacherLogits of the same 2P rows."""
+        from dualdistill.losses import DPDBatch, DPDLossConfig, dpd_loss, shift_labels
 
         torch = self.torch
         ids = torch.from_numpy(batch)
-        pairs = len(batch) // 2
         logits = self.model(input_ids=ids, use_cache=False).logits  # (2P, T, V)
         mask = torch.zeros(ids.shape, dtype=torch.bool)
         mask[:, self.prompt_len :] = True  # response tokens, by label position
-        t_c, t_r = fetched
-        out = dpd_loss(
-            logits[:pairs], logits[pairs:], ids[:pairs], ids[pairs:], mask[:pairs], mask[pairs:], t_c, t_r,
-            t_c.sequence_logps(mask[:pairs]), t_r.sequence_logps(mask[pairs:]), DPDLossConfig.preset("dpd"),
-        )
+        labels, loss_mask = shift_labels(ids, mask)
+        batch = DPDBatch(labels, loss_mask, fetched, fetched.sequence_logps(loss_mask))
+        out = dpd_loss(logits, batch, DPDLossConfig.preset("dpd"))
         out.loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -89,13 +86,9 @@ def make_fetch(client, model: str, prompt_len: int, top_k: int):
     from dualdistill.teacher_logits import TeacherLogits
 
     def fetch(batch: np.ndarray):
-        pairs, length = len(batch) // 2, batch.shape[1]
-        results = client.logits(model, batch.tolist(), [prompt_len] * len(batch), top_k=top_k)
-        starts = [prompt_len] * pairs
-        return (
-            TeacherLogits.from_results(results[:pairs], starts, length),
-            TeacherLogits.from_results(results[pairs:], starts, length),
-        )
+        starts = [prompt_len] * len(batch)
+        results = client.logits(model, batch.tolist(), starts, top_k=top_k)
+        return TeacherLogits.from_results(results, starts, batch.shape[1])
 
     return fetch
 
@@ -125,8 +118,13 @@ def run_loop(mode: str, trainer: Trainer, fetch, batches: list[np.ndarray], dept
             prefetcher.close()
     (t1, w1), (tn, wn) = marks[0], marks[-1]
     return {
-        "mode": mode, "wait_seconds": wn, "wall_seconds": tn - t0, "share": wn / (tn - t0),
-        "steady_share": (wn - w1) / (tn - t1), "first_step_wait": w1, "steps": len(batches),
+        "mode": mode,
+        "wait_seconds": wn,
+        "wall_seconds": tn - t0,
+        "share": wn / (tn - t0),
+        "steady_share": (wn - w1) / (tn - t1),
+        "first_step_wait": w1,
+        "steps": len(batches),
         "seconds_per_step": (tn - t1) / (len(marks) - 1),
     }
 
@@ -140,7 +138,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[dict]:
 
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # the server's
-    teacher = build_tiny_model(workdir / "teacher", num_layers=args.teacher_layers, hidden_size=args.teacher_hidden)
+    teacher = build_tiny_model(
+        workdir / "teacher", num_layers=args.teacher_layers, hidden_size=args.teacher_hidden
+    )
     student = build_tiny_model(
         workdir / "student", num_layers=args.student_layers, hidden_size=args.student_hidden, seed=1
     )
@@ -162,15 +162,24 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[dict]:
                 print(f"[trainer_stall] round {r} {mode}: share {rec['share']:.3f}", file=sys.stderr)
             if args.trainer:
                 for depth in (1, 2):
-                    rec = run_trainer(args, workdir, student, server.http_url, vocab, depth, seed=100 * r + depth)
+                    rec = run_trainer(
+                        args, workdir, student, server.http_url, vocab, depth, seed=100 * r + depth
+                    )
                     records.append({"round": r, "mode": f"trainer, depth {depth}", **rec})
-                    print(f"[trainer_stall] round {r} trainer depth {depth}: {rec['steady_share']:.3f}", file=sys.stderr)
+                    print(
+                        f"[trainer_stall] round {r} trainer depth {depth}: {rec['steady_share']:.3f}",
+                        file=sys.stderr,
+                    )
         client.close()
     return records
 
 
 def render(records: list[dict], args: argparse.Namespace, info: dict, argv: list[str]) -> str:
-    lines = [header("Trainer stall (time waiting for the teacher)", command_line("bench/trainer_stall.py", argv), info)]
+    lines = [
+        header(
+            "Trainer stall (time waiting for the teacher)", command_line("bench/trainer_stall.py", argv), info
+        )
+    ]
     lines.append(
         f"Teacher: tiny random Llama ({args.teacher_layers} layers, hidden {args.teacher_hidden}) served over HTTP "
         f"binary, `--cache none`; student: tiny random Llama ({args.student_layers} layers, hidden "
@@ -185,13 +194,24 @@ def render(records: list[dict], args: argparse.Namespace, info: dict, argv: list
         share[mode] = summarize(r["share"] for r in mine)
         steady[mode] = summarize(r["steady_share"] for r in mine)
         rows.append(
-            [mode, fmt(steady[mode], 3, 100.0) + " %", fmt(share[mode], 3, 100.0) + " %",
-             fmt(summarize(r["first_step_wait"] for r in mine), 3), fmt(summarize(r["seconds_per_step"] for r in mine), 3)]
+            [
+                mode,
+                fmt(steady[mode], 3, 100.0) + " %",
+                fmt(share[mode], 3, 100.0) + " %",
+                fmt(summarize(r["first_step_wait"] for r in mine), 3),
+                fmt(summarize(r["seconds_per_step"] for r in mine), 3),
+            ]
         )
     lines.append(
         markdown_table(
-            ["loop", "stall share, steps 2..N", f"stall share, all {args.steps} steps", "first-step wait (s)",
-             "wall per step (s)"], rows,
+            [
+                "loop",
+                "stall share, steps 2..N",
+                f"stall share, all {args.steps} steps",
+                "first-step wait (s)",
+                "wall per step (s)",
+            ],
+            rows,
         )
     )
     trainer_rows = []
@@ -199,8 +219,12 @@ def render(records: list[dict], args: argparse.Namespace, info: dict, argv: list
         mine = [r for r in records if r["mode"] == f"trainer, depth {depth}"]
         if mine:
             trainer_rows.append(
-                [depth, fmt(summarize(r["steady_share"] for r in mine), 3, 100.0) + " %",
-                 fmt(summarize(r["first_step_wait"] for r in mine), 3), fmt(summarize(r["seconds_per_step"] for r in mine), 3)]
+                [
+                    depth,
+                    fmt(summarize(r["steady_share"] for r in mine), 3, 100.0) + " %",
+                    fmt(summarize(r["first_step_wait"] for r in mine), 3),
+                    fmt(summarize(r["seconds_per_step"] for r in mine), 3),
+                ]
             )
     if trainer_rows:
         lines.append(
@@ -210,7 +234,10 @@ def render(records: list[dict], args: argparse.Namespace, info: dict, argv: list
             "and `on_step` times); the first step's wait (pipeline fill) is listed apart.\n"
         )
         lines.append(
-            markdown_table(["prefetch_depth", "steady-state stall share", "first-step wait (s)", "wall per step (s)"], trainer_rows)
+            markdown_table(
+                ["prefetch_depth", "steady-state stall share", "first-step wait (s)", "wall per step (s)"],
+                trainer_rows,
+            )
         )
     verdict = "met" if steady["prefetcher"].median <= GOAL else "not met"
     lines.append(
@@ -234,7 +261,9 @@ def render(records: list[dict], args: argparse.Namespace, info: dict, argv: list
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="8 steps, 1 round, without the dualdistill.trainer runs")
+    p.add_argument(
+        "--quick", action="store_true", help="8 steps, 1 round, without the dualdistill.trainer runs"
+    )
     p.add_argument("--steps", type=int, default=None, help="steps per loop (default 20, quick 8)")
     p.add_argument("--rounds", type=int, default=None, help="default 3, quick 1")
     p.add_argument("--depth", type=int, default=2, help="Prefetcher depth")
@@ -247,7 +276,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--student-layers", type=int, default=4)
     p.add_argument("--student-hidden", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch threads in the trainer and the server")
-    p.add_argument("--no-trainer", dest="trainer", action="store_false", help="skip the dualdistill.trainer runs")
+    p.add_argument(
+        "--no-trainer", dest="trainer", action="store_false", help="skip the dualdistill.trainer runs"
+    )
     add_output_args(p)
     args = p.parse_args(argv)
     args.steps = args.steps or (8 if args.quick else 20)
@@ -270,7 +301,8 @@ def section(data: dict, args: argparse.Namespace, argv: list[str]) -> Section:
     whole = summarize(r["share"] for r in records if r["mode"] == "prefetcher").median
     without = summarize(r["steady_share"] for r in records if r["mode"] == "no prefetch").median
     goal = {
-        "item": "trainer stall", "goal": f"<= {GOAL:.0%} of step time waiting, with the Prefetcher",
+        "item": "trainer stall",
+        "goal": f"<= {GOAL:.0%} of step time waiting, with the Prefetcher",
         "measured": f"{with_prefetch:.1%} with (steps 2..N; {whole:.1%} incl. the first fetch), {without:.1%} without",
         "met": with_prefetch <= GOAL,
     }

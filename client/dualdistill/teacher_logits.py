@@ -116,30 +116,71 @@ class TeacherLogits:
         )
 
     def sequence_logps(
-        self, response_mask: torch.Tensor | None = None, length_normalize: bool = False
+        self, loss_mask: torch.Tensor | None = None, length_normalize: bool = False
     ) -> torch.Tensor:
-        """Teacher score of each sequence: sum_i log p(x[i] | x[:i]) over the response tokens -> (B,) float32.
+        """Teacher score of each sequence: sum of token_logprobs over the selected rows -> (B,) float32.
 
-        `response_mask` (B, L) marks response tokens by their position in `input_ids` (label positions),
-        the same convention as `dualdistill.losses.sequence_logps`; it is shifted here onto the row index
-        (token i lives at row i - 1) and combined with `mask`. None: every teacher row. With
-        `length_normalize` the sum is divided by the number of tokens (a sequence with none scores 0).
-        This is the reference log-probability of DPO when the service plays the reference model.
+        `loss_mask` (B, L) selects rows, aligned like the rows themselves (`shift_labels`: row j predicts
+        token j + 1), combined with `mask`; None: every teacher row. With `length_normalize` the sum is
+        divided by the number of rows (a sequence with none scores 0). This is the reference
+        log-probability of DPO when the service plays the reference model.
         """
         keep = self.mask
-        if response_mask is not None:
-            if tuple(response_mask.shape) != tuple(self.mask.shape):
+        if loss_mask is not None:
+            if tuple(loss_mask.shape) != tuple(self.mask.shape):
                 raise ValueError(
-                    f"response_mask must have shape (B, L) = {tuple(self.mask.shape)}, "
-                    f"got {tuple(response_mask.shape)}"
+                    f"loss_mask must have shape (B, L) = {tuple(self.mask.shape)}, got {tuple(loss_mask.shape)}"
                 )
-            shifted = torch.zeros_like(self.mask)
-            shifted[:, :-1] = response_mask[:, 1:].to(torch.bool)
-            keep = keep & shifted
+            keep = keep & loss_mask.to(torch.bool)
         logps = torch.where(keep, self.token_logprobs.float(), 0.0).sum(-1)
         if length_normalize:
             logps = logps / keep.sum(-1).clamp(min=1)
         return logps
+
+    def __getitem__(self, rows: slice) -> TeacherLogits:
+        """The rows `rows` of the batch dimension (e.g. `teacher[:b]`, the chosen half), as views."""
+        if not isinstance(rows, slice):
+            raise TypeError(f"TeacherLogits takes a slice of batch rows, got {type(rows).__name__}")
+        return TeacherLogits(
+            ids=self.ids[rows],
+            logprobs=self.logprobs[rows],
+            token_logprobs=self.token_logprobs[rows],
+            tail=self.tail[rows],
+            mask=self.mask[rows],
+            counts=None if self.counts is None else self.counts[rows],
+            samples=self.samples,
+        )
+
+    @classmethod
+    def cat(cls, parts: Sequence[TeacherLogits], seq_len: int | None = None) -> TeacherLogits:
+        """Stack batches on the batch dim (e.g. [chosen; rejected]), padding L (to `seq_len` or the longest)
+        and k with empty rows and entries."""
+        if not parts or len({p.is_sampled for p in parts}) > 1:
+            raise ValueError(
+                "cat needs at least one TeacherLogits, all in the same mode ('topk' or 'sample')"
+            )
+        length = max(p.seq_len for p in parts) if seq_len is None else seq_len
+        width = max(p.k for p in parts)
+
+        def pad(t: torch.Tensor, value: float, p: TeacherLogits) -> torch.Tensor:
+            extra = [length - p.seq_len] if t.dim() == 2 else [width - p.k, length - p.seq_len]
+            return torch.nn.functional.pad(t, [x for e in extra for x in (0, e)], value=value)
+
+        def field(name: str, value: float) -> torch.Tensor:
+            return torch.cat([pad(getattr(p, name), value, p) for p in parts])
+
+        samples = {p.samples for p in parts}
+        if len(samples) > 1:
+            raise ValueError(f"sampled batches disagree on the draws per position: {sorted(samples)}")
+        return cls(
+            ids=field("ids", 0),
+            logprobs=field("logprobs", float("-inf")),
+            token_logprobs=field("token_logprobs", 0.0),
+            tail=field("tail", 0.0),
+            mask=field("mask", False),
+            counts=field("counts", 0) if parts[0].is_sampled else None,
+            samples=samples.pop(),
+        )
 
     @classmethod
     def from_results(

@@ -41,18 +41,15 @@ def pair_batches_for(tokenizer, count: int = 3):
             rejected.append(prompt_ids + tokenizer(bad)["input_ids"])
             starts_c.append(len(prompt_ids))
             starts_r.append(len(prompt_ids))
-        chosen_ids, chosen_mask = side(chosen, starts_c)
-        rejected_ids, rejected_mask = side(rejected, starts_r)
+        input_ids, response_mask = side(chosen + rejected, starts_c + starts_r)  # stacked [chosen; rejected]
         batches.append(
             dict(
                 chosen=chosen,
                 rejected=rejected,
                 chosen_starts=starts_c,
                 rejected_starts=starts_r,
-                chosen_ids=chosen_ids,
-                rejected_ids=rejected_ids,
-                chosen_mask=chosen_mask,
-                rejected_mask=rejected_mask,
+                input_ids=input_ids,
+                response_mask=response_mask,
             )
         )
     return batches
@@ -84,4 +81,6 @@ def test_training_loop_example_runs(tiny_server, tmp_path, capsys):
 
 def test_readme_shows_the_tested_training_loop():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert f"```python\n{training_loop_source()}```" in readme, "README's training loop drifted from docs/client.md"
+    assert f"```python\n{training_loop_source()}```" in readme, (
+        "README's training loop drifted from docs/client.md"
+    )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualdistill.losses import sequence_logps, sparse_kd_loss
+from dualdistill.losses import sequence_logps, shift_labels, sparse_kd_loss
 from dualdistill.protocol.results import SequenceLogits
 from dualdistill.teacher_logits import TeacherLogits
 
@@ -118,8 +118,9 @@ def test_sequence_logps_uses_label_positions() -> None:
     response = torch.zeros(2, 6, dtype=torch.bool)
     response[0, 3:5] = True  # tokens 3, 4 of A -> rows 2, 3
     response[1, 2] = True  # token 2 of B -> row 1
-    assert teacher.sequence_logps(response).tolist() == pytest.approx([-0.35, -0.7])
-    assert teacher.sequence_logps(response, length_normalize=True).tolist() == pytest.approx([-0.175, -0.7])
+    _, rows = shift_labels(torch.zeros(2, 6, dtype=torch.long), response)
+    assert teacher.sequence_logps(rows).tolist() == pytest.approx([-0.35, -0.7])
+    assert teacher.sequence_logps(rows, length_normalize=True).tolist() == pytest.approx([-0.175, -0.7])
     assert teacher.sequence_logps().tolist() == pytest.approx([-2.85, -2.6])
 
 
@@ -154,8 +155,8 @@ def test_alignment_end_to_end_with_a_bigram_model() -> None:
     shifted = torch.roll(student_logits, 1, dims=1)  # an off-by-one student is visibly wrong
     assert sparse_kd_loss(shifted, teacher).item() > 0.1
     torch.testing.assert_close(
-        teacher.sequence_logps(response).double(),
-        sequence_logps(student_logits, input_ids, response),
+        teacher.sequence_logps(shift_labels(input_ids, response)[1]).double(),
+        sequence_logps(student_logits, *shift_labels(input_ids, response)),
         rtol=1e-6,
         atol=1e-5,
     )

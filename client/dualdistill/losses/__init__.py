@@ -1,6 +1,7 @@
 """Losses of Dual-level Preference Distillation, pure torch: pure functions plus thin nn.Modules.
 
-    dpd_loss / DPDLoss (dpd.py)               w_dpo * DPO + w_pos * KD(pos) + w_neg * KD(neg)
+    dpd_loss / DPDLoss (dpd.py)               w_dpo * DPO + w_pos * KD(pos) + w_neg * KD(neg) on a DPDBatch
+                                              stacked [chosen; rejected], aligned by shift_labels (alignment.py)
     ├── sequence_logps (logprobs.py)          summed response log-probs, TRL-style selective_log_softmax
     ├── dpo_loss / DPOLoss (dpo.py)           sigmoid (cDPO smoothing) | ipo | hinge, with margin
     └── sparse_kd_loss / SparseKDLoss         (k + 1)-bucket KD against TeacherLogits, chunked over tokens
@@ -12,8 +13,9 @@ computation is in float32 (float64 inputs stay float64); bad configuration raise
 the supported values. docs/losses.md has the formulas and the alignment diagram.
 """
 
+from dualdistill.losses.alignment import IGNORE_INDEX, shift_labels
 from dualdistill.losses.divergences import DIVERGENCES, divergence
-from dualdistill.losses.dpd import PRESETS, DPDLoss, DPDLossConfig, DPDLossOutput, dpd_loss
+from dualdistill.losses.dpd import PRESETS, DPDBatch, DPDLoss, DPDLossConfig, DPDLossOutput, dpd_loss
 from dualdistill.losses.dpo import DPO_LOSS_TYPES, DPOLoss, dpo_loss
 from dualdistill.losses.logprobs import selective_log_softmax, sequence_logps
 from dualdistill.losses.sparse_kd import SparseKDLoss, sparse_kd_loss
@@ -21,7 +23,9 @@ from dualdistill.losses.sparse_kd import SparseKDLoss, sparse_kd_loss
 __all__ = [
     "DIVERGENCES",
     "DPO_LOSS_TYPES",
+    "IGNORE_INDEX",
     "PRESETS",
+    "DPDBatch",
     "DPDLoss",
     "DPDLossConfig",
     "DPDLossOutput",
@@ -32,5 +36,6 @@ __all__ = [
     "dpo_loss",
     "selective_log_softmax",
     "sequence_logps",
+    "shift_labels",
     "sparse_kd_loss",
 ]

@@ -3,11 +3,13 @@
     L = w_dpo * L_DPO(chosen, rejected) + w_pos * KD(teacher || student on chosen)
                                         + w_neg * KD(teacher || student on rejected)
 
-    dpd_loss(chosen_logits, rejected_logits, ..., config)      -> DPDLossOutput
+    dpd_loss(logits (2B, L, V), DPDBatch, config)              -> DPDLossOutput (tensors only)
       ├── sequence_logps + dpo_loss                            (skipped when w_dpo = 0)
       └── sparse_kd_loss on chosen / on rejected               (each skipped when its weight is 0)
     DPDLoss(config)                                            nn.Module
 
+The batch is stacked on the batch dimension, [chosen; rejected] (rows 0..B-1 chosen, B..2B-1 rejected, as
+Liger's preference losses take it), and every tensor is aligned with the logit rows (`shift_labels`).
 Chosen = positive (a teacher sample), rejected = negative (a student-SFT sample). The teacher's rows on
 the negative tell the student, token by token, what the teacher would have said instead.
 """
@@ -26,7 +28,7 @@ from dualdistill.losses.logprobs import DEFAULT_CHUNK_SIZE, sequence_logps
 from dualdistill.losses.sparse_kd import DIVERGENCES, sparse_kd_loss
 from dualdistill.teacher_logits import TeacherLogits
 
-__all__ = ["PRESETS", "DPDLoss", "DPDLossConfig", "DPDLossOutput", "dpd_loss"]
+__all__ = ["PRESETS", "DPDBatch", "DPDLoss", "DPDLossConfig", "DPDLossOutput", "dpd_loss"]
 
 
 @dataclass
@@ -120,55 +122,87 @@ PRESETS: dict[str, DPDLossConfig] = {
 
 
 @dataclass
+class DPDBatch:
+    """B preference pairs stacked [chosen; rejected] on the batch dim, aligned with the logit rows.
+
+    labels (2B, L) int64: the token each logit row predicts (`shift_labels`; IGNORE_INDEX off the response).
+    loss_mask (2B, L) bool: the response rows (DPO sums them; KD uses those that also have a teacher row).
+    teacher: TeacherLogits of the same 2B rows; None when both KD weights are 0.
+    ref_logps (2B,): reference sequence scores in the policy's convention (summed, or the mean when the
+        config has length_normalize), e.g. `teacher.sequence_logps(loss_mask)`; None when w_dpo = 0.
+    """
+
+    labels: torch.Tensor
+    loss_mask: torch.Tensor
+    teacher: TeacherLogits | None = None
+    ref_logps: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.labels.dim() != 2 or tuple(self.loss_mask.shape) != tuple(self.labels.shape):
+            raise ValueError(
+                f"labels and loss_mask must both be (2B, L); got {tuple(self.labels.shape)} and "
+                f"{tuple(self.loss_mask.shape)}"
+            )
+        if self.labels.shape[0] % 2:
+            raise ValueError(
+                f"a stacked [chosen; rejected] batch has an even number of rows, got {self.labels.shape[0]}"
+            )
+        if self.teacher is not None and (self.teacher.batch_size, self.teacher.seq_len) != tuple(
+            self.labels.shape
+        ):
+            raise ValueError(
+                f"teacher rows (2B, L) = {(self.teacher.batch_size, self.teacher.seq_len)} do not match labels "
+                f"{tuple(self.labels.shape)}; build one TeacherLogits for [chosen; rejected] with the same L"
+            )
+        if self.ref_logps is not None and tuple(self.ref_logps.shape) != (self.labels.shape[0],):
+            raise ValueError(
+                f"ref_logps must be (2B,) = ({self.labels.shape[0]},), got {tuple(self.ref_logps.shape)}"
+            )
+
+    @property
+    def num_pairs(self) -> int:
+        return self.labels.shape[0] // 2
+
+
+@dataclass
 class DPDLossOutput:
-    """loss = w_dpo * dpo + w_pos * pos + w_neg * neg; skipped terms are 0 tensors without a graph."""
+    """loss = w_dpo * dpo + w_pos * pos + w_neg * neg; skipped terms are 0 tensors without a graph.
+
+    Every field is a tensor (metrics detached, 0-dim): nothing here syncs with the host. `host_metrics()`
+    copies the metrics to floats in one sync; a trainer sums them over its micro-batches first.
+    """
 
     loss: torch.Tensor
     dpo: torch.Tensor
     pos: torch.Tensor
     neg: torch.Tensor
-    metrics: dict[str, float]
+    metrics: dict[str, torch.Tensor]
+
+    def host_metrics(self) -> dict[str, float]:
+        values = torch.stack([v.to(torch.float64) for v in self.metrics.values()]).tolist()  # one sync
+        return dict(zip(self.metrics, values, strict=True))
 
 
-def _response_rows(response_mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) response mask over label positions -> the logits rows that predict those labels."""
-    rows = torch.zeros_like(response_mask, dtype=torch.bool)
-    rows[:, :-1] = response_mask[:, 1:].to(torch.bool)
-    return rows
+def dpd_loss(logits: torch.Tensor, batch: DPDBatch, config: DPDLossConfig | None = None) -> DPDLossOutput:
+    """DPD loss on B pairs stacked [chosen; rejected].
 
+    Shapes: logits (2B, L, V), any float dtype, aligned with `batch` (DPDBatch). The KD terms use the
+    rows where the teacher has a row AND loss_mask is set. Inputs a zero-weight term does not need may be
+    None: the DPO term needs batch.ref_logps; the KD terms need batch.teacher.
 
-def dpd_loss(
-    chosen_logits: torch.Tensor,
-    rejected_logits: torch.Tensor | None,
-    chosen_ids: torch.Tensor,
-    rejected_ids: torch.Tensor | None,
-    chosen_mask: torch.Tensor,
-    rejected_mask: torch.Tensor | None,
-    teacher_chosen: TeacherLogits | None,
-    teacher_rejected: TeacherLogits | None,
-    ref_chosen_logps: torch.Tensor | None,
-    ref_rejected_logps: torch.Tensor | None,
-    config: DPDLossConfig | None = None,
-) -> DPDLossOutput:
-    """DPD loss on B (chosen, rejected) pairs.
-
-    Shapes: chosen_logits (B, L, V) from chosen_ids (B, L); rejected_logits (B, L', V) from rejected_ids
-    (B, L'). Masks (B, L) / (B, L') mark response tokens by label position (`sequence_logps`
-    convention). teacher_chosen / teacher_rejected are aligned with the logits (TeacherLogits docstring);
-    the KD terms use the rows where the teacher has a row AND the token is a response token.
-    ref_*_logps (B,) are reference sequence scores in the same convention as the policy's (summed, or
-    mean when config.length_normalize), e.g. `TeacherLogits.sequence_logps(mask, length_normalize)`.
-
-    Inputs a zero-weight term does not need may be None: the DPO term needs both logits, ids, masks and
-    ref log-probs; KD(pos) needs teacher_chosen; KD(neg) needs rejected logits, mask and teacher_rejected.
-
-    Returns DPDLossOutput; metrics (floats, one device sync) hold the total and each active term, the
-    DPO rewards/accuracies/logps and the number of KD tokens per side.
+    Returns DPDLossOutput; its metrics (tensors) hold the total and each active term, the DPO
+    rewards/accuracies/logps and the number of KD tokens per side.
     """
     cfg = config if config is not None else DPDLossConfig()
-    zero = torch.zeros((), dtype=torch.float32, device=chosen_logits.device)
-    dpo_term, pos_term, neg_term = zero, zero, zero
-    stats: dict[str, torch.Tensor] = {}
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(batch.labels.shape):
+        raise ValueError(
+            f"logits must be (2B, L, V) with (2B, L) = {tuple(batch.labels.shape)}, got {tuple(logits.shape)}"
+        )
+    check_inputs(cfg, batch)
+    policy = None
+    if cfg.dpo_weight > 0:
+        policy = sequence_logps(logits, batch.labels, batch.loss_mask, cfg.length_normalize, cfg.chunk_size)
+    b = batch.num_pairs
     kd_args = dict(
         temperature=cfg.temperature,
         alpha=cfg.alpha,
@@ -176,26 +210,50 @@ def dpd_loss(
         scale_by_temperature_squared=cfg.scale_by_temperature_squared,
         chunk_size=cfg.chunk_size,
     )
-    if cfg.dpo_weight > 0:
-        _require(
-            "dpo_weight > 0",
-            rejected_logits=rejected_logits,
-            rejected_ids=rejected_ids,
-            rejected_mask=rejected_mask,
-            ref_chosen_logps=ref_chosen_logps,
-            ref_rejected_logps=ref_rejected_logps,
-        )
-        policy_chosen = sequence_logps(
-            chosen_logits, chosen_ids, chosen_mask, cfg.length_normalize, cfg.chunk_size
-        )
-        policy_rejected = sequence_logps(
-            rejected_logits, rejected_ids, rejected_mask, cfg.length_normalize, cfg.chunk_size
-        )
+    kd: dict[str, torch.Tensor] = {}
+    for side, rows, weight, divergence in kd_sides(cfg, b):
+        if weight > 0:
+            kd[side] = sparse_kd_loss(
+                logits[rows], batch.teacher[rows], divergence, mask=batch.loss_mask[rows], **kd_args
+            )
+    return combine_terms(cfg, batch, policy, kd, logits.device)
+
+
+def kd_sides(cfg: DPDLossConfig, b: int) -> tuple[tuple[str, slice, float, str], ...]:
+    """(name, rows of the stacked batch, weight, divergence) of the two KD terms."""
+    return (
+        ("pos", slice(0, b), cfg.pos_weight, cfg.pos_divergence),
+        ("neg", slice(b, 2 * b), cfg.neg_weight, cfg.neg_divergence),
+    )
+
+
+def check_inputs(cfg: DPDLossConfig, batch: DPDBatch) -> None:
+    if cfg.dpo_weight > 0 and batch.ref_logps is None:
+        raise ValueError("dpo_weight > 0 needs ref_logps; pass them or set that weight to 0")
+    for side in ("pos", "neg"):
+        if getattr(cfg, f"{side}_weight") > 0 and batch.teacher is None:
+            raise ValueError(f"{side}_weight > 0 needs teacher; pass it or set that weight to 0")
+
+
+def combine_terms(
+    cfg: DPDLossConfig,
+    batch: DPDBatch,
+    policy_logps: torch.Tensor | None,
+    kd: dict[str, torch.Tensor],
+    device: torch.device,
+) -> DPDLossOutput:
+    """The weighted total and the metrics, from the policy's (2B,) sequence log-probs and the KD terms."""
+    zero = torch.zeros((), dtype=torch.float32, device=device)
+    b = batch.num_pairs
+    stats: dict[str, torch.Tensor] = {}
+    dpo_term = zero
+    if policy_logps is not None:
+        ref = batch.ref_logps
         dpo_term, dpo_stats = dpo_loss(
-            policy_chosen,
-            policy_rejected,
-            ref_chosen_logps,
-            ref_rejected_logps,
+            policy_logps[:b],
+            policy_logps[b:],
+            ref[:b],
+            ref[b:],
             beta=cfg.beta,
             margin=cfg.margin,
             loss_type=cfg.loss_type,
@@ -203,33 +261,13 @@ def dpd_loss(
         )
         stats["dpo/loss"] = dpo_term.detach()
         stats.update(dpo_stats)
-    if cfg.pos_weight > 0:
-        _require("pos_weight > 0", teacher_chosen=teacher_chosen)
-        rows = _response_rows(chosen_mask)
-        pos_term = sparse_kd_loss(chosen_logits, teacher_chosen, cfg.pos_divergence, mask=rows, **kd_args)
-        stats["kd_pos/loss"] = pos_term.detach()
-        stats["kd_pos/tokens"] = (teacher_chosen.mask & rows).sum()
-    if cfg.neg_weight > 0:
-        _require(
-            "neg_weight > 0",
-            rejected_logits=rejected_logits,
-            rejected_mask=rejected_mask,
-            teacher_rejected=teacher_rejected,
-        )
-        rows = _response_rows(rejected_mask)
-        neg_term = sparse_kd_loss(rejected_logits, teacher_rejected, cfg.neg_divergence, mask=rows, **kd_args)
-        stats["kd_neg/loss"] = neg_term.detach()
-        stats["kd_neg/tokens"] = (teacher_rejected.mask & rows).sum()
+    for side, rows, _, _ in kd_sides(cfg, b):
+        if side in kd:
+            stats[f"kd_{side}/loss"] = kd[side].detach()
+            stats[f"kd_{side}/tokens"] = (batch.teacher.mask[rows] & batch.loss_mask[rows]).sum()
+    pos_term, neg_term = kd.get("pos", zero), kd.get("neg", zero)
     loss = cfg.dpo_weight * dpo_term + cfg.pos_weight * pos_term + cfg.neg_weight * neg_term
-    stats = {"loss": loss.detach(), **stats}
-    values = torch.stack([v.to(torch.float64) for v in stats.values()]).tolist()  # one sync for all
-    return DPDLossOutput(loss, dpo_term, pos_term, neg_term, dict(zip(stats, values, strict=True)))
-
-
-def _require(reason: str, **inputs: Any) -> None:
-    missing = [name for name, value in inputs.items() if value is None]
-    if missing:
-        raise ValueError(f"{reason} needs {', '.join(missing)}; pass them or set that weight to 0")
+    return DPDLossOutput(loss, dpo_term, pos_term, neg_term, {"loss": loss.detach(), **stats})
 
 
 class DPDLoss(nn.Module):
@@ -239,32 +277,8 @@ class DPDLoss(nn.Module):
         super().__init__()
         self.config = config if config is not None else DPDLossConfig.preset("dpd")
 
-    def forward(
-        self,
-        chosen_logits: torch.Tensor,
-        rejected_logits: torch.Tensor | None,
-        chosen_ids: torch.Tensor,
-        rejected_ids: torch.Tensor | None,
-        chosen_mask: torch.Tensor,
-        rejected_mask: torch.Tensor | None,
-        teacher_chosen: TeacherLogits | None,
-        teacher_rejected: TeacherLogits | None,
-        ref_chosen_logps: torch.Tensor | None,
-        ref_rejected_logps: torch.Tensor | None,
-    ) -> DPDLossOutput:
-        return dpd_loss(
-            chosen_logits,
-            rejected_logits,
-            chosen_ids,
-            rejected_ids,
-            chosen_mask,
-            rejected_mask,
-            teacher_chosen,
-            teacher_rejected,
-            ref_chosen_logps,
-            ref_rejected_logps,
-            self.config,
-        )
+    def forward(self, logits: torch.Tensor, batch: DPDBatch) -> DPDLossOutput:
+        return dpd_loss(logits, batch, self.config)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())

@@ -2,7 +2,7 @@
 
 selective_log_softmax(logits, index)          log softmax(logits)[index], (...,)
   └── _SelectiveLogSoftmax (autograd.Function: chunked logsumexp forward, softmax recomputed in backward)
-sequence_logps(logits, labels, mask)          sum over response tokens of log q(label), (B,)
+sequence_logps(logits, labels, loss_mask)     sum over response rows of log q(label), (B,), all aligned
 """
 
 from __future__ import annotations
@@ -84,33 +84,29 @@ def selective_log_softmax(
 def sequence_logps(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    mask: torch.Tensor,
+    loss_mask: torch.Tensor,
     length_normalize: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """Summed (or mean) log-probability of each sequence's response tokens.
 
-        logps[b] = sum_{j : mask[b, j]} log softmax(logits[b, j - 1])[labels[b, j]]   (/ sum_j mask[b, j])
+        logps[b] = sum_{j : loss_mask[b, j]} log softmax(logits[b, j])[labels[b, j]]   (/ sum_j loss_mask[b, j])
 
-    Convention: `logits` (B, L, V) come from `input_ids` (B, L), `labels` (B, L) ARE those input ids, and
-    `mask` (B, L) marks response tokens by their position in `labels`. Logits at j - 1 predict label j,
-    so mask[:, 0] is ignored (nothing predicts the first token). The shift is done by re-indexing the
-    targets, not by slicing `logits[:, :-1]`, which would copy the logits.
+    All three are aligned with the logit rows (`dualdistill.losses.alignment.shift_labels`): logits
+    (B, L, V), labels (B, L) the token each row predicts, loss_mask (B, L) the rows that count. Labels of
+    rows outside the mask (e.g. IGNORE_INDEX) never reach the gather.
 
     Returns (B,) float32 (float64 for float64 logits); a sequence without response tokens scores 0.
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must be (B, L, V), got shape {tuple(logits.shape)}")
-    if tuple(labels.shape) != tuple(logits.shape[:2]) or tuple(mask.shape) != tuple(logits.shape[:2]):
+    if tuple(labels.shape) != tuple(logits.shape[:2]) or tuple(loss_mask.shape) != tuple(logits.shape[:2]):
         raise ValueError(
-            f"labels and mask must be (B, L) = {tuple(logits.shape[:2])}, got labels "
-            f"{tuple(labels.shape)} and mask {tuple(mask.shape)}"
+            f"labels and loss_mask must be (B, L) = {tuple(logits.shape[:2])}, got labels "
+            f"{tuple(labels.shape)} and loss_mask {tuple(loss_mask.shape)}"
         )
-    keep = torch.zeros_like(mask, dtype=torch.bool)  # (B, L): logits position j scores label j + 1
-    keep[:, :-1] = mask[:, 1:].to(torch.bool)
-    targets = torch.zeros_like(labels, dtype=torch.long)
-    targets[:, :-1] = labels[:, 1:]
-    targets = targets.masked_fill(~keep, 0)  # padding labels (e.g. -100) never reach gather
+    keep = loss_mask.to(torch.bool)
+    targets = labels.long().masked_fill(~keep, 0)
     logps = selective_log_softmax(logits, targets, chunk_size)  # (B, L)
     total = torch.where(keep, logps, 0.0).sum(-1)
     if length_normalize:

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dualdistill.losses.alignment import shift_labels
+
 
 @dataclass(frozen=True)
 class PairExample:
@@ -37,7 +39,9 @@ class PairExample:
     ref_chosen_logps: float | None = None  # `reference: column`
     ref_rejected_logps: float | None = None
     digest: str = ""  # `pair_digest` of the uncut token lists: ties a capture's record to this pair
-    record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the line, token lists removed
+    record: dict[str, Any] = field(
+        default_factory=dict, compare=False, repr=False
+    )  # the line, token lists removed
 
     @property
     def start(self) -> int:
@@ -92,7 +96,11 @@ def parse_pair(line: dict[str, Any], max_seq_len: int, where: str) -> PairExampl
             f"{where}: pair {pair_id!r} is longer than max_seq_len={max_seq_len}, but its precomputed "
             "ref_*_logps cover the whole response; raise max_seq_len or use a served/local reference"
         )
-    record = {k: v for k, v in line.items() if k not in ("prompt_token_ids", "chosen_token_ids", "rejected_token_ids")}
+    record = {
+        k: v
+        for k, v in line.items()
+        if k not in ("prompt_token_ids", "chosen_token_ids", "rejected_token_ids")
+    }
     # `dualdistill pairs` keeps the query's own extra fields (e.g. a verifier's "answer") under "query_extra";
     # the record is the query a verifier sees, so lift them to the top (never over a pair field).
     for key, value in (line.get("query_extra") or {}).items():
@@ -135,7 +143,9 @@ def load_pairs(path: str | Path, max_seq_len: int) -> list[PairExample]:
     return examples
 
 
-def split_holdout(examples: list[PairExample], holdout: int, seed: int) -> tuple[list[PairExample], list[PairExample]]:
+def split_holdout(
+    examples: list[PairExample], holdout: int, seed: int
+) -> tuple[list[PairExample], list[PairExample]]:
     """(train, eval): `holdout` pairs chosen by a seeded permutation, both lists kept in file order."""
     if holdout <= 0:
         return examples, []
@@ -233,7 +243,8 @@ class PairBatch:
     """A batch laid out as [chosen, rejected] (rows 0..B-1 chosen, B..2B-1 rejected), right-padded.
 
     input_ids (2B, L) int64; attention_mask (2B, L) int64; response_mask (2B, L) bool marks response
-    tokens by their position in input_ids (the label-position convention of `sequence_logps`).
+    tokens by their position in input_ids. labels (2B, L) / loss_mask (2B, L) are the same, shifted ONCE
+    here onto the logit rows (`shift_labels`: row j predicts token j + 1), which is what every loss takes.
     sequences / starts: the unpadded (2B) token lists and response starts, as sent to the teacher.
     """
 
@@ -243,6 +254,8 @@ class PairBatch:
     response_mask: torch.Tensor
     sequences: list[list[int]]
     starts: list[int]
+    labels: torch.Tensor
+    loss_mask: torch.Tensor
 
     @property
     def num_pairs(self) -> int:
@@ -264,4 +277,7 @@ def collate(examples: Sequence[PairExample], pad_id: int) -> PairBatch:
         input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
         attention_mask[row, : len(sequence)] = 1
         response_mask[row, start : len(sequence)] = True
-    return PairBatch(list(examples), input_ids, attention_mask, response_mask, sequences, starts)
+    labels, loss_mask = shift_labels(input_ids, response_mask)
+    return PairBatch(
+        list(examples), input_ids, attention_mask, response_mask, sequences, starts, labels, loss_mask
+    )

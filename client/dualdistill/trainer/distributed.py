@@ -48,6 +48,12 @@ def pick_device(requested: str, info: DistInfo) -> torch.device:
     return torch.device(requested)
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """torch.autocast to `dtype` on `device` (a no-op context when dtype is None): the student's and the
+    local reference's forward."""
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 def init(info: DistInfo, device: torch.device) -> bool:
     """Join the process group when running under torchrun; True when this call created it."""
     if not info.enabled or dist.is_initialized():
@@ -87,11 +93,10 @@ def broadcast_object(value: Any, info: DistInfo) -> Any:
     return box[0]
 
 
-def mean_over_ranks(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
-    """Each metric averaged over the ranks (identical keys on every rank; nccl needs `device` a GPU)."""
-    if not info.enabled or not values:
+def sum_over_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """`values` summed over all ranks (one all_reduce on the tensor's device; itself when single-process)."""
+    if not info.enabled:
         return values
-    keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return {k: float(v) / info.world_size for k, v in zip(keys, tensor.tolist(), strict=True)}
+    values = values.clone()
+    dist.all_reduce(values)
+    return values

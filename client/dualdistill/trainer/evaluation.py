@@ -50,15 +50,14 @@ def load_verifier(spec: str, examples: Sequence[PairExample]) -> Verifier | None
         raise ValueError(f"verifier {spec!r} cannot be loaded ({exc}); give MODULE:FUNCTION") from None
 
 
-def _response_rows(response_mask: torch.Tensor) -> torch.Tensor:
-    rows = torch.zeros_like(response_mask)
-    rows[:, :-1] = response_mask[:, 1:]
-    return rows
-
-
 @torch.no_grad()
 def greedy_answers(
-    model: Any, tokenizer: Any, examples: Sequence[PairExample], device: torch.device, max_new_tokens: int, pad_id: int
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[PairExample],
+    device: torch.device,
+    max_new_tokens: int,
+    pad_id: int,
 ) -> list[str]:
     """The student's greedy continuation of each prompt (left-padded batch), decoded without specials."""
     prompts = [list(e.prompt_ids) for e in examples]
@@ -109,21 +108,20 @@ def evaluate(
         fetched = fetch(part)
         b = len(part)
         input_ids = batch.input_ids.to(device)
-        mask = batch.response_mask.to(device)
+        labels, loss_mask = batch.labels.to(device), batch.loss_mask.to(device)  # aligned with the logit rows
         with autocast():
             logits = model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device)).logits
         teacher = TeacherLogits.from_results(fetched.chosen, batch.starts[:b], batch.seq_len).to(device)
-        rows = _response_rows(mask[:b])
-        tokens = int((teacher.mask & rows).sum())
-        kl = sparse_kd_loss(logits[:b], teacher, "forward_kl", mask=rows)
+        tokens = int((teacher.mask & loss_mask[:b]).sum())
+        kl = sparse_kd_loss(logits[:b], teacher, "forward_kl", mask=loss_mask[:b])
         kl_sum += float(kl) * tokens
         kl_tokens += tokens
-        logps = sequence_logps(logits, input_ids, mask, length_normalize).float()
+        logps = sequence_logps(logits, labels, loss_mask, length_normalize).float()
         chosen, rejected = logps[:b], logps[b:]
         sums["pref_acc"] += float((chosen > rejected).float().sum())
         if reference is not None:  # a loss without a DPO term has no reference, hence no reward
-            ref_c, ref_r = reference.scores(batch, fetched)
-            margin = beta * ((chosen - ref_c) - (rejected - ref_r))
+            ref = reference.scores(batch, fetched)
+            margin = beta * ((chosen - ref[:b]) - (rejected - ref[b:]))
             sums["reward_margin"] = sums.get("reward_margin", 0.0) + float(margin.sum())
         sums["logp_chosen"] += float(chosen.sum())
         sums["logp_rejected"] += float(rejected.sum())
@@ -142,4 +140,3 @@ def evaluate(
         metrics["eval/verifier_acc"] = verified / scored
         metrics["eval/verified"] = float(scored)
     return metrics
-

@@ -73,20 +73,19 @@ def train(config: TrainConfig, on_step: StepHook | None = None) -> TrainResult:
 
 def pair_loss(session: Session, model: Any, batch: PairBatch, fetched: FetchedTeacher) -> Any:
     """dpd_loss of one collated batch ([chosen; rejected] in one forward pass)."""
-    from dualdistill.losses import dpd_loss
+    from dualdistill.losses import DPDBatch, dpd_loss
 
-    device, b = session.device, batch.num_pairs
-    input_ids = batch.input_ids.to(device)
-    mask = batch.response_mask.to(device)
-    with _autocast(session):
-        logits = model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device)).logits  # (2B, L, V)
-    teacher_chosen = TeacherLogits.from_results(fetched.chosen, batch.starts[:b], batch.seq_len).to(device)
-    teacher_rejected = TeacherLogits.from_results(fetched.rejected, batch.starts[b:], batch.seq_len).to(device)
-    ref_c, ref_r = session.reference.scores(batch, fetched) if session.reference is not None else (None, None)
-    return dpd_loss(
-        logits[:b], logits[b:], input_ids[:b], input_ids[b:], mask[:b], mask[b:],
-        teacher_chosen, teacher_rejected, ref_c, ref_r, session.loss_config,
-    )  # fmt: skip
+    device = session.device
+    with dd.autocast(device, session.autocast_dtype):
+        logits = model(
+            input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
+        ).logits
+    teacher = TeacherLogits.from_results(fetched.chosen + fetched.rejected, batch.starts, batch.seq_len).to(
+        device
+    )
+    ref = session.reference.scores(batch, fetched) if session.reference is not None else None
+    stacked = DPDBatch(batch.labels.to(device), batch.loss_mask.to(device), teacher, ref)
+    return dpd_loss(logits, stacked, session.loss_config)  # logits (2B, L, V)
 
 
 def weights_sha256(model: Any) -> str:
@@ -99,32 +98,46 @@ def weights_sha256(model: Any) -> str:
     return digest.hexdigest()
 
 
-def _autocast(session: Session) -> Any:
-    dtype = session.autocast_dtype
-    return torch.autocast(device_type=session.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
 class _StepTotals:
-    """Example-weighted sums of one step's metrics on this rank, reduced over ranks at the end."""
+    """Example-weighted sums of one step's metrics on this rank, kept on the device until `reduce`."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
         self.examples = 0
         self.ids: list[str] = []
 
     def add(self, out: Any, examples: list[str]) -> None:
         n = len(examples)
         terms = {"dpo": out.dpo, "pos": out.pos, "neg": out.neg}
-        values = {**out.metrics, **{name: float(term.detach()) for name, term in terms.items()}}
-        for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value * n
+        for key, value in {**out.metrics, **terms}.items():
+            weighted = value.detach().to(torch.float64) * n
+            self.sums[key] = self.sums[key] + weighted if key in self.sums else weighted
         self.examples += n
         self.ids.extend(examples)
 
-    def reduce(self, session: Session) -> tuple[dict[str, float], list[list[str]]]:
-        totals = dd.mean_over_ranks({**self.sums, "_n": float(self.examples)}, session.info, session.device)
-        n = max(totals.pop("_n"), 1e-12)  # means over ranks of both numerator and count: ratio is exact
-        return {k: v / n for k, v in totals.items()}, dd.all_gather_objects(self.ids, session.info)
+    def reduce(
+        self, session: Session, grad_norm: torch.Tensor | None
+    ) -> tuple[dict[str, Any], list[list[str]]]:
+        """Means over the step's examples on all ranks, and the gradient norm: the step's one host sync."""
+        keys = list(self.sums)
+        device = session.device
+        values = torch.stack(
+            [self.sums[k] for k in keys]
+            + [torch.tensor(float(self.examples), dtype=torch.float64, device=device)]
+        )
+        values = dd.sum_over_ranks(
+            values, session.info
+        )  # sums over ranks of numerator and count: ratio is exact
+        norm = (
+            torch.full((1,), float("nan"), dtype=torch.float64, device=device)
+            if grad_norm is None
+            else grad_norm.detach().to(torch.float64).reshape(1)
+        )
+        *sums, n, norm_value = torch.cat([values, norm]).tolist()
+        n = max(n, 1e-12)
+        metrics: dict[str, Any] = {k: v / n for k, v in zip(keys, sums, strict=True)}
+        metrics["grad_norm"] = None if grad_norm is None else norm_value
+        return metrics, dd.all_gather_objects(self.ids, session.info)
 
 
 def _run(session: Session, on_step: StepHook | None) -> TrainResult:
@@ -143,7 +156,9 @@ def _run(session: Session, on_step: StepHook | None) -> TrainResult:
     if info.enabled:
         ids = [session.device.index] if session.device.type == "cuda" else None
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    log = MetricsLog(output_dir, info.is_main, cfg.tensorboard, session.start_step if session.resumed_from else None)
+    log = MetricsLog(
+        output_dir, info.is_main, cfg.tensorboard, session.start_step if session.resumed_from else None
+    )
     log.write({"kind": "run", "event": "resume" if session.resumed_from else "start", "step": session.start_step,
                "world_size": info.world_size, "total_steps": session.total_steps, **session.teacher_facts})  # fmt: skip
     examples = session.train_examples
@@ -156,7 +171,9 @@ def _run(session: Session, on_step: StepHook | None) -> TrainResult:
     from dualdistill.prefetch import Prefetcher
 
     prefetcher = Prefetcher(
-        lambda mb: session.teacher.fetch([examples[i] for i in mb.indices]), micro_batches, depth=cfg.prefetch_depth
+        lambda mb: session.teacher.fetch([examples[i] for i in mb.indices]),
+        micro_batches,
+        depth=cfg.prefetch_depth,
     )
     record: dict[str, Any] = {}
     eval_metrics: dict[str, float] | None = None
@@ -175,7 +192,9 @@ def _run(session: Session, on_step: StepHook | None) -> TrainResult:
             if not last:
                 continue
             step = mb.step
-            record, eval_metrics = _finish_step(session, model, mb, totals, prefetcher, verifier, log, eval_metrics)
+            record, eval_metrics = _finish_step(
+                session, model, mb, totals, prefetcher, verifier, log, eval_metrics
+            )
             seen += record["examples"]
             totals = _StepTotals()
             progress.update({k: record[k] for k in ("loss", "dpo", "pos", "neg") if k in record})
@@ -222,11 +241,12 @@ def _finish_step(
     lr = session.optimizer.param_groups[0]["lr"]
     grad_norm = None
     if cfg.max_grad_norm > 0:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     session.optimizer.step()
     session.scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
-    metrics, ids = totals.reduce(session)
+    metrics, ids = totals.reduce(session, grad_norm)
+    grad_norm = metrics.pop("grad_norm")
     client_stats = getattr(getattr(session.teacher, "client", None), "stats", None)
     record = {
         "kind": "train",
@@ -258,7 +278,10 @@ def _finish_step(
             scheduler=session.scheduler,
             data_position=(epoch, position),
             config_json=cfg.to_json(),
-            facts={**session.teacher_facts, "last_metrics": {k: v for k, v in record.items() if k != "example_ids"}},
+            facts={
+                **session.teacher_facts,
+                "last_metrics": {k: v for k, v in record.items() if k != "example_ids"},
+            },
             info=info,
             keep=cfg.keep_checkpoints,
         )
@@ -284,7 +307,7 @@ def _evaluate(session: Session, model: Any, verifier: Any, step: int) -> dict[st
                 pad_id=session.pad_id,
                 verifier=verifier,
                 max_new_tokens=session.config.eval_max_new_tokens,
-                autocast=lambda: _autocast(session),
+                autocast=lambda: dd.autocast(session.device, session.autocast_dtype),
             )
         model.train()
         print(f"step {step} eval: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}), flush=True)

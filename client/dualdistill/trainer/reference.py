@@ -11,17 +11,21 @@ when the loss uses length_normalize), in float32.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from dualdistill.trainer.config import parse_reference
 from dualdistill.trainer.data import PairBatch, PairExample
+from dualdistill.trainer.distributed import autocast
 from dualdistill.trainer.teacher import FetchedTeacher
 
 
 class Reference:
-    """`scores(batch, fetched) -> (ref_chosen (B,), ref_rejected (B,))` on `device`."""
+    """`scores(batch, fetched) -> (2B,)` reference log-probs of [chosen; rejected] on `device`."""
 
-    def __init__(self, spec: str, device: torch.device, length_normalize: bool, autocast_dtype: torch.dtype | None):
+    def __init__(
+        self, spec: str, device: torch.device, length_normalize: bool, autocast_dtype: torch.dtype | None
+    ):
         self.kind, self.value = parse_reference(spec)
         self.device = device
         self.length_normalize = length_normalize
@@ -34,10 +38,6 @@ class Reference:
             self.model.eval()
             self.model.requires_grad_(False)
 
-    @property
-    def served_model(self) -> str | None:
-        return self.value if self.kind == "served" else None
-
     def check_examples(self, examples: list[PairExample], where: str) -> None:
         """`column` needs both columns on every pair; say which pair lacks them before training starts."""
         if self.kind != "column":
@@ -49,31 +49,25 @@ class Reference:
                     "ref_rejected_logps; use reference: served:NAME or local:DIR, or add the columns"
                 )
 
-    def scores(self, batch: PairBatch, fetched: FetchedTeacher) -> tuple[torch.Tensor, torch.Tensor]:
-        b = batch.num_pairs
+    def scores(self, batch: PairBatch, fetched: FetchedTeacher) -> torch.Tensor:
         if self.kind == "column":
-            chosen = [e.ref_chosen_logps for e in batch.examples]
-            rejected = [e.ref_rejected_logps for e in batch.examples]
-            return (
-                torch.tensor(chosen, dtype=torch.float32, device=self.device),
-                torch.tensor(rejected, dtype=torch.float32, device=self.device),
-            )
+            logps = [e.ref_chosen_logps for e in batch.examples] + [
+                e.ref_rejected_logps for e in batch.examples
+            ]
+            return torch.tensor(logps, dtype=torch.float32, device=self.device)
         if self.kind == "served":
             if fetched.ref_chosen is None or fetched.ref_rejected is None:
                 raise RuntimeError("the teacher source returned no served reference scores")
-            return (
-                torch.from_numpy(fetched.ref_chosen).to(self.device),
-                torch.from_numpy(fetched.ref_rejected).to(self.device),
+            return torch.from_numpy(np.concatenate([fetched.ref_chosen, fetched.ref_rejected])).to(
+                self.device
             )
         from dualdistill.losses import sequence_logps
 
         input_ids = batch.input_ids.to(self.device)
-        with torch.no_grad(), _autocast(self.device, self.autocast_dtype):
-            logits = self.model(input_ids=input_ids, attention_mask=batch.attention_mask.to(self.device)).logits
-            logps = sequence_logps(logits, input_ids, batch.response_mask.to(self.device), self.length_normalize)
-        logps = logps.float()
-        return logps[:b], logps[b:]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+        with torch.no_grad(), autocast(self.device, self.autocast_dtype):
+            logits = self.model(
+                input_ids=input_ids, attention_mask=batch.attention_mask.to(self.device)
+            ).logits
+            labels, loss_mask = batch.labels.to(self.device), batch.loss_mask.to(self.device)
+            logps = sequence_logps(logits, labels, loss_mask, self.length_normalize)
+        return logps.float()

@@ -7,7 +7,8 @@ from dataclasses import fields
 import pytest
 import torch
 
-from dualdistill.losses import PRESETS, DPDLoss, DPDLossConfig, dpd_loss
+from dualdistill.losses import IGNORE_INDEX, PRESETS, DPDBatch, DPDLoss, DPDLossConfig, dpd_loss, shift_labels
+from dualdistill.teacher_logits import TeacherLogits
 from tests.client.losses.loss_reference import (
     coarse_kd_reference,
     dpo_reference,
@@ -42,11 +43,23 @@ def _batch() -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
     return chosen, rejected, ref_chosen, ref_rejected
 
 
+def _stack(chosen: dict, rejected: dict, ref_c, ref_r, teacher: bool = True) -> tuple[torch.Tensor, DPDBatch]:
+    """[chosen; rejected] padded to one length: (2B, L, V) logits and the aligned DPDBatch."""
+    length = max(chosen["ids"].shape[1], rejected["ids"].shape[1])
+    logits, labels, masks = [], [], []
+    for side in (chosen, rejected):
+        extra = length - side["ids"].shape[1]
+        side_labels, side_mask = shift_labels(side["ids"], side["mask"])
+        logits.append(torch.nn.functional.pad(side["logits"], (0, 0, 0, extra)))
+        labels.append(torch.nn.functional.pad(side_labels, (0, extra), value=IGNORE_INDEX))
+        masks.append(torch.nn.functional.pad(side_mask, (0, extra), value=False))
+    rows = TeacherLogits.cat([chosen["teacher"], rejected["teacher"]], length) if teacher else None
+    ref = None if ref_c is None else torch.cat([ref_c, ref_r])
+    return torch.cat(logits), DPDBatch(torch.cat(labels), torch.cat(masks), rows, ref)
+
+
 def _call(config: DPDLossConfig, chosen: dict, rejected: dict, ref_c: torch.Tensor, ref_r: torch.Tensor):
-    return dpd_loss(
-        chosen["logits"], rejected["logits"], chosen["ids"], rejected["ids"], chosen["mask"], rejected["mask"],
-        chosen["teacher"], rejected["teacher"], ref_c, ref_r, config,
-    )  # fmt: skip
+    return dpd_loss(*_stack(chosen, rejected, ref_c, ref_r), config)
 
 
 def _reference(config: DPDLossConfig, chosen: dict, rejected: dict, ref_c: torch.Tensor, ref_r: torch.Tensor):
@@ -97,51 +110,43 @@ def test_total_and_terms_match_the_references(name: str) -> None:
             assert not (g if g is not None else w).any()
         else:
             torch.testing.assert_close(g, w)
-    assert out.metrics["loss"] == pytest.approx(out.loss.item())
+    assert out.host_metrics()["loss"] == pytest.approx(out.loss.item())
 
 
 def test_metrics_of_the_full_preset() -> None:
     chosen, rejected, ref_c, ref_r = _batch()
     out = _call(DPDLossConfig.preset("dpd"), chosen, rejected, ref_c, ref_r)
-    assert set(out.metrics) == {
+    metrics = out.host_metrics()
+    assert set(metrics) == {
         "loss", "dpo/loss", "kd_pos/loss", "kd_neg/loss", "kd_pos/tokens", "kd_neg/tokens", "rewards/chosen",
         "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected",
     }  # fmt: skip
     # tokens = teacher rows that predict response tokens: (9 - 3) + (9 - 3 - 2) and (7 - 3) + (7 - 3 - 2)
-    assert out.metrics["kd_pos/tokens"] == 10 and out.metrics["kd_neg/tokens"] == 6
-    assert all(isinstance(v, float) for v in out.metrics.values())
+    assert metrics["kd_pos/tokens"] == 10 and metrics["kd_neg/tokens"] == 6
+    assert all(isinstance(v, float) for v in metrics.values())
 
 
 def test_zero_weight_terms_are_skipped_and_need_no_inputs() -> None:
-    chosen, _, _, _ = _batch()
-    # "kd-pos": nothing about the rejected side and no reference log-probs are needed
-    out = dpd_loss(
-        chosen["logits"], None, chosen["ids"], None, chosen["mask"], None, chosen["teacher"], None, None, None,
-        DPDLossConfig.preset("kd-pos"),
-    )  # fmt: skip
+    chosen, rejected, _, _ = _batch()
+    # "kd-pos": no reference log-probs are needed
+    out = dpd_loss(*_stack(chosen, rejected, None, None), DPDLossConfig.preset("kd-pos"))
     assert set(out.metrics) == {"loss", "kd_pos/loss", "kd_pos/tokens"}
     assert not out.dpo.requires_grad and not out.neg.requires_grad and out.dpo.item() == 0.0
     # "dpo": no teacher rows are needed
     chosen, rejected, ref_c, ref_r = _batch()
-    out = dpd_loss(
-        chosen["logits"], rejected["logits"], chosen["ids"], rejected["ids"], chosen["mask"], rejected["mask"],
-        None, None, ref_c, ref_r, DPDLossConfig.preset("dpo"),
-    )  # fmt: skip
+    out = dpd_loss(*_stack(chosen, rejected, ref_c, ref_r, teacher=False), DPDLossConfig.preset("dpo"))
     assert "kd_pos/loss" not in out.metrics and out.pos.item() == 0.0 and out.loss.requires_grad
 
 
 def test_missing_inputs_of_an_active_term_are_named() -> None:
-    chosen, rejected, ref_c, _ = _batch()
-    with pytest.raises(ValueError, match="dpo_weight > 0 needs ref_rejected_logps"):
+    chosen, rejected, _, _ = _batch()
+    with pytest.raises(ValueError, match="dpo_weight > 0 needs ref_logps"):
+        dpd_loss(*_stack(chosen, rejected, None, None))
+    with pytest.raises(ValueError, match="neg_weight > 0 needs teacher"):
         dpd_loss(
-            chosen["logits"], rejected["logits"], chosen["ids"], rejected["ids"], chosen["mask"],
-            rejected["mask"], chosen["teacher"], rejected["teacher"], ref_c, None,
-        )  # fmt: skip
-    with pytest.raises(ValueError, match="neg_weight > 0 needs teacher_rejected"):
-        dpd_loss(
-            chosen["logits"], rejected["logits"], chosen["ids"], rejected["ids"], chosen["mask"],
-            rejected["mask"], chosen["teacher"], None, None, None, DPDLossConfig.preset("distillm2"),
-        )  # fmt: skip
+            *_stack(chosen, rejected, None, None, teacher=False),
+            DPDLossConfig(dpo_weight=0.0, pos_weight=0.0),
+        )
 
 
 def test_all_masked_batch_gives_finite_loss_and_gradients() -> None:
@@ -203,9 +208,6 @@ def test_module_wrapper_matches_function() -> None:
     chosen, rejected, ref_c, ref_r = _batch()
     config = DPDLossConfig.preset("distillm2")
     module = DPDLoss(config)
-    got = module(
-        chosen["logits"], rejected["logits"], chosen["ids"], rejected["ids"], chosen["mask"], rejected["mask"],
-        chosen["teacher"], rejected["teacher"], ref_c, ref_r,
-    )  # fmt: skip
+    got = module(*_stack(chosen, rejected, ref_c, ref_r))
     torch.testing.assert_close(got.loss, _call(config, chosen, rejected, ref_c, ref_r).loss)
     assert DPDLoss().config == DPDLossConfig.preset("dpd")

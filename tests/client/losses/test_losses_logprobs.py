@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dualdistill.losses import selective_log_softmax, sequence_logps
+from dualdistill.losses import selective_log_softmax, sequence_logps, shift_labels
 from tests.client.losses.loss_reference import sequence_logps_reference
 
 
@@ -52,11 +52,14 @@ def test_sequence_logps_shift_mask_and_length_normalisation() -> None:
     mask[1, 0:6] = True  # mask[:, 0] is ignored: nothing predicts the first token
     labels[2] = -100  # a padding-only row with ignore-index labels must score 0, not crash
     expected = sequence_logps_reference(logits, labels.clamp(min=0), mask)
-    torch.testing.assert_close(sequence_logps(logits, labels, mask), expected)
+    targets, rows = shift_labels(labels, mask)
+    torch.testing.assert_close(sequence_logps(logits, targets, rows), expected)
     counts = torch.tensor([5.0, 5.0, 1.0], dtype=torch.float64)
-    torch.testing.assert_close(sequence_logps(logits, labels, mask, length_normalize=True), expected / counts)
-    assert sequence_logps(logits, labels, mask)[2] == 0
-    assert torch.autograd.gradcheck(lambda z: sequence_logps(z, labels, mask, chunk_size=4), (logits,))
+    torch.testing.assert_close(
+        sequence_logps(logits, targets, rows, length_normalize=True), expected / counts
+    )
+    assert sequence_logps(logits, targets, rows)[2] == 0
+    assert torch.autograd.gradcheck(lambda z: sequence_logps(z, targets, rows, chunk_size=4), (logits,))
 
 
 def test_sequence_logps_by_hand() -> None:
@@ -64,7 +67,7 @@ def test_sequence_logps_by_hand() -> None:
     labels = torch.tensor([[0, 1, 2]])
     mask = torch.tensor([[False, True, True]])
     expected = torch.log(torch.tensor(0.25)) + torch.log(torch.tensor(0.7))
-    torch.testing.assert_close(sequence_logps(logits, labels, mask), expected[None])
+    torch.testing.assert_close(sequence_logps(logits, *shift_labels(labels, mask)), expected[None])
 
 
 def test_sequence_logps_validates_shapes() -> None:

@@ -51,7 +51,7 @@ def test_served_local_and_column_references_train_alike(tmp_path, capture_dir, t
     with_columns = tmp_path / "with-columns.jsonl"
     with train_pairs.open() as source, with_columns.open("w") as target:
         for line, example in zip(source, load_pairs(train_pairs, 1024), strict=True):
-            chosen, rejected = local.scores(collate([example], 0), None)
+            chosen, rejected = local.scores(collate([example], 0), None).split(1)
             record = json.loads(line) | {"ref_chosen_logps": float(chosen[0]), "ref_rejected_logps": float(rejected[0])}
             target.write(json.dumps(record) + "\n")
     runs = {}
