@@ -43,7 +43,12 @@ K = 128
 FULL_VOCABS = (49152, 151936)  # SmolLM2 / Llama-2-style 49k, Qwen2-style 152k
 FULL_LENGTHS = (512, 1024, 2048)
 PAIRED_MAX_LENGTH = 1024  # two (1, L, V) sides plus two materialised teachers: 2048 x 152k needs ~15 GB
-PAIRS = (("sparse_kd", "full_kd"), ("sparse_kd", "full_kd_chunked"), ("dpd", "full_dpd"))
+PAIRS = (
+    ("sparse_kd", "full_kd"), ("sparse_kd", "full_kd_chunked"), ("dpd", "full_dpd"),
+    ("fused_dpd", "full_dpd_head"), ("dpd_head", "full_dpd_head"),
+)  # fmt: skip
+FUSED_VARIANTS = ("fused_dpd", "dpd_head", "full_dpd_head")
+HIDDEN = 1024  # the LM head's input size in --fused mode
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
@@ -60,20 +65,26 @@ def child(spec: dict) -> dict:
     device, variant = spec["device"], spec["variant"]
     dtype = getattr(torch, spec["dtype"])
     b, length, vocab = spec["batch"], spec["length"], spec["vocab"]
-    sides = 2 if variant in lv.PAIRED else 1
-    students = [lv.make_student(b, length, vocab, device, dtype, seed=10 * i) for i in range(sides)]
+    sides = 2 if variant in lv.PAIRED or variant in lv.HEAD else 1
+    if variant in lv.HEAD:  # hidden states + LM head, allocated before the baseline (the logits are not)
+        students = [lv.make_head_side(b, length, vocab, spec["hidden"], device, dtype, seed=0)]
+    else:
+        students = [lv.make_student(b, length, vocab, device, dtype, seed=10 * i) for i in range(sides)]
     sources = (
         [lv.make_sparse_teacher(b, length, vocab, K, device, seed=10 * i) for i in range(sides)]
         if variant in lv.SPARSE
         else []
     )
-    if variant in lv.STACKED:  # one (2B, L, V) leaf and one 2B-row teacher, built before the baseline
-        students, sources = [lv.stack_students(students)], [TeacherLogits.cat(sources)]
+    if variant in lv.STACKED:  # one 2B-row teacher (and one (2B, L, V) leaf), built before the baseline
+        sources = [TeacherLogits.cat(sources)]
+        if variant not in lv.HEAD:
+            students = [lv.stack_students(students)]
     cuda = device.startswith("cuda")
     seconds, peaks = [], []
     for rep in range(spec["reps"] + 1):
         for s in students:
-            s.logits.grad = None
+            for leaf in (s.hidden, s.weight) if variant in lv.HEAD else (s.logits,):
+                leaf.grad = None
         gc.collect()
         if cuda:
             torch.cuda.synchronize()
@@ -109,9 +120,14 @@ def child(spec: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------------ parent
 def configs(
-    quick: bool, vocabs: tuple[int, ...] = FULL_VOCABS, lengths: tuple[int, ...] = FULL_LENGTHS
+    quick: bool,
+    vocabs: tuple[int, ...] = FULL_VOCABS,
+    lengths: tuple[int, ...] = FULL_LENGTHS,
+    fused: bool = False,
 ) -> list[tuple[int, int, tuple[str, ...]]]:
     """(V, L, variants) to measure."""
+    if fused:
+        return [(vocab, length, FUSED_VARIANTS) for vocab in vocabs for length in lengths]
     if quick:
         return [(49152, 512, ("sparse_kd", "full_kd"))]
     out = []
@@ -127,10 +143,11 @@ def configs(
 def measure(
     quick: bool, rounds: int, reps: int, threads: int, device: str, dtype: str,
     vocabs: tuple[int, ...] = FULL_VOCABS, lengths: tuple[int, ...] = FULL_LENGTHS,
+    fused: bool = False, hidden: int = HIDDEN,
 ) -> list[dict]:  # fmt: skip
     """Run every configuration; rounds alternate the variant order. Returns one record per config+variant."""
     records = []
-    for vocab, length, variants in configs(quick, vocabs, lengths):
+    for vocab, length, variants in configs(quick, vocabs, lengths, fused):
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for r in range(rounds):
             order = variants if r % 2 == 0 else tuple(reversed(variants))
@@ -144,6 +161,7 @@ def measure(
                     threads=threads,
                     device=device,
                     dtype=dtype,
+                    hidden=hidden,
                 )
                 print(f"[loss_memory] V={vocab} L={length} {variant} round {r + 1}/{rounds}", file=sys.stderr)
                 runs[variant].append(
@@ -354,6 +372,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", help="logits dtype: float32 or bfloat16")
     p.add_argument("--vocabs", default=",".join(map(str, FULL_VOCABS)), help="comma list of V (full mode)")
     p.add_argument("--lengths", default=",".join(map(str, FULL_LENGTHS)), help="comma list of L (full mode)")
+    p.add_argument(
+        "--fused", action="store_true",
+        help="fused_dpd vs dpd_head vs full_dpd_head from hidden states + LM head (at --vocabs x --lengths)",
+    )  # fmt: skip
+    p.add_argument("--hidden", type=int, default=HIDDEN, help="hidden size H of the LM head in --fused mode")
     p.add_argument("--child", help=argparse.SUPPRESS)
     add_output_args(p)
     args = p.parse_args(argv)
@@ -372,8 +395,9 @@ def run(argv: list[str]) -> Section:
     args = parse(argv)
     info = machine_info()
     records = measure(
-        args.quick, args.rounds, args.reps, args.threads, args.device, args.dtype, args.vocabs, args.lengths
-    )
+        args.quick, args.rounds, args.reps, args.threads, args.device, args.dtype, args.vocabs, args.lengths,
+        args.fused, args.hidden,
+    )  # fmt: skip
     ratios = ratio_rows(records)
     plot(records, args.img_dir / image_name(args.device))
     md = render(records, ratios, args, info, argv)
@@ -393,12 +417,14 @@ def rerender(path: Path) -> Section:
 def goals(ratios: list[dict], device: str) -> list[dict]:
     """The summary lines run_all.py puts at the top of docs/benchmarks.md."""
     out = []
-    for sparse, full in (("sparse_kd", "full_kd"), ("dpd", "full_dpd")):
+    for sparse, full, memory_bound in (
+        ("sparse_kd", "full_kd", 0.3), ("dpd", "full_dpd", 0.3), ("fused_dpd", "full_dpd_head", 0.15),
+    ):  # fmt: skip
         mine = [q for q in ratios if q["sparse"] == sparse and q["full"] == full]
         if not mine:
             continue
         for key, bound, what in (
-            ("memory_ratio_of_medians", 0.3, "memory"),
+            ("memory_ratio_of_medians", memory_bound, "memory"),
             ("time_ratio_of_medians", 1.0, "time"),
         ):
             vals = [q[key] for q in mine]

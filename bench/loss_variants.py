@@ -8,6 +8,12 @@
     full_dpd         the same objective in plain full-vocabulary form: sequence log-probs from a full
                      log_softmax, sigmoid DPO, full_kd on both sides with both teachers materialised
 
+From the last hidden states (2B, L, H) and an LM head (V, H) instead of logits (`--fused` in
+loss_memory.py; the logits, when a variant builds them, count in its peak):
+    fused_dpd        dualdistill fused_dpd_loss, preset "dpd": chunked, never the (2B, L, V) logits
+    dpd_head         dpd_loss on F.linear(hidden, head): the unfused path the trainer takes without fused_loss
+    full_dpd_head    full_dpd on F.linear(hidden, head): the full-vocabulary objective from the same inputs
+
 Only the teacher side differs between a sparse variant and its full counterpart; the student logits
 (and, for the DPD pair, ids, masks and reference log-probs) are the same tensors.
 """
@@ -19,13 +25,27 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dualdistill.losses import DPDBatch, DPDLossConfig, dpd_loss, shift_labels, sparse_kd_loss
+from dualdistill.losses import DPDBatch, DPDLossConfig, dpd_loss, fused_dpd_loss, shift_labels, sparse_kd_loss
 from dualdistill.teacher_logits import TeacherLogits
 
-VARIANTS = ("sparse_kd", "full_kd", "full_kd_chunked", "dpd", "full_dpd")
+VARIANTS = (
+    "sparse_kd",
+    "full_kd",
+    "full_kd_chunked",
+    "dpd",
+    "full_dpd",
+    "fused_dpd",
+    "dpd_head",
+    "full_dpd_head",
+)
 PAIRED = {"dpd", "full_dpd"}  # variants that take a (chosen, rejected) pair of logits
-STACKED = {"dpd"}  # paired variants that take the pair stacked on the batch dim (one leaf, one teacher)
-SPARSE = {"sparse_kd", "dpd"}
+HEAD = {"fused_dpd", "dpd_head", "full_dpd_head"}  # variants from hidden states + LM head
+STACKED = {
+    "dpd",
+    "fused_dpd",
+    "dpd_head",
+}  # paired variants that take the pair stacked on the batch dim (one leaf, one teacher)
+SPARSE = {"sparse_kd", "dpd", "fused_dpd", "dpd_head"}
 DPO_BETA = 0.1
 
 
@@ -137,8 +157,54 @@ def full_dpd(chosen: StudentSide, rejected: StudentSide, t_chosen: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------------------ driver
+@dataclass
+class HeadSide:
+    """Head-variant inputs: hidden (2B, L, H) leaf, LM head weight (V, H) leaf, ids / mask (2B, L), ref (2B,)."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+    ref_logps: torch.Tensor
+
+
+def make_head_side(
+    b: int, length: int, vocab: int, hidden: int, device: str, dtype: torch.dtype, seed: int
+) -> HeadSide:
+    g = torch.Generator(device=device).manual_seed(seed)
+    h = torch.randn(2 * b, length, hidden, generator=g, device=device).to(dtype).requires_grad_(True)
+    w = (
+        (torch.randn(vocab, hidden, generator=g, device=device) * (2.0 / hidden**0.5))
+        .to(dtype)
+        .requires_grad_(True)
+    )
+    ids = torch.randint(0, vocab, (2 * b, length), generator=g, device=device)
+    mask = torch.ones(2 * b, length, dtype=torch.bool, device=device)
+    mask[:, : length // 8] = False
+    ref = -torch.rand(2 * b, generator=g, device=device) * length
+    return HeadSide(h, w, ids, mask, ref)
+
+
+def head_loss(variant: str, side: HeadSide, teachers: list):
+    config = DPDLossConfig.preset("dpd", chunk_size=512)
+    b = side.ids.shape[0] // 2
+    if variant == "full_dpd_head":
+        logits = F.linear(side.hidden, side.weight)
+        halves = [
+            StudentSide(logits[s], side.ids[s], side.mask[s], side.ref_logps[s])
+            for s in (slice(0, b), slice(b, None))
+        ]
+        return full_dpd(halves[0], halves[1], teachers[0], teachers[1])
+    batch = DPDBatch(*shift_labels(side.ids, side.mask), teachers[0], side.ref_logps)
+    if variant == "fused_dpd":
+        return fused_dpd_loss(side.hidden, side.weight, None, batch, config).loss
+    return dpd_loss(F.linear(side.hidden, side.weight), batch, config).loss
+
+
 def loss_fn(variant: str, students: list[StudentSide], teachers: list):
     """The scalar loss of `variant` on prepared inputs (teachers: TeacherLogits or (B, L, V) tensors)."""
+    if variant in HEAD:
+        return head_loss(variant, students[0], teachers)
     if variant == "sparse_kd":
         return sparse_kd_loss(students[0].logits, teachers[0], "forward_kl", chunk_size=512)
     if variant == "full_kd":

@@ -53,17 +53,25 @@ def check_kd_args(divergence: str, temperature: float, alpha: float, beta: float
 def _student_buckets(
     logits: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Student log-probs over a chunk's buckets, from one [c, V] buffer.
+    """Student log-probs over a chunk's buckets, from one [c, V] buffer (`buckets_of` on rows `rows`).
 
     Args: logits (N_all, V) flat student logits; rows (c,) which of them; ids (c, k) teacher ids; valid
         (c, k) True for real entries (padding excluded).
-    Returns: lq (c, k + 1) = [log q_ids (-inf on padding), log q_tail]; comp (c, V) = exp(z - max of the
-        complement) on the complement and 0 on the ids; comp_sum (c,) its row sums (0 if the complement is
-        empty).
     """
-    # the chunk's [c, V] buffer: index_select always returns a fresh tensor, so the in-place ops below
-    # never touch the caller's logits (half-precision rows are upcast into a second, freed at once)
-    z = logits.index_select(0, rows).to(compute_dtype(logits.dtype))
+    # the chunk's [c, V] buffer: index_select always returns a fresh tensor, so the in-place ops in
+    # buckets_of never touch the caller's logits (half-precision rows are upcast into a second, freed at once)
+    return buckets_of(logits.index_select(0, rows).to(compute_dtype(logits.dtype)), ids, valid, temperature)
+
+
+def buckets_of(
+    z: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Student log-probs over the buckets of rows z (c, V), a buffer of the caller's that is overwritten.
+
+    Returns: lq (c, k + 1) = [log q_ids (-inf on padding), log q_tail]; comp (c, V) = exp(z - max of the
+        complement) on the complement and 0 on the ids (z's storage); comp_sum (c,) its row sums (0 if the
+        complement is empty).
+    """
     if temperature != 1.0:
         z.div_(temperature)
     z_ids = z.gather(1, ids).masked_fill(~valid, _NEG_INF)  # (c, k)
@@ -88,6 +96,30 @@ def _row_loss(
     if weights is not None:
         return sampled_forward_kl(weights, lp[:, :-1], lq[:, :-1])
     return divergence(spec.divergence, lp, lq, alpha=spec.alpha, beta=spec.beta)
+
+
+def bucket_grad_(
+    spec: _KDSpec,
+    teacher_lp: torch.Tensor,
+    lq: torch.Tensor,
+    buffer: torch.Tensor,
+    comp_sum: torch.Tensor,
+    ids: torch.Tensor,
+    valid: torch.Tensor,
+    weights: torch.Tensor | None,
+) -> torch.Tensor:
+    """d (sum of the chunk's row losses) / d z into `buffer` (c, V) in place (closed form of _SparseKD)."""
+    lq = lq.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(_row_loss(spec, teacher_lp, lq, weights).sum(), lq)
+    q = lq.detach().exp()  # (c, k + 1)
+    big_g = g.sum(1, keepdim=True)  # (c, 1)
+    g_tail, q_tail = g[:, -1:], q[:, -1:]
+    # complement: q_v / q_tail = buffer / comp_sum (buffer is 0 on the ids and when empty)
+    buffer.div_(torch.where(comp_sum > 0, comp_sum, 1.0)[:, None]).mul_(g_tail - big_g * q_tail)
+    # the buffer is exactly 0 at the ids, so adding writes them; padding adds 0
+    on_ids = torch.where(valid, g[:, :-1] - big_g * q[:, :-1], 0.0)  # (c, k)
+    return buffer.scatter_add_(1, ids, on_ids)
 
 
 class _SparseKD(torch.autograd.Function):
@@ -140,20 +172,34 @@ class _SparseKD(torch.autograd.Function):
             lq, buffer, comp_sum = _student_buckets(
                 logits, rows[part], ids[part], valid[part], spec.temperature
             )
-            lq = lq.detach().requires_grad_(True)
             w = None if weights is None else weights[part]
-            with torch.enable_grad():
-                (g,) = torch.autograd.grad(_row_loss(spec, teacher_lp[part], lq, w).sum(), lq)
-            q = lq.detach().exp()  # (c, k + 1)
-            big_g = g.sum(1, keepdim=True)  # (c, 1)
-            g_tail, q_tail = g[:, -1:], q[:, -1:]
-            # complement: q_v / q_tail = buffer / comp_sum (buffer is 0 on the ids and when empty)
-            buffer.div_(torch.where(comp_sum > 0, comp_sum, 1.0)[:, None]).mul_(g_tail - big_g * q_tail)
-            # the buffer is exactly 0 at the ids, so adding writes them; padding adds 0
-            on_ids = torch.where(valid[part], g[:, :-1] - big_g * q[:, :-1], 0.0)  # (c, k)
-            buffer.scatter_add_(1, ids[part], on_ids)
+            bucket_grad_(spec, teacher_lp[part], lq, buffer, comp_sum, ids[part], valid[part], w)
             grad_logits.index_copy_(0, rows[part], buffer.mul_(scale).to(logits.dtype))
         return grad_logits, None, None, None, None, None
+
+
+def teacher_rows(
+    teacher: TeacherLogits, rows: torch.Tensor, dtype: torch.dtype, vocab: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The teacher's flat rows `rows`: ids (N, k) int64, [logprobs, tail] (N, k + 1) and, in sampled mode,
+    the weights c_j / N (N, k)."""
+    ids = teacher.ids.reshape(-1, teacher.k).index_select(0, rows).long()
+    if ids.numel() and bool(((ids < 0) | (ids >= vocab)).any()):
+        raise ValueError(
+            f"teacher ids must lie in [0, V={vocab}); got ids in [{int(ids.min())}, {int(ids.max())}]"
+        )
+    teacher_lp = torch.cat(
+        [
+            teacher.logprobs.reshape(-1, teacher.k).index_select(0, rows),
+            teacher.tail.reshape(-1).index_select(0, rows)[:, None],
+        ],
+        dim=1,
+    ).to(dtype)
+    weights = None
+    if teacher.counts is not None:
+        counts = teacher.counts.reshape(-1, teacher.k).index_select(0, rows).to(dtype)
+        weights = counts / counts.sum(1, keepdim=True).clamp(min=1)  # c_j / N per row
+    return ids, teacher_lp, weights
 
 
 def sparse_kd_loss(
@@ -211,23 +257,7 @@ def sparse_kd_loss(
         )
     keep = teacher.mask if mask is None else teacher.mask & mask.to(torch.bool)
     rows = keep.reshape(-1).nonzero().squeeze(1)  # (N,) flat indices of valid positions
-    dtype = compute_dtype(student_logits.dtype)
-    ids = teacher.ids.reshape(-1, teacher.k).index_select(0, rows).long()
-    if ids.numel() and bool(((ids < 0) | (ids >= vocab)).any()):
-        raise ValueError(
-            f"teacher ids must lie in [0, V={vocab}); got ids in [{int(ids.min())}, {int(ids.max())}]"
-        )
-    teacher_lp = torch.cat(
-        [
-            teacher.logprobs.reshape(-1, teacher.k).index_select(0, rows),
-            teacher.tail.reshape(-1).index_select(0, rows)[:, None],
-        ],
-        dim=1,
-    ).to(dtype)
-    weights = None
-    if teacher.counts is not None:
-        counts = teacher.counts.reshape(-1, teacher.k).index_select(0, rows).to(dtype)
-        weights = counts / counts.sum(1, keepdim=True).clamp(min=1)  # c_j / N per row
+    ids, teacher_lp, weights = teacher_rows(teacher, rows, compute_dtype(student_logits.dtype), vocab)
     spec = _KDSpec(divergence, alpha, beta, temperature, chunk_size)
     total = _SparseKD.apply(student_logits.reshape(-1, vocab), rows, ids, teacher_lp, weights, spec)
     loss = total / max(rows.numel(), 1)

@@ -105,6 +105,13 @@ class TrainConfig:
         default_factory=dict,
         metadata=_help("Overrides of DPDLossConfig fields, e.g. {beta: 0.2}; `--set loss.beta=0.2`."),
     )
+    fused_loss: bool = field(
+        default=True,
+        metadata=_help(
+            "Compute the loss from the last hidden states and the LM head in chunks (never the (2B, L, V) logits) "
+            "when the student exposes a plain linear LM head; false: from the model's logits."
+        ),
+    )
     # --- optimisation ---
     epochs: int = field(default=1, metadata=_help("Passes over the training pairs.", min=1))
     max_steps: int | None = field(

@@ -1,8 +1,9 @@
 """`train(config) -> TrainResult`: the DPD training loop.
 
     for each micro-batch of this rank (data.iterate_micro_batches), teacher rows prefetched (Prefetcher):
-        logits = student([chosen; rejected])                         one forward, (2B, L, V)
-        out = dpd_loss(..., TeacherLogits aligned with logits, reference scores, loss config)
+        hidden = student.decoder([chosen; rejected])                 one forward, (2B, L, H)
+        out = fused_dpd_loss(hidden, lm_head, DPDBatch(aligned labels, TeacherLogits, reference scores))
+              (fused_loss=false, or no plain LM head: dpd_loss on the (2B, L, V) logits)
         (out.loss * weight).backward()                               weight = n_rank / n_step * world_size
     after the step's last micro-batch (DDP all-reduces the gradients there, averaging over ranks):
         clip, AdamW step, schedule step; log; evaluate / checkpoint when due
@@ -71,21 +72,49 @@ def train(config: TrainConfig, on_step: StepHook | None = None) -> TrainResult:
         dd.shutdown(created)
 
 
-def pair_loss(session: Session, model: Any, batch: PairBatch, fetched: FetchedTeacher) -> Any:
-    """dpd_loss of one collated batch ([chosen; rejected] in one forward pass)."""
-    from dualdistill.losses import DPDBatch, dpd_loss
+class StudentForward(torch.nn.Module):
+    """The student's forward as the trainer runs it (and DDP wraps it): logits, or for the fused loss the
+    last hidden states (the LM head is applied inside `fused_dpd_loss`, chunk by chunk)."""
+
+    def __init__(self, model: Any, fused: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.head = lm_head(model) if fused else None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (2B, L, V)
+        decoder = self.model.get_decoder()
+        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (2B, L, H)
+
+
+def lm_head(model: Any) -> torch.nn.Linear | None:
+    """The student's LM head when logits = head(decoder(x).last_hidden_state) exactly, else None (then the
+    loss takes the model's logits): a plain nn.Linear, a decoder, no logit soft-capping or scaling."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    plain = all(getattr(config, name, None) in (None, 1.0) for name in ("final_logit_softcapping", "logit_scale"))
+    if type(head) is not torch.nn.Linear or not hasattr(model, "get_decoder") or not plain:
+        return None
+    return head
+
+
+def pair_loss(session: Session, forward: Any, batch: PairBatch, fetched: FetchedTeacher) -> Any:
+    """dpd_loss (or fused_dpd_loss) of one collated batch ([chosen; rejected] in one forward pass).
+
+    `forward` is a StudentForward, possibly inside DDP."""
+    from dualdistill.losses import DPDBatch, dpd_loss, fused_dpd_loss
 
     device = session.device
+    head = getattr(forward, "module", forward).head
     with dd.autocast(device, session.autocast_dtype):
-        logits = model(
-            input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
-        ).logits
-    teacher = TeacherLogits.from_results(fetched.chosen + fetched.rejected, batch.starts, batch.seq_len).to(
-        device
-    )
+        out = forward(batch.input_ids.to(device), batch.attention_mask.to(device))  # (2B, L, V) or (2B, L, H)
+    teacher = TeacherLogits.from_results(fetched.chosen + fetched.rejected, batch.starts, batch.seq_len).to(device)
     ref = session.reference.scores(batch, fetched) if session.reference is not None else None
     stacked = DPDBatch(batch.labels.to(device), batch.loss_mask.to(device), teacher, ref)
-    return dpd_loss(logits, stacked, session.loss_config)  # logits (2B, L, V)
+    if head is not None:
+        return fused_dpd_loss(out, head.weight, head.bias, stacked, session.loss_config)
+    return dpd_loss(out, stacked, session.loss_config)
 
 
 def weights_sha256(model: Any) -> str:
@@ -152,10 +181,10 @@ def _run(session: Session, on_step: StepHook | None) -> TrainResult:
             print(note, file=sys.stderr)
     dd.barrier(info)
     model = session.model
-    wrapped = model
+    wrapped = StudentForward(model, cfg.fused_loss)
     if info.enabled:
         ids = [session.device.index] if session.device.type == "cuda" else None
-        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        wrapped = torch.nn.parallel.DistributedDataParallel(wrapped, device_ids=ids)
     log = MetricsLog(
         output_dir, info.is_main, cfg.tensorboard, session.start_step if session.resumed_from else None
     )

@@ -95,3 +95,21 @@ def test_bf16_autocast_on_cpu_trains_in_float32_weights(tmp_path, capture_dir, s
     assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
     weights = load_weights(result.model_dir)
     assert {w.dtype for w in weights.values()} == {torch.float32}  # autocast touches activations only
+
+
+def test_fused_and_unfused_loss_train_alike(tmp_path, capture_dir, student_dir, pair_files):
+    """fused_loss (hidden states + LM head, chunked) is the default and trains as the logits path does."""
+    from dualdistill.trainer.loop import lm_head
+
+    assert small_config(tmp_path / "x", student_dir, pair_files[0], f"capture:{capture_dir}").fused_loss
+    runs = {}
+    for fused in (True, False):
+        config = small_config(tmp_path / f"fused-{fused}", student_dir, pair_files[0], f"capture:{capture_dir}",
+                              max_steps=2, fused_loss=fused)  # fmt: skip
+        runs[fused] = train(config)
+    for key in ("loss", "dpo", "pos", "neg", "grad_norm"):
+        assert runs[True].train_metrics[key] == pytest.approx(runs[False].train_metrics[key], rel=1e-4, abs=1e-5)
+    assert_same_weights(runs[True].model_dir, runs[False].model_dir, atol=1e-5)
+    from transformers import AutoModelForCausalLM
+
+    assert lm_head(AutoModelForCausalLM.from_pretrained(student_dir)) is not None  # the fused path did run

@@ -1,0 +1,197 @@
+"""The DPD loss from the student's last hidden states and LM head, never holding the (2B, L, V) logits.
+
+    fused_dpd_loss(hidden (2B, L, H), weight (V, H), bias (V,) | None, DPDBatch, config) -> DPDLossOutput
+      └── _FusedDPD (autograd.Function), chunks of `chunk_size` response rows:
+            z = hidden[rows] @ weight.T + bias                     one [chunk, V] fp32 buffer
+            ├── log softmax(z)[label]          per row, for the DPO sequence log-probs (w_dpo > 0)
+            └── buckets_of(z / T) + divergence per row, summed per side (KD(pos), KD(neg))
+          backward recomputes z chunk by chunk and writes
+            dL/dz = g_logp * (onehot(label) - softmax(z)) + closed-form KD gradient (sparse_kd._SparseKD)
+            dL/dhidden[rows] = dL/dz @ weight,  dL/dweight += dL/dz.T @ hidden[rows],  dL/dbias += sum dL/dz
+      then the same DPO and weighting as `dpd_loss` (dpd.combine_terms) on the (2B,) sequence log-probs.
+
+Why: the logits and their gradient are the floor of every loss that takes logits (two (2B, L, V)
+float32 tensors: ~5 GB for one pair of 2,048 tokens at V = 151,936). Here the peak beyond the inputs and
+the parameter gradient is a few [chunk, V] buffers, independent of L (Liger-Kernel's fused linear losses
+do the same). The price: the LM-head matmul runs twice forward (once more in backward) — 4 matmuls
+instead of 3. Values and gradients equal `dpd_loss(hidden @ weight.T + bias, ...)` (tests: float64, every
+divergence and preset, masks, temperature, sampled rows, k = V).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from dualdistill.losses.dpd import DPDBatch, DPDLossConfig, DPDLossOutput, check_inputs, combine_terms
+from dualdistill.losses.logprobs import compute_dtype
+from dualdistill.losses.sparse_kd import _KDSpec, _row_loss, bucket_grad_, buckets_of, teacher_rows
+
+__all__ = ["fused_dpd_loss"]
+
+_NONE, _POS, _NEG = 0, 1, 2  # which KD term a row belongs to
+
+
+class _FusedDPD(torch.autograd.Function):
+    """(hidden rows, LM head) -> (per-row log q(label) (N,), KD(pos) sum, KD(neg) sum); recomputes in backward."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        hidden: torch.Tensor,  # (N_all, H)
+        weight: torch.Tensor,  # (V, H)
+        bias: torch.Tensor | None,  # (V,)
+        rows: torch.Tensor,  # (N,) int64, flat indices into hidden
+        labels: torch.Tensor,  # (N,) int64
+        side: torch.Tensor,  # (N,) int8: _NONE / _POS / _NEG
+        ids: torch.Tensor,  # (N, k)
+        teacher_lp: torch.Tensor,  # (N, k + 1)
+        weights: torch.Tensor | None,  # (N, k) sampled mode, else None
+        specs: tuple[_KDSpec | None, _KDSpec | None],  # (pos, neg)
+        need_logps: bool,
+        chunk_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dtype = compute_dtype(hidden.dtype)
+        valid = teacher_lp[:, :-1] > float("-inf") if weights is None else weights > 0
+        logps = torch.zeros(rows.shape[0], dtype=dtype, device=hidden.device)
+        lse = torch.zeros_like(logps)
+        totals = [torch.zeros((), dtype=dtype, device=hidden.device) for _ in range(2)]
+        for part, z in _chunks(hidden, weight, bias, rows, chunk_size, dtype):
+            for term, spec in enumerate(specs):
+                picked = (side[part] == term + 1).nonzero().squeeze(1)
+                if spec is None or not picked.numel():
+                    continue
+                at = picked + part.start
+                lq, _, _ = buckets_of(z.index_select(0, picked), ids[at], valid[at], spec.temperature)
+                w = None if weights is None else weights[at]
+                totals[term] = totals[term] + _row_loss(spec, teacher_lp[at], lq, w).sum()
+            if need_logps:
+                lse[part] = torch.logsumexp(z, dim=-1)
+                logps[part] = z.gather(1, labels[part, None]).squeeze(1) - lse[part]
+        ctx.save_for_backward(hidden, weight, bias, rows, labels, side, ids, teacher_lp, valid, weights, lse)
+        ctx.specs, ctx.need_logps, ctx.chunk_size = specs, need_logps, chunk_size
+        return logps, totals[0], totals[1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_logps: torch.Tensor, grad_pos: torch.Tensor, grad_neg: torch.Tensor):
+        hidden, weight, bias, rows, labels, side, ids, teacher_lp, valid, weights, lse = ctx.saved_tensors
+        dtype = compute_dtype(hidden.dtype)
+        want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.zeros_like(hidden) if want_hidden else None
+        # the parameter gradients accumulate over chunks in the compute dtype (fp32 for bf16 weights)
+        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if want_weight else None
+        grad_bias = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if want_bias else None
+        upstream = (grad_pos, grad_neg)
+        for part, z in _chunks(hidden, weight, bias, rows, ctx.chunk_size, dtype):
+            kd_parts = []  # (chunk rows, their (r, V) gradient), computed before z is overwritten
+            for term, spec in enumerate(ctx.specs):
+                picked = (side[part] == term + 1).nonzero().squeeze(1)
+                if spec is None or not picked.numel():
+                    continue
+                at = picked + part.start
+                lq, buffer, comp_sum = buckets_of(
+                    z.index_select(0, picked), ids[at], valid[at], spec.temperature
+                )
+                w = None if weights is None else weights[at]
+                bucket_grad_(spec, teacher_lp[at], lq, buffer, comp_sum, ids[at], valid[at], w)
+                kd_parts.append((picked, buffer.mul_(upstream[term].to(dtype) / spec.temperature)))
+            grad_z = z  # in place: d log softmax(z)[y] / dz = onehot(y) - softmax(z), times the upstream grad
+            if ctx.need_logps:
+                g = grad_logps[part, None].to(dtype)
+                grad_z.sub_(lse[part, None]).exp_().mul_(-g).scatter_add_(1, labels[part, None], g)
+            else:
+                grad_z.zero_()
+            for picked, buffer in kd_parts:
+                grad_z.index_add_(0, picked, buffer)
+            del kd_parts
+            h = hidden.index_select(0, rows[part])
+            if grad_hidden is not None:
+                grad_hidden.index_add_(0, rows[part], (grad_z.to(weight.dtype) @ weight).to(hidden.dtype))
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_z.T, h.to(dtype))
+            if grad_bias is not None:
+                grad_bias.add_(grad_z.sum(0))
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, *([None] * 9)
+
+
+def _chunks(hidden, weight, bias, rows, chunk_size, dtype):
+    """(slice of rows, z (c, V) in the compute dtype: a fresh buffer the caller may overwrite) per chunk."""
+    for start in range(0, rows.shape[0], chunk_size):
+        part = slice(start, min(start + chunk_size, rows.shape[0]))
+        z = F.linear(hidden.index_select(0, rows[part]), weight, bias)  # (c, V) in the head's dtype
+        yield part, z.to(dtype) if z.dtype != dtype else z
+
+
+def fused_dpd_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    batch: DPDBatch,
+    config: DPDLossConfig | None = None,
+) -> DPDLossOutput:
+    """`dpd_loss(F.linear(hidden, weight, bias), batch, config)` without the (2B, L, V) logits.
+
+    Shapes: hidden (2B, L, H) the student's last hidden states (after the final norm), weight (V, H) and
+    bias (V,) or None the LM head; batch a DPDBatch aligned with hidden's rows. config.chunk_size rows are
+    projected at a time. Returns the same DPDLossOutput as dpd_loss (tensors only).
+    """
+    cfg = config if config is not None else DPDLossConfig()
+    if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(batch.labels.shape):
+        raise ValueError(
+            f"hidden must be (2B, L, H) with (2B, L) = {tuple(batch.labels.shape)}, got {tuple(hidden.shape)}"
+        )
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
+        raise ValueError(f"weight must be (V, H) with H = {hidden.shape[2]}, got {tuple(weight.shape)}")
+    check_inputs(cfg, batch)
+    vocab, (rows_all, length) = weight.shape[0], batch.labels.shape
+    b, need_logps = batch.num_pairs, cfg.dpo_weight > 0
+    flat_mask = batch.loss_mask.reshape(-1).to(torch.bool)
+    chosen = (torch.arange(rows_all, device=hidden.device) < b)[:, None].expand(rows_all, length).reshape(-1)
+    side = torch.zeros_like(flat_mask, dtype=torch.int8)
+    specs: list[_KDSpec | None] = [None, None]
+    if batch.teacher is not None:
+        has_row = batch.teacher.mask.reshape(-1) & flat_mask
+        for term, (weight_of, divergence, on_side) in enumerate(
+            ((cfg.pos_weight, cfg.pos_divergence, chosen), (cfg.neg_weight, cfg.neg_divergence, ~chosen))
+        ):
+            if weight_of > 0:
+                if batch.teacher.is_sampled and divergence != "forward_kl":
+                    raise ValueError(
+                        f"divergence={divergence!r} has no unbiased estimator for a sampled teacher batch "
+                        "(teacher.counts is set); use divergence='forward_kl' or request mode='topk'"
+                    )
+                side = torch.where(has_row & on_side, term + 1, side).to(torch.int8)
+                specs[term] = _KDSpec(divergence, cfg.alpha, cfg.jsd_beta, cfg.temperature, cfg.chunk_size)
+    used = flat_mask if need_logps else side > 0
+    rows = used.nonzero().squeeze(1)  # (N,) the rows any term reads
+    dtype = compute_dtype(hidden.dtype)
+    if batch.teacher is not None:
+        ids, teacher_lp, weights = teacher_rows(batch.teacher, rows, dtype, vocab)
+    else:
+        ids = torch.zeros(rows.shape[0], 1, dtype=torch.long, device=hidden.device)
+        teacher_lp = torch.zeros(rows.shape[0], 2, dtype=dtype, device=hidden.device)
+        weights = None
+    labels = batch.labels.reshape(-1).index_select(0, rows).long().clamp(min=0)
+    row_logps, pos_total, neg_total = _FusedDPD.apply(
+        hidden.reshape(-1, hidden.shape[2]), weight, bias, rows, labels, side.index_select(0, rows),
+        ids, teacher_lp, weights, tuple(specs), need_logps, cfg.chunk_size,
+    )  # fmt: skip
+    policy = None
+    if need_logps:
+        per_row = torch.zeros(rows_all * length, dtype=row_logps.dtype, device=hidden.device)
+        policy = per_row.index_add(0, rows, row_logps).view(rows_all, length).sum(-1)  # (2B,)
+        if cfg.length_normalize:
+            policy = policy / batch.loss_mask.sum(-1).clamp(min=1)
+    kd: dict[str, torch.Tensor] = {}
+    scale = cfg.temperature**2 if cfg.scale_by_temperature_squared else 1.0
+    for term, (name, total) in enumerate((("pos", pos_total), ("neg", neg_total))):
+        if specs[term] is not None:
+            count = int((side == term + 1).sum())
+            kd[name] = total / max(count, 1) * scale if scale != 1.0 else total / max(count, 1)
+    return combine_terms(cfg, batch, policy, kd, hidden.device)

@@ -1,0 +1,111 @@
+"""fused_dpd_loss (hidden states + LM head, chunked) == dpd_loss on the materialised logits, values and grads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dualdistill.losses import PRESETS, DPDBatch, DPDLossConfig, dpd_loss, fused_dpd_loss, shift_labels
+from tests.client.losses.loss_reference import make_sampled_teacher, make_teacher
+
+B, L, H, VOCAB = 2, 9, 6, 23
+
+
+def _inputs(seed: int, k: int = 5, sampled: bool = False, bias: bool = True):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(2 * B, L, H, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = (torch.randn(VOCAB, H, generator=g, dtype=torch.float64) * 0.7).requires_grad_()
+    head_bias = (
+        (torch.randn(VOCAB, generator=g, dtype=torch.float64) * 0.3).requires_grad_() if bias else None
+    )
+    ids = torch.randint(0, VOCAB, (2 * B, L), generator=g)
+    response = torch.zeros(2 * B, L, dtype=torch.bool)
+    response[:, 3:] = True
+    response[1, L - 2 :] = False  # right padding
+    response[3, L - 3 :] = False
+    labels, loss_mask = shift_labels(ids, response)
+    teacher_logits = torch.randn(2 * B, L, VOCAB, generator=g) * 2
+    if sampled:
+        teacher = make_sampled_teacher(teacher_logits, samples=8, generator=g)
+    else:
+        rows = torch.ones(2 * B, L, dtype=torch.bool)
+        rows[:, :2] = False  # the teacher starts one row before the response on ...
+        rows[0, 2] = True  # ... some sequences; KD uses rows with a teacher row AND the loss mask
+        teacher = make_teacher(teacher_logits, k=k, mask=rows)
+    ref = -torch.rand(2 * B, generator=g, dtype=torch.float64) * 20
+    return hidden, weight, head_bias, DPDBatch(labels, loss_mask, teacher, ref)
+
+
+CONFIGS = {
+    **{name: DPDLossConfig.preset(name, chunk_size=5) for name in PRESETS},
+    "jsd-reverse-temperature": DPDLossConfig(
+        dpo_weight=0.5, pos_weight=2.0, neg_weight=0.25, beta=0.2, margin=0.3, loss_type="ipo",
+        pos_divergence="jsd", neg_divergence="reverse_kl", jsd_beta=0.3, temperature=1.5, chunk_size=3,
+    ),
+    "skews-scaled-normalised": DPDLossConfig(
+        pos_divergence="skew_forward_kl", neg_divergence="skew_reverse_kl", alpha=0.2, temperature=0.7,
+        scale_by_temperature_squared=True, length_normalize=True, loss_type="hinge", chunk_size=4,
+    ),
+}  # fmt: skip
+
+
+def _compare(config: DPDLossConfig, hidden, weight, bias, batch) -> None:
+    leaves = [t for t in (hidden, weight, bias) if t is not None]
+    got = fused_dpd_loss(hidden, weight, bias, batch, config)
+    want = dpd_loss(F.linear(hidden, weight, bias), batch, config)
+    for name in ("loss", "dpo", "pos", "neg"):
+        torch.testing.assert_close(
+            getattr(got, name).double(), getattr(want, name).double(), atol=1e-10, rtol=1e-10
+        )
+    assert got.metrics.keys() == want.metrics.keys()
+    for key in want.metrics:
+        torch.testing.assert_close(
+            got.metrics[key].double(), want.metrics[key].double(), atol=1e-10, rtol=1e-10
+        )
+    grads_got = torch.autograd.grad(got.loss, leaves)
+    grads_want = torch.autograd.grad(want.loss, leaves)
+    for g, w in zip(grads_got, grads_want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_fused_matches_unfused_for_every_preset_and_divergence(name: str) -> None:
+    _compare(CONFIGS[name], *_inputs(0))
+
+
+@pytest.mark.parametrize(
+    "divergence", ["forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "jsd"]
+)
+def test_fused_matches_unfused_for_each_divergence_at_k_equal_v(divergence: str) -> None:
+    config = DPDLossConfig(
+        pos_divergence=divergence, neg_divergence=divergence, temperature=1.3, chunk_size=7
+    )
+    _compare(config, *_inputs(1, k=VOCAB))  # k = V: tail -inf, the complement is empty
+
+
+def test_fused_matches_unfused_on_sampled_rows_without_bias() -> None:
+    _compare(DPDLossConfig(temperature=2.0, chunk_size=4), *_inputs(2, sampled=True, bias=False))
+    with pytest.raises(ValueError, match="no unbiased estimator"):
+        hidden, weight, bias, batch = _inputs(2, sampled=True)
+        fused_dpd_loss(hidden, weight, bias, batch, DPDLossConfig(neg_divergence="reverse_kl"))
+
+
+def test_fused_all_masked_batch_is_zero_with_zero_gradients() -> None:
+    hidden, weight, bias, batch = _inputs(3)
+    batch.loss_mask = torch.zeros_like(batch.loss_mask)
+    out = fused_dpd_loss(hidden, weight, bias, batch, DPDLossConfig())
+    assert out.pos.item() == 0.0 and out.neg.item() == 0.0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert not hidden.grad.any() and not weight.grad.any()
+
+
+def test_fused_float32_and_bfloat16_stay_close_to_float64() -> None:
+    hidden, weight, bias, batch = _inputs(4)
+    want = dpd_loss(F.linear(hidden, weight, bias), batch, DPDLossConfig(chunk_size=3)).loss
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 5e-2)):
+        h, w, b = (t.detach().to(dtype).requires_grad_() for t in (hidden, weight, bias))
+        got = fused_dpd_loss(h, w, b, batch, DPDLossConfig(chunk_size=3)).loss
+        torch.testing.assert_close(got.double(), want.detach(), atol=tol, rtol=tol)
+        got.backward()
+        assert h.grad.dtype == dtype and w.grad.dtype == dtype and torch.isfinite(w.grad.float()).all()
