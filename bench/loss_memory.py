@@ -314,7 +314,16 @@ def render(
         f"{sum(mem_ok)}/{len(mem_ok)} configurations, time <= 1.0x met in {sum(time_ok)}/{len(time_ok)}.\n"
     )
     lines.append(reading(records, args.device))
-    lines.append(f"![loss memory and time](img/{image_name(args.device)})\n")
+    if getattr(args, "fused", False):
+        lines.append(
+            f"Fused mode (`--fused`, H = {args.hidden}): the inputs are the last hidden states (2B, L, H) and the "
+            "LM head (V, H), allocated before the baseline; fused_dpd = `fused_dpd_loss` (preset dpd, chunk_size "
+            "512, never the logits); dpd_head = `dpd_loss` on F.linear(hidden, head); full_dpd_head = the "
+            "full-vocabulary objective (full_dpd) on F.linear(hidden, head). Every variant pays the head's "
+            "weight gradient (V x H fp32); the others also hold the (2B, L, V) logits and their gradient. "
+            "Goal: fused_dpd / full_dpd_head memory <= 0.15x, time <= 1.0x.\n"
+        )
+    lines.append(f"![loss memory and time](img/{image_name(args.device, getattr(args, 'fused', False))})\n")
     return "\n".join(lines)
 
 
@@ -387,8 +396,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def image_name(device: str) -> str:
-    return "bench_loss_memory.png" if device == "cpu" else f"bench_loss_memory_{device.split(':')[0]}.png"
+def image_name(device: str, fused: bool = False) -> str:
+    stem = "bench_loss_memory_fused" if fused else "bench_loss_memory"
+    return f"{stem}.png" if device == "cpu" else f"{stem}_{device.split(':')[0]}.png"
 
 
 def run(argv: list[str]) -> Section:
@@ -399,11 +409,11 @@ def run(argv: list[str]) -> Section:
         args.fused, args.hidden,
     )  # fmt: skip
     ratios = ratio_rows(records)
-    plot(records, args.img_dir / image_name(args.device))
+    plot(records, args.img_dir / image_name(args.device, args.fused))
     md = render(records, ratios, args, info, argv)
     data = {"machine": info, "records": records, "ratios": ratios, "goals": goals(ratios, args.device),
             "argv": argv, "args": plain_args(args)}  # fmt: skip
-    return Section("loss_memory", "Loss memory and time", md, data)
+    return Section(*section_name(args), md, data)
 
 
 def rerender(path: Path) -> Section:
@@ -411,7 +421,14 @@ def rerender(path: Path) -> Section:
     data, args, argv = saved_run(path, parse)
     md = render(data["records"], data["ratios"], args, data["machine"], argv)
     data["goals"] = goals(data["ratios"], args.device)
-    return Section("loss_memory", "Loss memory and time", md, {**data, "argv": argv})
+    return Section(*section_name(args), md, {**data, "argv": argv})
+
+
+def section_name(args: argparse.Namespace) -> tuple[str, str]:
+    """--fused writes its own section (bench/results/loss_memory_fused.*), beside the sparse one."""
+    if getattr(args, "fused", False):
+        return "loss_memory_fused", "Fused loss memory and time"
+    return "loss_memory", "Loss memory and time"
 
 
 def goals(ratios: list[dict], device: str) -> list[dict]:
