@@ -253,7 +253,9 @@ def render(
     mib = 2**-20
     lines = [
         header(
-            "Loss memory and time (sparse k = 128 vs full-vocabulary KD)",
+            "Fused loss memory and time (hidden states + LM head, V = 151,936)"
+            if getattr(args, "fused", False)
+            else "Loss memory and time (sparse k = 128 vs full-vocabulary KD)",
             command_line("bench/loss_memory.py", argv),
             info,
         )
@@ -309,10 +311,22 @@ def render(
             ]
         )
     lines.append(markdown_table(["V", "L", "pair", "memory ratio", "time ratio"], rrows))
-    lines.append(
-        f"\nGoals (against the plain full-vocabulary baselines full_kd / full_dpd): memory <= 0.3x met in "
-        f"{sum(mem_ok)}/{len(mem_ok)} configurations, time <= 1.0x met in {sum(time_ok)}/{len(time_ok)}.\n"
-    )
+    if getattr(args, "fused", False):
+        fused = [q for q in ratios if q["sparse"] == "fused_dpd"]
+        mem = [q["memory_ratio_of_medians"] for q in fused]
+        sec = [q["time_ratio_of_medians"] for q in fused]
+        mem_ok, time_ok = [m <= 0.15 for m in mem], [t <= 1.0 for t in sec]
+        lines.append(
+            f"\nGoals (fused_dpd / full_dpd_head; the issue asks for L = 2,048, measured at the L above because "
+            f"the full-vocabulary objective does not fit this machine's memory at 2,048): memory <= 0.15x "
+            f"{'met' if mem and all(mem_ok) else '**not met**'} ({span(mem) if mem else '-'}), time <= 1.0x "
+            f"{'met' if sec and all(time_ok) else '**not met**'} ({span(sec) if sec else '-'}).\n"
+        )
+    else:
+        lines.append(
+            f"\nGoals (against the plain full-vocabulary baselines full_kd / full_dpd): memory <= 0.3x met in "
+            f"{sum(mem_ok)}/{len(mem_ok)} configurations, time <= 1.0x met in {sum(time_ok)}/{len(time_ok)}.\n"
+        )
     lines.append(reading(records, args.device))
     if getattr(args, "fused", False):
         lines.append(
