@@ -15,6 +15,25 @@ from ..models import LogitsTask, ModelInfo
 from ..schemas import GenerateRequest, LogitsRequest
 
 
+def check_request_tokens(num_tokens: int, config: ServerConfig, *, at_least: bool = False) -> None:
+    """A request holding more tokens than the queue ever admits is refused before anything is computed
+    (whatever the cache holds, so the answer does not depend on the cache's state)."""
+    if num_tokens > config.max_queue_tokens:
+        raise InvalidArgument(
+            f"the request holds {'at least ' if at_least else ''}{num_tokens} tokens, more than the queue ever admits "
+            f"(max_queue_tokens={config.max_queue_tokens}); split it into smaller requests",
+            field="sequences",
+        )
+
+
+def check_sequence_length(length: int, max_seq_len: int, field: str, model: str | None = None) -> None:
+    if length > max_seq_len:
+        whom = f"model {model!r} accepts" if model else "the server accepts"
+        raise InvalidArgument(
+            f"sequence has {length} tokens; {whom} at most {max_seq_len} (max_seq_len)", field=field
+        )
+
+
 def token_array(token_ids: list[int], info: ModelInfo, field: str) -> np.ndarray:
     """(T,) int64 ids, every one < vocab_size (the first bad one is named)."""
     ids = np.asarray(token_ids, dtype=np.int64)
@@ -37,6 +56,7 @@ def logits_tasks(
     # Each limit applies where its parameter is used: top_k shapes topk rows, samples the sampled ones
     # (the default samples=64 must not fail a topk request on a server with max_samples < 64).
     params = request.params
+    check_request_tokens(request.num_tokens, config)
     if params.mode == "topk" and params.top_k > info.max_top_k:
         raise InvalidArgument(
             f"top_k must be <= {info.max_top_k} for model {info.name!r} (min of max_top_k and vocab size), "
@@ -50,12 +70,7 @@ def logits_tasks(
     tasks = []
     for i, sequence in enumerate(request.sequences):
         field = f"sequences[{i}].token_ids"
-        if len(sequence.token_ids) > info.max_seq_len:
-            raise InvalidArgument(
-                f"sequence has {len(sequence.token_ids)} tokens; model {info.name!r} accepts at most "
-                f"{info.max_seq_len} (max_seq_len)",
-                field=field,
-            )
+        check_sequence_length(len(sequence.token_ids), info.max_seq_len, field, info.name)
         tasks.append(
             LogitsTask(
                 token_ids=token_array(sequence.token_ids, info, field),
@@ -70,10 +85,14 @@ def logits_tasks(
 def generate_budget(request: GenerateRequest, config: ServerConfig) -> int:
     """prompts x n x max_new_tokens: the most tokens the request can make the model generate. Checked
     against max_generate_tokens before any work, since generation is the service's most expensive call."""
-    budget = len(request.prompts) * request.n * request.max_new_tokens
+    return generate_budget_of(len(request.prompts), request.n, request.max_new_tokens, config)
+
+
+def generate_budget_of(prompts: int, n: int, max_new_tokens: int, config: ServerConfig) -> int:
+    budget = prompts * n * max_new_tokens
     if budget > config.max_generate_tokens:
         raise InvalidArgument(
-            f"prompts x n x max_new_tokens = {len(request.prompts)} x {request.n} x {request.max_new_tokens} = "
+            f"prompts x n x max_new_tokens = {prompts} x {n} x {max_new_tokens} = "
             f"{budget} is over max_generate_tokens = {config.max_generate_tokens}; split the prompts over "
             "several requests or ask for fewer tokens",
             field="max_new_tokens",

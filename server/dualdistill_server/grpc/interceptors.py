@@ -39,9 +39,29 @@ def _metadata_value(metadata: Any, key: str) -> str:
 
 
 _UNDECODABLE = object()  # what the lenient deserializer hands on for bytes that are not a valid message
+INLINE_MESSAGE_BYTES = 64 * 1024  # larger messages are parsed in a worker thread, not on the event loop
+LOGITS_METHODS = (f"/{TEACHER_SERVICE}/GetLogits", f"/{TEACHER_SERVICE}/StreamLogits")
 
 
-def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def max_logits_message_bytes(max_queue_tokens: int) -> int:
+    """The most bytes a LogitsRequest the queue can admit takes: an int32 id is at most 5 bytes and each
+    sequence (>= 2 ids) adds at most 18 bytes of framing (9 per id), plus the top-level fields."""
+    return 14 * max_queue_tokens + 4096
+
+
+class _Oversized:
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+
+
+class _Deferred:
+    """A large message's bytes, parsed later in a worker thread."""
+
+    def __init__(self, data: bytes, parse: Callable[[bytes], Any]) -> None:
+        self.data, self.parse = data, parse
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None, max_bytes: int | None = None) -> Callable[[bytes], Any] | None:
     if deserialize is None:
         return None
 
@@ -51,12 +71,27 @@ def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], An
         except Exception:  # noqa: BLE001 - protobuf's DecodeError (bad wire format, invalid UTF-8)
             return _UNDECODABLE
 
-    return parse
+    def parse_or_defer(data: bytes) -> Any:  # runs on the event loop: only O(1) work for large messages
+        if max_bytes is not None and len(data) > max_bytes:
+            return _Oversized(len(data), max_bytes)
+        if len(data) > INLINE_MESSAGE_BYTES:
+            return _Deferred(data, parse)
+        return parse(data)
+
+    return parse_or_defer
 
 
-def _checked(request: Any, method: str) -> Any:
+async def _checked(request: Any, method: str) -> Any:
+    if isinstance(request, _Deferred):
+        request = await asyncio.to_thread(request.parse, request.data)
+    name = method.rsplit("/", 1)[-1]
+    if isinstance(request, _Oversized):
+        raise InvalidArgument(
+            f"the {name} request has {request.size} bytes; a request the queue can admit has at most "
+            f"{request.limit} (from max_queue_tokens); split it into smaller requests",
+            field="sequences",
+        )
     if request is _UNDECODABLE:
-        name = method.rsplit("/", 1)[-1]
         # The parser's own text names its internals; the client only needs to know what to fix.
         raise InvalidArgument(
             f"the {name} request is not a valid protobuf message (corrupt wire format, or a string that is "
@@ -67,11 +102,14 @@ def _checked(request: Any, method: str) -> Any:
 
 async def _checked_stream(requests: AsyncIterator, method: str) -> AsyncIterator:
     async for request in requests:
-        yield _checked(request, method)
+        yield await _checked(request, method)
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: Metrics, api_keys: ApiKeys, limits: TenantLimits) -> None:
+    def __init__(
+        self, metrics: Metrics, api_keys: ApiKeys, limits: TenantLimits, *, max_logits_bytes: int | None = None
+    ) -> None:
+        self._max_logits_bytes = max_logits_bytes
         self._metrics = metrics
         self._api_keys = api_keys
         self._limits = limits
@@ -85,18 +123,19 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(f"/{TEACHER_SERVICE}/"):
             return handler
         method = details.method
+        max_bytes = self._max_logits_bytes if method in LOGITS_METHODS else None
         request_id = _metadata_value(details.invocation_metadata, "x-request-id")
         authorization = _metadata_value(details.invocation_metadata, "authorization")
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, request_id, authorization),
-                request_deserializer=_lenient(handler.request_deserializer),
+                request_deserializer=_lenient(handler.request_deserializer, max_bytes),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 self._wrap_stream(handler.stream_stream, method, request_id, authorization),
-                request_deserializer=_lenient(handler.request_deserializer),
+                request_deserializer=_lenient(handler.request_deserializer, max_bytes),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -107,7 +146,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             try:
                 call.ctx.tenant = self._api_keys.tenant_for(authorization)
                 with self._limits.slot(call.ctx.tenant):
-                    response = await behavior(_checked(request, method), rpc_context)
+                    response = await behavior(await _checked(request, method), rpc_context)
                 call.response_bytes = response.ByteSize()
                 call.echo_request_id()  # the body's request_id may have become the call's id
                 return response

@@ -18,7 +18,7 @@ from dualdistill.protocol.v1 import teacher_pb2, teacher_pb2_grpc
 
 from ..config import ServerConfig
 from ..core import TeacherService
-from .interceptors import TEACHER_SERVICE, ServiceInterceptor
+from .interceptors import TEACHER_SERVICE, ServiceInterceptor, max_logits_message_bytes
 from .servicer import TeacherServicer
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,12 @@ class GrpcTransport:
         self._config = config
         limit = config.max_message_bytes
         self.server = grpc.aio.server(
-            interceptors=[ServiceInterceptor(service.metrics, service.api_keys, service.limits)],
+            interceptors=[
+                ServiceInterceptor(
+                    service.metrics, service.api_keys, service.limits,
+                    max_logits_bytes=max_logits_message_bytes(config.max_queue_tokens),
+                )
+            ],
             options=[
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),

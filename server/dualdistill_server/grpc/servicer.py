@@ -37,7 +37,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
         return await self._logits(request, rpc_context)
 
     async def Generate(self, request: pb.GenerateRequest, rpc_context: grpc.aio.ServicerContext):
-        body = convert.generate_request(request)
+        body = await convert.generate_request(request, self._service.config)
         result = await self._service.generate(
             body, request_id=context.resolve_request_id(body.request_id), timeout=rpc_context.time_remaining()
         )
@@ -100,7 +100,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
     async def _logits(
         self, message: pb.LogitsRequest, rpc_context: grpc.aio.ServicerContext, *, in_stream: bool = False
     ) -> pb.LogitsResponse:
-        body = convert.logits_request(message)
+        body = await convert.logits_request(message, self._service.config)
         request_id = context.resolve_request_id(body.request_id, adopt=not in_stream)
         result = await self._service.logits(body, request_id=request_id, timeout=rpc_context.time_remaining())
         return await asyncio.to_thread(convert.logits_response, result, body.format)

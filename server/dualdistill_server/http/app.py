@@ -19,6 +19,7 @@ from ..core import TeacherService
 from ..core.payload import binary_payload
 from ..errors import Cancelled, InvalidArgument
 from ..schemas import GenerateRequest, LogitsRequest
+from .bodies import logits_body_check, parse_body
 from .encode import generate_json, logits_json
 from .errors import install_error_handlers
 from .middleware import RequestMiddleware
@@ -74,6 +75,7 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
     )
     app.state.service = service
     install_error_handlers(app)
+    check_logits = logits_body_check(config)
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz() -> dict:
@@ -105,7 +107,8 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
         summary="Teacher distributions for every response position of each sequence",
         responses={200: {"content": {"application/json": {}, BINARY_CONTENT_TYPE: {}}}},
     )
-    async def logits(body: LogitsRequest, request: Request) -> Response:
+    async def logits(request: Request) -> Response:
+        body = await parse_body(request, LogitsRequest, check_logits)
         request_id = context.resolve_request_id(body.request_id)
         timeout = _header_deadline(request)
         result = await _unless_disconnected(request, service.logits(body, request_id=request_id, timeout=timeout))
@@ -118,7 +121,8 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
         return Response(payload, media_type=BINARY_CONTENT_TYPE, headers=headers)
 
     @app.post("/v1/generate", summary="Sampled completions for prompts (text, token ids or chat messages)")
-    async def generate(body: GenerateRequest, request: Request) -> Response:
+    async def generate(request: Request) -> Response:
+        body = await parse_body(request, GenerateRequest)
         request_id = context.resolve_request_id(body.request_id)
         timeout = _header_deadline(request)
         result = await _unless_disconnected(request, service.generate(body, request_id=request_id, timeout=timeout))

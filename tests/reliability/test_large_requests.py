@@ -1,0 +1,157 @@
+"""One large request must not stall the other tenants (issue 18, item 1).
+
+A real server process with the default limits on request size (32 MiB bodies, 256 MiB gRPC messages,
+262,144 queued tokens). While one client sends a large request, a probe thread measures `/healthz` on
+a kept-alive connection every few milliseconds; the slowest probe must stay within PROBE_BUDGET_S of
+the quiet baseline. The payloads are moderate (about 10-20 MB, a few seconds of conversion before the
+fix) so the test runs in seconds; the cost was linear in the size, so larger ones stalled longer.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from dualdistill.protocol.v1 import teacher_pb2 as pb
+from dualdistill.protocol.v1 import teacher_pb2_grpc
+from tests.conftest import TINY_MODEL_NAME
+from tests.fixtures.server_process import start_server
+from tests.reliability.support import rss_kib
+
+PROBE_BUDGET_S = 0.050  # the issue's bound on the delay of another tenant's small request
+MEMORY_SLACK_KIB = 64 * 1024
+
+
+class HealthProbe:
+    """/healthz in a loop on one kept-alive connection; `worst` is the slowest answer seen."""
+
+    def __init__(self, address: str) -> None:
+        host, port = address.rsplit(":", 1)
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _probe(self) -> float:
+        begin = time.perf_counter()
+        self.connection.request("GET", "/healthz")
+        response = self.connection.getresponse()
+        response.read()
+        assert response.status == 200
+        return time.perf_counter() - begin
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.latencies.append(self._probe())
+            time.sleep(0.005)
+
+    def baseline(self, n: int = 40) -> float:
+        return float(np.median([self._probe() for _ in range(n)]))
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.connection.close()
+
+    @property
+    def worst(self) -> float:
+        return max(self.latencies)
+
+
+@pytest.fixture(scope="module")
+def big_limits_server(tiny_model_dir):
+    # The defaults of ServerConfig for the size limits (not the shared server's 200 kB): what a user gets.
+    with start_server({TINY_MODEL_NAME: tiny_model_dir}, "--max-seq-len", "256", "--log-level", "warning") as server:
+        yield server
+
+
+_RNG = np.random.default_rng(0)
+
+
+def _ids(n: int, high: int = 320) -> list[int]:
+    return _RNG.integers(0, high, size=n).tolist()
+
+
+def _during(server, send) -> tuple[float, float, object]:
+    probe = HealthProbe(server.http_address)
+    baseline = probe.baseline()
+    with probe:
+        time.sleep(0.05)
+        outcome = send()
+        time.sleep(0.05)
+    return baseline, probe.worst, outcome
+
+
+def test_a_large_grpc_message_does_not_stall_health(big_limits_server) -> None:
+    server = big_limits_server
+    message = pb.LogitsRequest(model=TINY_MODEL_NAME, sequences=[pb.Sequence(token_ids=_ids(3_000_000, 2**31 - 1), start=1)])
+    before = rss_kib(server.process.pid)
+    with grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stub = teacher_pb2_grpc.TeacherStub(channel)
+
+        def send():
+            begin = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.GetLogits(message, timeout=60)
+            return raised.value.code(), raised.value.details(), time.perf_counter() - begin
+
+        baseline, worst, (code, details, seconds) = _during(server, send)
+    assert worst - baseline < PROBE_BUDGET_S, (baseline, worst, seconds)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert rss_kib(server.process.pid) - before < MEMORY_SLACK_KIB, server.log_tail()
+    print(json.dumps({"grpc_bytes": message.ByteSize(), "refused_s": round(seconds, 3),
+                      "healthz_baseline_ms": round(baseline * 1e3, 1), "healthz_worst_ms": round(worst * 1e3, 1)}))
+
+
+def test_a_large_json_body_does_not_stall_health(big_limits_server) -> None:
+    server = big_limits_server
+    body = json.dumps({"model": TINY_MODEL_NAME, "sequences": [{"token_ids": _ids(4_000_000), "start": 1}]}).encode()
+    host, port = server.http_address.rsplit(":", 1)
+    before = rss_kib(server.process.pid)
+
+    def send():
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        begin = time.perf_counter()
+        connection.request("POST", "/v1/logits", body=body, headers={"content-type": "application/json"})
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+        return response.status, answer, time.perf_counter() - begin
+
+    baseline, worst, (status, answer, seconds) = _during(server, send)
+    assert worst - baseline < PROBE_BUDGET_S, (baseline, worst, seconds)
+    assert status == 422 and answer["error"]["field"] == "sequences", answer  # refused before the parse
+    assert rss_kib(server.process.pid) - before < MEMORY_SLACK_KIB, server.log_tail()
+    print(json.dumps({"json_bytes": len(body), "refused_s": round(seconds, 3),
+                      "healthz_baseline_ms": round(baseline * 1e3, 1), "healthz_worst_ms": round(worst * 1e3, 1)}))
+
+
+def test_an_admissible_large_request_is_converted_off_the_loop(big_limits_server) -> None:
+    """Just under max_queue_tokens in one request is answered; nobody else waits on its conversion.
+    (mode sample with 1 draw keeps the answer small: the forward, not the encoding, is the cost.)"""
+    server = big_limits_server
+    sequences = [pb.Sequence(token_ids=_ids(256), start=255) for _ in range(1000)]  # 256,000 tokens
+    message = pb.LogitsRequest(model=TINY_MODEL_NAME, sequences=sequences, mode="sample", samples=1, format="binary")
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = teacher_pb2_grpc.TeacherStub(channel)
+
+        def send():
+            begin = time.perf_counter()
+            response = stub.GetLogits(message, timeout=120)
+            return response, time.perf_counter() - begin
+
+        baseline, worst, (response, seconds) = _during(server, send)
+    assert response.payload
+    print(json.dumps({"tokens": 256_000, "answered_s": round(seconds, 3),
+                      "healthz_baseline_ms": round(baseline * 1e3, 1), "healthz_worst_ms": round(worst * 1e3, 1)}))
+    assert worst - baseline < PROBE_BUDGET_S, (baseline, worst, seconds)
