@@ -109,3 +109,23 @@ def test_many_mutations_per_method(tiny_server, channel, method) -> None:
         outcomes = [(p, raw_unary(channel, method, p)) for p in payloads]
     assert all(o.code in ACCEPTABLE and not leaks_internals(o.details) for _, o in outcomes), _summary(outcomes)
     _assert_alive(tiny_server)
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xff\xff", b"\n\xff", b"\x0a\x05abc"], ids=["varint", "bad-length", "short"])
+def test_a_malformed_health_check_is_invalid_argument_without_internals(channel, payload) -> None:
+    outcome = raw_unary(channel, HEALTH_CHECK, payload)
+    assert outcome.code == "INVALID_ARGUMENT" and not leaks_internals(outcome.details), outcome
+    assert "Error" not in outcome.details and "protobuf message" in outcome.details, outcome
+
+
+def test_garbage_after_two_good_requests_still_answers_them(channel) -> None:
+    """The two requests read before the corrupt message are answered; then the stream aborts."""
+    good = [pb.LogitsRequest(model="tiny", sequences=[pb.Sequence(token_ids=[1, 2, 3, i], start=1)],
+                             request_id=f"good-{i}").SerializeToString() for i in (4, 5)]
+    call = channel.stream_stream(STREAM_METHOD, request_serializer=None, response_deserializer=None)
+    answered = []
+    with pytest.raises(grpc.RpcError) as raised:
+        for raw in call(iter([*good, b"\xff\xff\xff"]), timeout=60):
+            answered.append(pb.LogitsResponse.FromString(raw).request_id)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    assert sorted(answered) == ["good-4", "good-5"]

@@ -120,8 +120,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(f"/{TEACHER_SERVICE}/"):
+        if handler is None:
             return handler
+        if not details.method.startswith(f"/{TEACHER_SERVICE}/"):
+            return _parsed_leniently(handler, details.method)
         method = details.method
         max_bytes = self._max_logits_bytes if method in LOGITS_METHODS else None
         request_id = _metadata_value(details.invocation_metadata, "x-request-id")
@@ -174,6 +176,63 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 call.finish()
 
         return stream
+
+
+def _parsed_leniently(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """Health and reflection need no key and count in no metrics, but a body that does not parse gets
+    INVALID_ARGUMENT from them too (grpc would answer UNKNOWN with the parser's exception class)."""
+
+    async def refuse(rpc_context: grpc.aio.ServicerContext, exc: InvalidArgument) -> None:
+        await rpc_context.abort(exc.grpc_code, exc.detail)
+
+    if handler.unary_unary is not None:
+        behavior = handler.unary_unary
+
+        async def unary(request: Any, rpc_context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = await _checked(request, method)
+            except InvalidArgument as exc:
+                await refuse(rpc_context, exc)
+            return await behavior(request, rpc_context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=_lenient(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        stream_behavior = handler.unary_stream
+
+        async def unary_stream(request: Any, rpc_context: grpc.aio.ServicerContext) -> AsyncIterator:
+            try:
+                request = await _checked(request, method)
+            except InvalidArgument as exc:
+                await refuse(rpc_context, exc)
+            result = stream_behavior(request, rpc_context)
+            if hasattr(result, "__aiter__"):
+                async for response in result:
+                    yield response
+            else:  # a servicer that writes with context.write returns a coroutine
+                await result
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, request_deserializer=_lenient(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_stream is not None:
+        bidi_behavior = handler.stream_stream
+
+        async def stream_stream(request_iterator: AsyncIterator, rpc_context: grpc.aio.ServicerContext):
+            try:
+                async for response in bidi_behavior(_checked_stream(request_iterator, method), rpc_context):
+                    yield response
+            except InvalidArgument as exc:
+                await refuse(rpc_context, exc)
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream, request_deserializer=_lenient(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+    return handler
 
 
 class _Call:

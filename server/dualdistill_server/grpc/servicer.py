@@ -26,6 +26,13 @@ STREAM_MAX_IN_FLIGHT = 32
 _END_OF_INPUT = object()
 
 
+class _InputBroken:
+    """The request stream ended with an error; reported after the requests read before it are answered."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
     def __init__(self, service: TeacherService) -> None:
         self._service = service
@@ -76,22 +83,28 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
                     task = asyncio.create_task(work(message))
                     workers.add(task)
                     task.add_done_callback(workers.discard)
-            except Exception as exc:  # the stream broke while reading
-                await outbox.put(exc)
+            except Exception as exc:  # a corrupt message, or the stream broke while reading
+                # Answer the requests read before it first: their results are good.
+                await outbox.put(_InputBroken(exc))
+                return
             await outbox.put(_END_OF_INPUT)
 
         reader = asyncio.create_task(read())
-        delivered, input_done = 0, False
+        delivered, input_done, broken = 0, False, None
         try:
             while not (input_done and delivered == started):
                 item = await outbox.get()
                 if item is _END_OF_INPUT:
                     input_done = True
+                elif isinstance(item, _InputBroken):
+                    input_done, broken = True, item.error
                 elif isinstance(item, BaseException):
                     raise item
                 else:
                     delivered += 1
                     yield item
+            if broken is not None:
+                raise broken
         finally:
             reader.cancel()
             for task in list(workers):
