@@ -55,5 +55,7 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # warnings.warn (numpy, torch, libraries) as JSON records too, not as raw two-line text on stderr.
+    logging.captureWarnings(True)
     # uvicorn's own access log repeats ours (which has the request id); keep its error log.
     logging.getLogger("uvicorn.access").disabled = True

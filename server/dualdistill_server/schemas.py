@@ -44,7 +44,8 @@ TokenId = Annotated[int, Strict(), Field(ge=0, le=INT32_MAX)]
 
 def _as_float32(value: float, name: str) -> float:
     """Round to float32, the wire type, so HTTP and gRPC requests compute (and cache) identically."""
-    rounded = float(np.float32(value))
+    with np.errstate(over="ignore"):  # out of range -> inf, refused below (numpy would print a warning)
+        rounded = float(np.float32(value))
     if not np.isfinite(rounded):
         raise ValueError(f"{name} must be finite in float32, got {value!r}")
     return rounded

@@ -72,3 +72,24 @@ def test_a_vanishing_generation_temperature_is_greedy_or_refused(tiny_server, te
         return
     assert response.status_code == 200, response.text
     assert response.json()["completions"][0]["token_ids"] == greedy
+
+
+def _non_json_lines(server) -> list[str]:
+    import json
+
+    bad = []
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            bad.append(line)
+    return bad
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39, 1e300])
+def test_a_temperature_beyond_float32_is_refused_with_json_logs_only(tiny_server, value) -> None:
+    """Rounding 1e39 to float32 overflows; numpy used to print a two-line RuntimeWarning into the JSON log."""
+    assert _refused(_logits(tiny_server, temperature=value), "temperature")
+    assert _refused(_generate(tiny_server, temperature=value), "temperature")
+    assert _refused(_generate(tiny_server, top_p=value), "top_p")
+    assert not _non_json_lines(tiny_server), _non_json_lines(tiny_server)[:4]
