@@ -40,6 +40,16 @@ class ServerConfig(BaseSettings):
     max_message_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="Largest gRPC message, sent or received."
     )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=3600,
+        description="A connection must deliver a complete request head this many seconds after it opens or "
+        "after its previous response (HTTP: else 408 and closed); also the gRPC handshake deadline.",
+    )
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="Open connections per transport; an HTTP connection beyond it gets 503 and is closed, "
+        "a gRPC one is refused. Keep it below the process's file limit (ulimit -n).",
+    )
     api_key_file: str | None = Field(None, description="File of 'tenant:key' lines; data endpoints then need a key.")
     api_keys: str | None = Field(None, description="Alternative to the file: 'tenant:key,tenant:key'.")
     cache: str = Field(

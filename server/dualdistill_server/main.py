@@ -32,6 +32,7 @@ from .core import ApiKeys, ResultCache, TeacherService
 from .grpc import GrpcTransport
 from .grpc.server import host_port
 from .http import create_app
+from .http.connections import guarded_protocol
 from .logs import configure_logging
 from .metrics import Metrics
 
@@ -183,6 +184,7 @@ async def _serve(config: ServerConfig) -> int:
     http = _HttpServer(
         uvicorn.Config(
             create_app(service, config), log_config=None, access_log=False, lifespan="off", server_header=False,
+            http=guarded_protocol(config.header_timeout_seconds, config.max_connections),
             timeout_graceful_shutdown=max(1, int(config.drain_seconds)),
         )
     )

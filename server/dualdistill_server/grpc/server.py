@@ -46,7 +46,10 @@ class GrpcTransport:
             options=[
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
-                ("grpc.so_reuseport", 0),  # a port in use must fail loudly, not be shared
+                ("grpc.so_reuseport", 0),
+                # Connections that never finish the HTTP/2 handshake, and more than max_connections.
+                ("grpc.server_handshake_timeout_ms", int(config.header_timeout_seconds * 1000)),
+                ("grpc.max_allowed_incoming_connections", config.max_connections),  # a port in use must fail loudly, not be shared
             ],
         )
         teacher_pb2_grpc.add_TeacherServicer_to_server(TeacherServicer(service), self.server)

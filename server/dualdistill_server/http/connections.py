@@ -1,0 +1,91 @@
+"""uvicorn's HTTP/1.1 protocol with two guards for connections that never complete a request.
+
+uvicorn (h11) arms its keep-alive timer only after a response, and cancels it on any byte received, so a
+connection that sends nothing, or half a request head, stays open forever; `limit_concurrency` answers
+503 only to a *complete* request, so idle connections pile up until the process runs out of file
+descriptors. Here, per connection:
+- header timeout: from the moment the connection opens, and again after each response, the client has
+  `header_timeout_seconds` to deliver a complete request head (h11's `their_state` leaves IDLE);
+  otherwise it gets 408 (when it had sent something) and the connection is closed;
+- cap: a connection accepted while `max_connections` are open gets 503 + Retry-After and is closed
+  at once, before any byte of it is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+
+
+def _raw_response(status: int, reason: str, code: str, message: str, extra: str = "") -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"connection: close\r\n{extra}\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def guarded_protocol(header_timeout_seconds: float, max_connections: int) -> type[H11Protocol]:
+    """An H11Protocol subclass with these limits (uvicorn.Config(http=...) takes the class)."""
+    too_many = _raw_response(
+        503, "Service Unavailable", "UNAVAILABLE",
+        f"the server has {max_connections} connections open (max_connections); retry shortly",
+        "retry-after: 1\r\n",
+    )
+    too_slow = _raw_response(
+        408, "Request Timeout", "DEADLINE_EXCEEDED",
+        f"no complete request head within {header_timeout_seconds:g} s (header_timeout_seconds)",
+    )
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+        _received_any = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                log.warning("connection refused: %d open (max_connections)", len(self.connections) - 1)
+                transport.write(too_many)
+                transport.close()
+                return
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            self._received_any = True
+            super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._received_any = False
+                self._arm_header_timer()
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self._header_timer = self.loop.call_later(header_timeout_seconds, self._header_timeout)
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return  # a request head arrived in time (its body and response have no header timer)
+            if self._received_any:
+                self.transport.write(too_slow)
+            self.transport.close()
+
+    return GuardedH11Protocol
