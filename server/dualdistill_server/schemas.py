@@ -26,6 +26,8 @@ from dualdistill.protocol.formats import LOGITS_FORMATS
 from dualdistill.protocol.params import LOGITS_MODES, MIN_TEMPERATURE, UINT64_MAX, LogitsParams
 
 INT32_MAX = 2**31 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger values round to inf on the float32 wire
+FLOAT32_TINY = 1.5e-45  # from here on a positive value stays > 0 in float32 (smallest subnormal 1.4e-45)
 
 
 def _not_bool(value: object) -> object:
@@ -75,14 +77,17 @@ class LogitsRequest(_Strict):
     sequences: list[SequenceIn] = Field(min_length=1, description="Sequences to score.")
     top_k: Int = Field(20, ge=1, le=INT32_MAX, description="Entries per row in topk mode; <= max_top_k.")
     temperature: Float = Field(
-        1.0, gt=0, description=f"p = softmax(logits / temperature); finite, >= {MIN_TEMPERATURE}."
+        1.0, ge=MIN_TEMPERATURE, le=FLOAT32_MAX,
+        description=f"p = softmax(logits / temperature); finite, >= {MIN_TEMPERATURE}.",
     )
     mode: Literal[LOGITS_MODES] = Field("topk", description="'topk' rows or 'sample' (sampled ids + counts).")
     samples: Int = Field(64, ge=1, le=INT32_MAX, description="Draws per position in sample mode; <= max_samples.")
     seed: Int = Field(0, ge=0, le=UINT64_MAX, description="Sample mode: random stream seed (with the sequence).")
     format: Literal[LOGITS_FORMATS] = Field("json", description="Response encoding.")
     request_id: str = Field("", max_length=128, description="Echoed back (else the x-request-id header's).")
-    deadline_seconds: Float | None = Field(None, gt=0, description="Give up (504) after this many seconds.")
+    deadline_seconds: Annotated[Float, Field(gt=0, le=FLOAT32_MAX)] | None = Field(
+        None, description="Give up (504) after this many seconds."
+    )
 
     @field_validator("temperature")
     @classmethod
@@ -112,7 +117,7 @@ class ChatMessageIn(_Strict):
 class PromptIn(_Strict):
     """Exactly one of text, token_ids or messages (empty lists count as absent, as in protobuf)."""
 
-    text: str | None = None
+    text: str | None = Field(None, min_length=1)
     token_ids: list[TokenId] | None = None
     messages: list[ChatMessageIn] | None = None
 
@@ -128,8 +133,10 @@ class GenerateRequest(_Strict):
     model: str = Field(min_length=1, max_length=256)
     prompts: list[PromptIn] = Field(min_length=1)
     max_new_tokens: Int = Field(64, ge=1, le=INT32_MAX, description="Tokens to generate; prompt + this <= max_seq_len.")
-    temperature: Float = Field(1.0, ge=0, description=f"0 = greedy; otherwise >= {MIN_TEMPERATURE}.")
-    top_p: Float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling mass.")
+    temperature: Float = Field(
+        1.0, ge=0, le=FLOAT32_MAX, description=f"0 = greedy; otherwise >= {MIN_TEMPERATURE}."
+    )
+    top_p: Float = Field(1.0, ge=FLOAT32_TINY, le=1.0, description="Nucleus sampling mass (> 0 in float32).")
     n: Int = Field(1, ge=1, le=64, description="Completions per prompt.")
     seed: Int = Field(0, ge=0, le=UINT64_MAX)
     request_id: str = Field("", max_length=128)

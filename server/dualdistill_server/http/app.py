@@ -24,6 +24,7 @@ from .encode import generate_json, logits_json
 from .errors import install_error_handlers
 from .middleware import RequestMiddleware
 from .openai_compat import routes as openai_compat
+from .openapi import install_openapi
 from .trl_compat import routes as trl_compat
 
 T = TypeVar("T")
@@ -105,7 +106,6 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
     @app.post(
         "/v1/logits",
         summary="Teacher distributions for every response position of each sequence",
-        responses={200: {"content": {"application/json": {}, BINARY_CONTENT_TYPE: {}}}},
     )
     async def logits(request: Request) -> Response:
         body = await parse_body(request, LogitsRequest, check_logits)
@@ -136,6 +136,7 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
     openai_compat.install(app, service, config, helpers)
     trl_compat.install(app, service, config, helpers)
 
+    install_openapi(app, service)
     app.add_middleware(
         RequestMiddleware,
         max_body_bytes=config.max_body_bytes,
