@@ -28,7 +28,9 @@ from dualdistill.losses.logprobs import DEFAULT_CHUNK_SIZE, sequence_logps
 from dualdistill.losses.sparse_kd import DIVERGENCES, sparse_kd_loss
 from dualdistill.teacher_logits import TeacherLogits
 
-__all__ = ["PRESETS", "DPDBatch", "DPDLoss", "DPDLossConfig", "DPDLossOutput", "dpd_loss"]
+MARGIN_MODES = ("fixed", "score-gap")
+
+__all__ = ["MARGIN_MODES", "PRESETS", "DPDBatch", "DPDLoss", "DPDLossConfig", "DPDLossOutput", "dpd_loss"]
 
 
 @dataclass
@@ -45,6 +47,16 @@ class DPDLossConfig:
     beta: float = field(default=0.1, metadata={"help": "DPO beta > 0: scale of the implicit reward."})
     margin: float = field(
         default=0.0, metadata={"help": "DPO margin in reward units: chosen must beat rejected by this much."}
+    )
+    margin_mode: str = field(
+        default="fixed",
+        metadata={
+            "help": f"DPO margin per pair, one of {MARGIN_MODES}: fixed = `margin`; score-gap = `margin` + "
+            "margin_scale * (chosen_score - rejected_score) of each pair (DPDBatch.score_gaps)."
+        },
+    )
+    margin_scale: float = field(
+        default=1.0, metadata={"help": "Factor >= 0 on each pair's score gap (margin_mode='score-gap')."}
     )
     loss_type: str = field(default="sigmoid", metadata={"help": f"DPO loss, one of {DPO_LOSS_TYPES}."})
     label_smoothing: float = field(
@@ -84,6 +96,8 @@ class DPDLossConfig:
         if self.dpo_weight == self.pos_weight == self.neg_weight == 0:
             raise ValueError("dpo_weight, pos_weight and neg_weight are all 0: at least one term must be on")
         check_dpo_args(self.beta, self.margin, self.loss_type, self.label_smoothing)
+        check_choice("margin_mode", self.margin_mode, MARGIN_MODES)
+        check_range("margin_scale", self.margin_scale, 0.0)
         check_choice("pos_divergence", self.pos_divergence, DIVERGENCES)
         check_choice("neg_divergence", self.neg_divergence, DIVERGENCES)
         check_range("alpha", self.alpha, 0.0, 1.0, high_open=True)
@@ -130,12 +144,15 @@ class DPDBatch:
     teacher: TeacherLogits of the same 2B rows; None when both KD weights are 0.
     ref_logps (2B,): reference sequence scores in the policy's convention (summed, or the mean when the
         config has length_normalize), e.g. `teacher.sequence_logps(loss_mask)`; None when w_dpo = 0.
+    score_gaps (B,): each pair's chosen_score - rejected_score (from the pairs file); needed only by
+        margin_mode='score-gap', which makes the pair's DPO margin `margin + margin_scale * score_gap`.
     """
 
     labels: torch.Tensor
     loss_mask: torch.Tensor
     teacher: TeacherLogits | None = None
     ref_logps: torch.Tensor | None = None
+    score_gaps: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.labels.dim() != 2 or tuple(self.loss_mask.shape) != tuple(self.labels.shape):
@@ -157,6 +174,11 @@ class DPDBatch:
         if self.ref_logps is not None and tuple(self.ref_logps.shape) != (self.labels.shape[0],):
             raise ValueError(
                 f"ref_logps must be (2B,) = ({self.labels.shape[0]},), got {tuple(self.ref_logps.shape)}"
+            )
+
+        if self.score_gaps is not None and tuple(self.score_gaps.shape) != (self.labels.shape[0] // 2,):
+            raise ValueError(
+                f"score_gaps must be (B,) = ({self.labels.shape[0] // 2},), got {tuple(self.score_gaps.shape)}"
             )
 
     @property
@@ -233,6 +255,15 @@ def check_inputs(cfg: DPDLossConfig, batch: DPDBatch) -> None:
     for side in ("pos", "neg"):
         if getattr(cfg, f"{side}_weight") > 0 and batch.teacher is None:
             raise ValueError(f"{side}_weight > 0 needs teacher; pass it or set that weight to 0")
+    if cfg.dpo_weight > 0 and cfg.margin_mode == "score-gap" and batch.score_gaps is None:
+        raise ValueError("margin_mode='score-gap' needs score_gaps (B,) in the batch; pass them or use 'fixed'")
+
+
+def pair_margins(cfg: DPDLossConfig, batch: DPDBatch) -> float | torch.Tensor:
+    """The DPO margin: cfg.margin, or per pair (B,) margin + margin_scale * score_gap."""
+    if cfg.margin_mode == "fixed":
+        return cfg.margin
+    return cfg.margin + cfg.margin_scale * batch.score_gaps.detach()
 
 
 def combine_terms(
@@ -255,7 +286,7 @@ def combine_terms(
             ref[:b],
             ref[b:],
             beta=cfg.beta,
-            margin=cfg.margin,
+            margin=pair_margins(cfg, batch),
             loss_type=cfg.loss_type,
             label_smoothing=cfg.label_smoothing,
         )

@@ -20,9 +20,12 @@ __all__ = ["DPO_LOSS_TYPES", "DPOLoss", "dpo_loss"]
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
-def check_dpo_args(beta: float, margin: float, loss_type: str, label_smoothing: float) -> None:
+def check_dpo_args(
+    beta: float, margin: float | torch.Tensor, loss_type: str, label_smoothing: float
+) -> None:
     check_range("beta", beta, 0.0, low_open=True)
-    check_range("margin", margin)
+    if not isinstance(margin, torch.Tensor):  # per-pair (B,) margins are checked in dpo_loss
+        check_range("margin", margin)
     check_choice("loss_type", loss_type, DPO_LOSS_TYPES)
     check_range("label_smoothing", label_smoothing, 0.0, 0.5, high_open=True)
     if label_smoothing > 0 and loss_type != "sigmoid":
@@ -35,7 +38,7 @@ def dpo_loss(
     ref_chosen_logps: torch.Tensor,
     ref_rejected_logps: torch.Tensor,
     beta: float = 0.1,
-    margin: float = 0.0,
+    margin: float | torch.Tensor = 0.0,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -51,7 +54,8 @@ def dpo_loss(
 
     `margin` is always in reward units (beta * logits): the chosen reward must beat the rejected one by
     `margin` (for ipo the target beta * logits moves from 1/2 to 1/2 + margin). Margin 0 and eps 0 give
-    the TRL formulas.
+    the TRL formulas. `margin` may also be a (B,) tensor of per-pair margins (e.g. a scaled score gap,
+    as reward-model training uses per-pair margins); it carries no gradient.
 
     Args: four (B,) tensors of summed (or mean) sequence log-probabilities; references carry no grad.
     Returns: (loss scalar float32, metrics) with detached scalars `rewards/chosen`, `rewards/rejected`
@@ -70,6 +74,12 @@ def dpo_loss(
                 f"{name} must have shape {shape} like policy_chosen_logps, got {tuple(tensor.shape)}"
             )
     dtype = torch.float64 if policy_chosen_logps.dtype == torch.float64 else torch.float32
+    if isinstance(margin, torch.Tensor):
+        if tuple(margin.shape) != shape:
+            raise ValueError(f"per-pair margin must have shape {shape}, got {tuple(margin.shape)}")
+        if not bool(torch.isfinite(margin).all()):
+            raise ValueError("per-pair margin holds a non-finite value")
+        margin = margin.to(device=policy_chosen_logps.device, dtype=dtype).detach()
     chosen_logratios = policy_chosen_logps.to(dtype) - ref_chosen_logps.to(dtype).detach()
     rejected_logratios = policy_rejected_logps.to(dtype) - ref_rejected_logps.to(dtype).detach()
     logits = chosen_logratios - rejected_logratios  # (B,)

@@ -48,6 +48,17 @@ class PairExample:
         return len(self.prompt_ids)
 
     @property
+    def score_gap(self) -> float:
+        """chosen_score - rejected_score from the pairs file (the filter's verdicts), for score-gap margins."""
+        chosen, rejected = self.record.get("chosen_score"), self.record.get("rejected_score")
+        if chosen is None or rejected is None:
+            raise ValueError(
+                f"pair {self.id!r} has no chosen_score / rejected_score; margin_mode='score-gap' needs pairs "
+                "made by `dualdistill pairs` with a scorer, or use margin_mode='fixed'"
+            )
+        return float(chosen) - float(rejected)
+
+    @property
     def chosen_sequence(self) -> list[int]:
         return list(self.prompt_ids + self.chosen_ids)
 

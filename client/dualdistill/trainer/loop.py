@@ -111,7 +111,10 @@ def pair_loss(session: Session, forward: Any, batch: PairBatch, fetched: Fetched
         out = forward(batch.input_ids.to(device), batch.attention_mask.to(device))  # (2B, L, V) or (2B, L, H)
     teacher = TeacherLogits.from_results(fetched.chosen + fetched.rejected, batch.starts, batch.seq_len).to(device)
     ref = session.reference.scores(batch, fetched) if session.reference is not None else None
-    stacked = DPDBatch(batch.labels.to(device), batch.loss_mask.to(device), teacher, ref)
+    gaps = None
+    if session.loss_config.margin_mode == "score-gap" and session.loss_config.dpo_weight > 0:
+        gaps = torch.tensor([e.score_gap for e in batch.examples], dtype=torch.float32, device=device)
+    stacked = DPDBatch(batch.labels.to(device), batch.loss_mask.to(device), teacher, ref, gaps)
     if head is not None:
         return fused_dpd_loss(out, head.weight, head.bias, stacked, session.loss_config)
     return dpd_loss(out, stacked, session.loss_config)

@@ -189,6 +189,8 @@ def test_presets_are_what_their_names_say() -> None:
         ({"temperature": -1.0}, "temperature"),
         ({"chunk_size": 0}, "chunk_size"),
         ({"beta": float("nan")}, "beta"),
+        ({"margin_mode": "gap"}, "margin_mode='gap' is not supported; choose one of 'fixed', 'score-gap'"),
+        ({"margin_scale": -1.0}, "margin_scale"),
     ],
 )
 def test_config_validation(kwargs: dict, match: str) -> None:
@@ -211,3 +213,44 @@ def test_module_wrapper_matches_function() -> None:
     got = module(*_stack(chosen, rejected, ref_c, ref_r))
     torch.testing.assert_close(got.loss, _call(config, chosen, rejected, ref_c, ref_r).loss)
     assert DPDLoss().config == DPDLossConfig.preset("dpd")
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+def test_score_gap_margins_match_the_reference(loss_type: str) -> None:
+    chosen, rejected, ref_c, ref_r = _batch()
+    gaps = torch.tensor([1.0, 0.25], dtype=torch.float64)
+    config = DPDLossConfig(margin=0.1, margin_mode="score-gap", margin_scale=0.5, loss_type=loss_type)
+    logits, batch = _stack(chosen, rejected, ref_c, ref_r)
+    batch.score_gaps = gaps
+    out = dpd_loss(logits, batch, config)
+    # reference: each pair's own margin 0.1 + 0.5 * gap, pair by pair
+    pi_c = sequence_logps_reference(chosen["logits"], chosen["ids"], chosen["mask"])
+    pi_r = sequence_logps_reference(rejected["logits"], rejected["ids"], rejected["mask"])
+    dpo = torch.stack(
+        [
+            dpo_reference(pi_c[i : i + 1], pi_r[i : i + 1], ref_c[i : i + 1], ref_r[i : i + 1], config.beta,
+                          0.1 + 0.5 * float(gaps[i]), loss_type, 0.0)
+            for i in range(2)
+        ]
+    ).mean()  # fmt: skip
+    torch.testing.assert_close(out.dpo, dpo)
+    leaves = (chosen["logits"], rejected["logits"])
+    _, _, kd = _reference(config, chosen, rejected, ref_c, ref_r)
+    expected = dpo + kd["pos"] + kd["neg"]
+    for g, w in zip(torch.autograd.grad(out.loss, leaves), torch.autograd.grad(expected, leaves), strict=True):
+        torch.testing.assert_close(g, w)
+    # a constant gap equals the fixed margin it adds up to
+    batch.score_gaps = torch.full((2,), 0.4, dtype=torch.float64)
+    fixed = dpd_loss(logits, batch, DPDLossConfig(margin=0.3, loss_type=loss_type))
+    torch.testing.assert_close(dpd_loss(logits, batch, config).loss, fixed.loss)
+
+
+def test_score_gap_needs_the_gaps_and_checks_their_shape() -> None:
+    chosen, rejected, ref_c, ref_r = _batch()
+    logits, batch = _stack(chosen, rejected, ref_c, ref_r)
+    with pytest.raises(ValueError, match="needs score_gaps"):
+        dpd_loss(logits, batch, DPDLossConfig(margin_mode="score-gap"))
+    with pytest.raises(ValueError, match="score_gaps must be"):
+        DPDBatch(batch.labels, batch.loss_mask, batch.teacher, batch.ref_logps, torch.zeros(3))
+    # no DPO term: no gaps needed
+    dpd_loss(logits, batch, DPDLossConfig(margin_mode="score-gap", dpo_weight=0.0))

@@ -85,3 +85,31 @@ def test_module_wrapper_and_validation() -> None:
         DPOLoss(loss_type="ipo", label_smoothing=0.1)
     with pytest.raises(ValueError, match="ref_chosen_logps must have shape"):
         dpo_loss(torch.zeros(3), torch.zeros(3), torch.zeros(2), torch.zeros(3))
+
+
+@pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)
+def test_per_pair_margins_match_the_formula_pair_by_pair(loss_type: str) -> None:
+    pi_c, pi_r, ref_c, ref_r = _batch(3, size=5)
+    pi_c.requires_grad_()
+    margins = torch.tensor([0.0, 0.5, 1.0, 0.25, 2.0], dtype=torch.float64)
+    loss, _ = dpo_loss(pi_c, pi_r, ref_c, ref_r, 0.3, margins, loss_type)
+    # independent: each pair alone with its own scalar margin, then the mean
+    expected = torch.stack(
+        [
+            dpo_reference(pi_c[i : i + 1], pi_r[i : i + 1], ref_c[i : i + 1], ref_r[i : i + 1], 0.3,
+                          float(margins[i]), loss_type, 0.0)
+            for i in range(5)
+        ]
+    ).mean()  # fmt: skip
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(torch.autograd.grad(loss, pi_c)[0], torch.autograd.grad(expected, pi_c)[0])
+    same, _ = dpo_loss(pi_c, pi_r, ref_c, ref_r, 0.3, torch.full((5,), 0.5, dtype=torch.float64), loss_type)
+    torch.testing.assert_close(same, dpo_loss(pi_c, pi_r, ref_c, ref_r, 0.3, 0.5, loss_type)[0])
+
+
+def test_per_pair_margins_are_checked() -> None:
+    batch = _batch(4, size=3)
+    with pytest.raises(ValueError, match="per-pair margin must have shape"):
+        dpo_loss(*batch, margin=torch.zeros(2))
+    with pytest.raises(ValueError, match="non-finite"):
+        dpo_loss(*batch, margin=torch.tensor([0.0, float("nan"), 0.0]))

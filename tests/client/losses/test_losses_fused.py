@@ -109,3 +109,12 @@ def test_fused_float32_and_bfloat16_stay_close_to_float64() -> None:
         torch.testing.assert_close(got.double(), want.detach(), atol=tol, rtol=tol)
         got.backward()
         assert h.grad.dtype == dtype and w.grad.dtype == dtype and torch.isfinite(w.grad.float()).all()
+
+
+def test_fused_passes_score_gap_margins_through() -> None:
+    hidden, weight, bias, batch = _inputs(4)
+    batch.score_gaps = torch.tensor([0.5, 1.5], dtype=torch.float64)
+    config = DPDLossConfig(margin=0.2, margin_mode="score-gap", margin_scale=2.0, chunk_size=5)
+    _compare(config, hidden, weight, bias, batch)
+    fixed = fused_dpd_loss(hidden, weight, bias, batch, DPDLossConfig(margin=0.2, chunk_size=5))
+    assert not torch.allclose(fused_dpd_loss(hidden, weight, bias, batch, config).dpo, fixed.dpo)

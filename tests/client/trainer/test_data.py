@@ -120,3 +120,10 @@ def test_query_extra_fields_reach_the_verifier_record():
     pair = parse_pair(_line(query_extra={"answer": 42, "id": "not-this"}), 64, "t")
     assert pair.record["answer"] == 42
     assert pair.record["id"] == "p"  # a pair field is never overwritten by the query's extras
+
+
+def test_score_gap_is_chosen_minus_rejected_score_and_named_when_missing():
+    pair = parse_pair(_line(id="a", chosen_score=1.0, rejected_score=0.25), 64, "t")
+    assert pair.score_gap == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="no chosen_score / rejected_score"):
+        _ = parse_pair(_line(id="b"), 64, "t").score_gap
