@@ -10,7 +10,11 @@ where the student has mass and the teacher none).
     forward_kl          KL(P || Q)                       = sum P (log P - log Q)
     reverse_kl          KL(Q || P)
     skew_forward_kl     KL(P || a P + (1 - a) Q)         DistiLLM (Ko et al., ICML 2024), alpha = a
-    skew_reverse_kl     KL(Q || (1 - a) P + a Q)         DistiLLM / DistiLLM-2 (Ko et al., ICML 2025)
+    skew_reverse_kl     KL(Q || (1 - a) P + a sg(Q))     DistiLLM-2 (Ko et al., ICML 2025): the student inside
+                        the mixture is detached (sg = stop-gradient), as DistiLLM-2's trainer does; the value
+                        equals skew_reverse_kl_full, the gradient flows only through Q's own terms
+    skew_reverse_kl_full KL(Q || (1 - a) P + a Q)        DistiLLM (Ko et al., ICML 2024): differentiated
+                        through the mixture too
     jsd                 b KL(P || M) + (1 - b) KL(Q || M), M = b P + (1 - b) Q   (generalised JSD, GKD,
                         Agarwal et al., ICLR 2024; beta = b). Ends as Liger's jsd: b = 0 gives KL(P || Q),
                         b = 1 gives KL(Q || P) (the limits of JSD_b / b and JSD_b / (1 - b)).
@@ -27,7 +31,7 @@ import torch
 
 __all__ = ["DIVERGENCES", "divergence", "sampled_forward_kl"]
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "jsd")
+DIVERGENCES = ("forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "skew_reverse_kl_full", "jsd")
 
 _NEG_INF = float("-inf")
 
@@ -66,7 +70,9 @@ def divergence(
         return kl(lq, lp)
     if name == "skew_forward_kl":
         return kl(lp, log_mix(alpha, lp, lq))
-    if name == "skew_reverse_kl":
+    if name == "skew_reverse_kl":  # DistiLLM-2: no gradient through the student inside the mixture
+        return kl(lq, log_mix(alpha, lq.detach(), lp))
+    if name == "skew_reverse_kl_full":
         return kl(lq, log_mix(alpha, lq, lp))
     if name == "jsd":
         if beta == 0.0:

@@ -124,7 +124,8 @@ class DPDLossConfig:
 PRESETS: dict[str, DPDLossConfig] = {
     # DPD: DPO (sigmoid, beta 0.1) + forward KL on positives and on negatives, weights 1 / 1 / 1.
     "dpd": DPDLossConfig(),
-    # DistiLLM-2: skew forward KL on teacher samples, skew reverse KL on student samples, no DPO term.
+    # DistiLLM-2: skew forward KL on teacher samples, skew reverse KL on student samples (the student
+    # detached inside the mixture, as DistiLLM-2's trainer does), no DPO term.
     "distillm2": DPDLossConfig(
         dpo_weight=0.0, pos_divergence="skew_forward_kl", neg_divergence="skew_reverse_kl", alpha=0.1
     ),

@@ -219,7 +219,7 @@ def sparse_kd_loss(
         q_j  = softmax(student_logits[b, j] / T), coarsened to the row's ids + tail (module docstring)
 
     Top-k teacher batches: D is `divergence` (see `dualdistill.losses.divergences`): forward_kl,
-    reverse_kl, skew_forward_kl (alpha), skew_reverse_kl (alpha), jsd (beta). With k = V (tail -inf) it
+    reverse_kl, skew_forward_kl (alpha), skew_reverse_kl / skew_reverse_kl_full (alpha), jsd (beta). With k = V (tail -inf) it
     equals the full-vocabulary divergence. Sampled teacher batches (teacher.counts set; rows are the
     unique ids of N draws from p): the unbiased estimator of Anshumann et al., ACL 2025,
         D = -sum_j (c_j / N) log q_j + sum_j (c_j / N) log p_j,

@@ -31,7 +31,9 @@ def divergence_probs(name: str, p: torch.Tensor, q: torch.Tensor, alpha: float, 
         return kl_probs(q, p)
     if name == "skew_forward_kl":
         return kl_probs(p, alpha * p + (1 - alpha) * q)
-    if name == "skew_reverse_kl":
+    if name == "skew_reverse_kl":  # DistiLLM-2: the student inside the mixture carries no gradient
+        return kl_probs(q, (1 - alpha) * p + alpha * q.detach())
+    if name == "skew_reverse_kl_full":
         return kl_probs(q, (1 - alpha) * p + alpha * q)
     if name == "jsd":
         m = beta * p + (1 - beta) * q

@@ -75,7 +75,7 @@ def test_fused_matches_unfused_for_every_preset_and_divergence(name: str) -> Non
 
 
 @pytest.mark.parametrize(
-    "divergence", ["forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "jsd"]
+    "divergence", ["forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "skew_reverse_kl_full", "jsd"]
 )
 def test_fused_matches_unfused_for_each_divergence_at_k_equal_v(divergence: str) -> None:
     config = DPDLossConfig(

@@ -71,7 +71,15 @@ def test_matches_reference_on_odd_shapes_with_masks_and_ragged_rows(
     assert (grad[1] == 0).all() and (grad[~mask] == 0).all()
 
 
-@pytest.mark.parametrize(("name", "beta"), CASES, ids=CASE_IDS)
+# skew_reverse_kl's gradient is by design not the gradient of its value (the student inside the mixture
+# is detached, as in DistiLLM-2), so finite differences cannot check it; test_skew_reverse_kl_detaches_...
+# checks it against a float64 autograd reference, and skew_reverse_kl_full is gradchecked here
+GRADCHECK_CASES = [(n, b) for n, b in CASES if n != "skew_reverse_kl"]
+
+
+@pytest.mark.parametrize(
+    ("name", "beta"), GRADCHECK_CASES, ids=[f"{n}-b{b}" for n, b in GRADCHECK_CASES]
+)
 def test_gradcheck_float64(name: str, beta: float) -> None:
     torch.manual_seed(2)
     teacher = make_teacher(torch.randn(2, 4, 7), k=3, ragged=True, seed=2)
@@ -285,3 +293,28 @@ def test_misaligned_or_out_of_range_teacher_is_rejected() -> None:
             tail=teacher.tail, mask=teacher.mask,
         )  # fmt: skip
         sparse_kd_loss(torch.randn(1, 3, 4), bad)
+
+
+def test_skew_reverse_kl_detaches_the_student_inside_the_mixture() -> None:
+    """DistiLLM-2's gradient: d/dz of sum q (log q - log m) with m = (1 - a) p + a q, q in m held constant."""
+    torch.manual_seed(7)
+    b, length, vocab, alpha = 2, 5, 13, 0.1
+    teacher = make_teacher(torch.randn(b, length, vocab) * 2, k=vocab)
+    x = (torch.randn(b, length, vocab, dtype=torch.float64) * 2).requires_grad_()
+    loss = sparse_kd_loss(x, teacher, "skew_reverse_kl", alpha=alpha, chunk_size=3)
+    full = sparse_kd_loss(x, teacher, "skew_reverse_kl_full", alpha=alpha, chunk_size=3)
+    # plain float64 reference, dense vocabulary, written out: the mixture from a detached copy of q
+    p = dense_teacher_probs(teacher, vocab)
+    q = torch.softmax(x, -1)
+    m = (1 - alpha) * p + alpha * q.detach()
+    expected = (q * (torch.log(q) - torch.log(m))).sum(-1).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(full, expected, rtol=1e-12, atol=1e-12)  # same value
+    grad, want, grad_full = _grad(loss, x), _grad(expected, x), _grad(full, x)
+    torch.testing.assert_close(grad, want, rtol=1e-10, atol=1e-12)
+    # closed form: d/dz_v = q_v (g_v - sum_u q_u g_u) with g = d f / d q = log q - log m + 1
+    g = torch.log(q) - torch.log(m) + 1
+    closed = q * (g - (q * g).sum(-1, keepdim=True)) / (b * length)
+    torch.testing.assert_close(grad, closed.detach(), rtol=1e-10, atol=1e-12)
+    # and it is not the fully differentiated gradient
+    assert (grad - grad_full).norm() > 1e-3 * grad_full.norm()
