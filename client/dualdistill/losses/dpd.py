@@ -25,7 +25,7 @@ from torch import nn
 from dualdistill.bounds import check_choice, check_range
 from dualdistill.losses.dpo import DPO_LOSS_TYPES, check_dpo_args, dpo_loss
 from dualdistill.losses.logprobs import DEFAULT_CHUNK_SIZE, sequence_logps
-from dualdistill.losses.sparse_kd import DIVERGENCES, sparse_kd_loss
+from dualdistill.losses.sparse_kd import DIVERGENCES, KD_REDUCTIONS, sparse_kd_loss
 from dualdistill.teacher_logits import TeacherLogits
 
 MARGIN_MODES = ("fixed", "score-gap")
@@ -77,6 +77,13 @@ class DPDLossConfig:
     temperature: float = field(
         default=1.0, metadata={"help": "Student softmax temperature > 0 for the KD terms."}
     )
+    kd_reduction: str = field(
+        default="token",
+        metadata={
+            "help": f"KD reduction per side, one of {KD_REDUCTIONS}: token = mean over the side's KD tokens; "
+            "sequence = each sequence's token mean, then the mean over sequences (DistiLLM-2)."
+        },
+    )
     scale_by_temperature_squared: bool = field(
         default=False,
         metadata={"help": "Multiply the KD terms by T^2 (Hinton et al.) to keep gradient scale."},
@@ -103,6 +110,7 @@ class DPDLossConfig:
         check_range("alpha", self.alpha, 0.0, 1.0, high_open=True)
         check_range("jsd_beta", self.jsd_beta, 0.0, 1.0)
         check_range("temperature", self.temperature, 0.0, low_open=True)
+        check_choice("kd_reduction", self.kd_reduction, KD_REDUCTIONS)
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(f"chunk_size={self.chunk_size!r} must be an int >= 1")
 
@@ -127,7 +135,8 @@ PRESETS: dict[str, DPDLossConfig] = {
     # DistiLLM-2: skew forward KL on teacher samples, skew reverse KL on student samples (the student
     # detached inside the mixture, as DistiLLM-2's trainer does), no DPO term.
     "distillm2": DPDLossConfig(
-        dpo_weight=0.0, pos_divergence="skew_forward_kl", neg_divergence="skew_reverse_kl", alpha=0.1
+        dpo_weight=0.0, pos_divergence="skew_forward_kl", neg_divergence="skew_reverse_kl", alpha=0.1,
+        kd_reduction="sequence",
     ),
     # Plain KD on the teacher's samples only (sequence-level KD with the teacher's token distributions).
     "kd-pos": DPDLossConfig(dpo_weight=0.0, neg_weight=0.0),
@@ -232,6 +241,7 @@ def dpd_loss(logits: torch.Tensor, batch: DPDBatch, config: DPDLossConfig | None
         beta=cfg.jsd_beta,
         scale_by_temperature_squared=cfg.scale_by_temperature_squared,
         chunk_size=cfg.chunk_size,
+        reduction=cfg.kd_reduction,
     )
     kd: dict[str, torch.Tensor] = {}
     for side, rows, weight, divergence in kd_sides(cfg, b):

@@ -26,7 +26,14 @@ from torch.autograd.function import once_differentiable
 
 from dualdistill.losses.dpd import DPDBatch, DPDLossConfig, DPDLossOutput, check_inputs, combine_terms
 from dualdistill.losses.logprobs import compute_dtype
-from dualdistill.losses.sparse_kd import _KDSpec, _row_loss, bucket_grad_, buckets_of, teacher_rows
+from dualdistill.losses.sparse_kd import (
+    _KDSpec,
+    _row_loss,
+    bucket_grad_,
+    buckets_of,
+    row_weights,
+    teacher_rows,
+)
 
 __all__ = ["fused_dpd_loss"]
 
@@ -51,6 +58,7 @@ class _FusedDPD(torch.autograd.Function):
         specs: tuple[_KDSpec | None, _KDSpec | None],  # (pos, neg)
         need_logps: bool,
         chunk_size: int,
+        row_w: torch.Tensor | None = None,  # (N,) KD weight of each row (sequence reduction), None = 1
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dtype = compute_dtype(hidden.dtype)
         valid = teacher_lp[:, :-1] > float("-inf") if weights is None else weights > 0
@@ -65,18 +73,19 @@ class _FusedDPD(torch.autograd.Function):
                 at = picked + part.start
                 lq, _, _ = buckets_of(z.index_select(0, picked), ids[at], valid[at], spec.temperature)
                 w = None if weights is None else weights[at]
-                totals[term] = totals[term] + _row_loss(spec, teacher_lp[at], lq, w).sum()
+                per_row = _row_loss(spec, teacher_lp[at], lq, w)
+                totals[term] = totals[term] + (per_row if row_w is None else per_row * row_w[at]).sum()
             if need_logps:
                 lse[part] = torch.logsumexp(z, dim=-1)
                 logps[part] = z.gather(1, labels[part, None]).squeeze(1) - lse[part]
-        ctx.save_for_backward(hidden, weight, bias, rows, labels, side, ids, teacher_lp, valid, weights, lse)
+        ctx.save_for_backward(hidden, weight, bias, rows, labels, side, ids, teacher_lp, valid, weights, lse, row_w)
         ctx.specs, ctx.need_logps, ctx.chunk_size = specs, need_logps, chunk_size
         return logps, totals[0], totals[1]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_logps: torch.Tensor, grad_pos: torch.Tensor, grad_neg: torch.Tensor):
-        hidden, weight, bias, rows, labels, side, ids, teacher_lp, valid, weights, lse = ctx.saved_tensors
+        hidden, weight, bias, rows, labels, side, ids, teacher_lp, valid, weights, lse, row_w = ctx.saved_tensors
         dtype = compute_dtype(hidden.dtype)
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.zeros_like(hidden) if want_hidden else None
@@ -96,7 +105,10 @@ class _FusedDPD(torch.autograd.Function):
                 )
                 w = None if weights is None else weights[at]
                 bucket_grad_(spec, teacher_lp[at], lq, buffer, comp_sum, ids[at], valid[at], w)
-                kd_parts.append((picked, buffer.mul_(upstream[term].to(dtype) / spec.temperature)))
+                buffer.mul_(upstream[term].to(dtype) / spec.temperature)
+                if row_w is not None:
+                    buffer.mul_(row_w[at, None])
+                kd_parts.append((picked, buffer))
             grad_z = z  # in place: d log softmax(z)[y] / dz = onehot(y) - softmax(z), times the upstream grad
             if ctx.need_logps:
                 g = grad_logps[part, None].to(dtype)
@@ -117,7 +129,7 @@ class _FusedDPD(torch.autograd.Function):
             grad_weight = grad_weight.to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, *([None] * 9)
+        return grad_hidden, grad_weight, grad_bias, *([None] * 10)
 
 
 def _chunks(hidden, weight, bias, rows, chunk_size, dtype):
@@ -178,9 +190,19 @@ def fused_dpd_loss(
         teacher_lp = torch.zeros(rows.shape[0], 2, dtype=dtype, device=hidden.device)
         weights = None
     labels = batch.labels.reshape(-1).index_select(0, rows).long().clamp(min=0)
+    row_w = None
+    if cfg.kd_reduction != "token" and any(spec is not None for spec in specs):
+        # each side's rows weighted as sparse_kd_loss weighs them, placed at the rows any term reads
+        flat_w = torch.zeros(rows_all * length, dtype=dtype, device=hidden.device)
+        for term, on_side in enumerate((chosen, ~chosen)):
+            if specs[term] is not None:
+                keep = (side == term + 1) & on_side
+                side_w = row_weights(keep.view(rows_all, length), cfg.kd_reduction, dtype)
+                flat_w[keep] = side_w
+        row_w = flat_w.index_select(0, rows)
     row_logps, pos_total, neg_total = _FusedDPD.apply(
         hidden.reshape(-1, hidden.shape[2]), weight, bias, rows, labels, side.index_select(0, rows),
-        ids, teacher_lp, weights, tuple(specs), need_logps, cfg.chunk_size,
+        ids, teacher_lp, weights, tuple(specs), need_logps, cfg.chunk_size, row_w,
     )  # fmt: skip
     policy = None
     if need_logps:
@@ -192,6 +214,8 @@ def fused_dpd_loss(
     scale = cfg.temperature**2 if cfg.scale_by_temperature_squared else 1.0
     for term, (name, total) in enumerate((("pos", pos_total), ("neg", neg_total))):
         if specs[term] is not None:
-            count = int((side == term + 1).sum())
-            kd[name] = total / max(count, 1) * scale if scale != 1.0 else total / max(count, 1)
+            if row_w is None:
+                count = int((side == term + 1).sum())
+                total = total / max(count, 1)
+            kd[name] = total * scale if scale != 1.0 else total
     return combine_terms(cfg, batch, policy, kd, hidden.device)

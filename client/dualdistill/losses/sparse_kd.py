@@ -27,7 +27,11 @@ from dualdistill.losses.divergences import DIVERGENCES, divergence, sampled_forw
 from dualdistill.losses.logprobs import DEFAULT_CHUNK_SIZE, compute_dtype
 from dualdistill.teacher_logits import TeacherLogits
 
-__all__ = ["DIVERGENCES", "SparseKDLoss", "sparse_kd_loss"]
+__all__ = ["DIVERGENCES", "KD_REDUCTIONS", "SparseKDLoss", "sparse_kd_loss"]
+
+# token: mean over all valid tokens; sequence: mean over each sequence's valid tokens, then over the
+# sequences that have any (DistiLLM-2's reduction)
+KD_REDUCTIONS = ("token", "sequence")
 
 _NEG_INF = float("-inf")
 
@@ -48,6 +52,21 @@ def check_kd_args(divergence: str, temperature: float, alpha: float, beta: float
     check_range("beta", beta, 0.0, 1.0)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be an int >= 1")
+
+
+def row_weights(keep: torch.Tensor, reduction: str, dtype: torch.dtype) -> torch.Tensor | None:
+    """(N,) weight of each valid row of keep (B, L), in flat order, so that sum_j w_j D_j is the reduction.
+
+    None for "token" (the plain mean, sum / N); for "sequence" w_j = 1 / (n_b * S), n_b the valid rows of
+    row j's sequence and S the number of sequences with n_b > 0.
+    """
+    check_choice("reduction", reduction, KD_REDUCTIONS)
+    if reduction == "token":
+        return None
+    counts = keep.sum(1)  # (B,)
+    sequences = (counts > 0).sum().clamp(min=1)
+    per_seq = 1.0 / (counts.clamp(min=1).to(dtype) * sequences.to(dtype))  # (B,)
+    return per_seq[:, None].expand_as(keep).reshape(-1)[keep.reshape(-1)]
 
 
 def _student_buckets(
@@ -148,6 +167,7 @@ class _SparseKD(torch.autograd.Function):
         teacher_lp: torch.Tensor,  # (N, k + 1) compute dtype, tail last
         weights: torch.Tensor | None,  # (N, k) or None
         spec: _KDSpec,
+        row_w: torch.Tensor | None = None,  # (N,) per-row weights of the sum, None = 1
     ) -> torch.Tensor:
         valid = teacher_lp[:, :-1] > _NEG_INF if weights is None else weights > 0
         total = torch.zeros((), dtype=compute_dtype(logits.dtype), device=logits.device)
@@ -155,15 +175,16 @@ class _SparseKD(torch.autograd.Function):
             part = slice(start, start + spec.chunk_size)
             lq, _, _ = _student_buckets(logits, rows[part], ids[part], valid[part], spec.temperature)
             w = None if weights is None else weights[part]
-            total = total + _row_loss(spec, teacher_lp[part], lq, w).sum()
-        ctx.save_for_backward(logits, rows, ids, teacher_lp, valid, weights)
+            per_row = _row_loss(spec, teacher_lp[part], lq, w)
+            total = total + (per_row.sum() if row_w is None else (per_row * row_w[part]).sum())
+        ctx.save_for_backward(logits, rows, ids, teacher_lp, valid, weights, row_w)
         ctx.spec = spec
         return total
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_total: torch.Tensor):
-        logits, rows, ids, teacher_lp, valid, weights = ctx.saved_tensors
+        logits, rows, ids, teacher_lp, valid, weights, row_w = ctx.saved_tensors
         spec: _KDSpec = ctx.spec
         grad_logits = torch.zeros_like(logits)
         scale = grad_total / spec.temperature  # z = logits / T
@@ -174,8 +195,11 @@ class _SparseKD(torch.autograd.Function):
             )
             w = None if weights is None else weights[part]
             bucket_grad_(spec, teacher_lp[part], lq, buffer, comp_sum, ids[part], valid[part], w)
-            grad_logits.index_copy_(0, rows[part], buffer.mul_(scale).to(logits.dtype))
-        return grad_logits, None, None, None, None, None
+            buffer.mul_(scale)
+            if row_w is not None:
+                buffer.mul_(row_w[part, None])
+            grad_logits.index_copy_(0, rows[part], buffer.to(logits.dtype))
+        return grad_logits, None, None, None, None, None, None
 
 
 def teacher_rows(
@@ -212,6 +236,7 @@ def sparse_kd_loss(
     scale_by_temperature_squared: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     mask: torch.Tensor | None = None,
+    reduction: str = "token",
 ) -> torch.Tensor:
     """Mean over valid tokens of D(teacher row || student) on the (k + 1)-bucket coarsening.
 
@@ -234,6 +259,8 @@ def sparse_kd_loss(
         chunk_size: rows per [chunk, V] temporary; memory beyond the logits and their gradient is one
             such buffer plus (chunk, k)-sized tensors, independent of B * L.
         mask: optional (B, L) bool, intersected with teacher.mask (e.g. response positions).
+        reduction: "token" (the mean over valid tokens above) or "sequence": each sequence's mean over
+            its valid tokens, then the mean over the sequences that have any (DistiLLM-2).
     Returns:
         scalar (float32, or float64 for float64 logits); 0 with a zero gradient when no row is valid.
     """
@@ -259,8 +286,9 @@ def sparse_kd_loss(
     rows = keep.reshape(-1).nonzero().squeeze(1)  # (N,) flat indices of valid positions
     ids, teacher_lp, weights = teacher_rows(teacher, rows, compute_dtype(student_logits.dtype), vocab)
     spec = _KDSpec(divergence, alpha, beta, temperature, chunk_size)
-    total = _SparseKD.apply(student_logits.reshape(-1, vocab), rows, ids, teacher_lp, weights, spec)
-    loss = total / max(rows.numel(), 1)
+    row_w = row_weights(keep, reduction, compute_dtype(student_logits.dtype))
+    total = _SparseKD.apply(student_logits.reshape(-1, vocab), rows, ids, teacher_lp, weights, spec, row_w)
+    loss = total / max(rows.numel(), 1) if row_w is None else total
     if scale_by_temperature_squared:
         loss = loss * temperature**2
     return loss

@@ -55,8 +55,11 @@ def coarse_kd_reference(
     alpha: float = 0.1,
     beta: float = 0.5,
     mask: torch.Tensor | None = None,
+    reduction: str = "token",
 ) -> torch.Tensor:
     """Mean over valid rows of D(p_coarse, q_coarse) on the k ids + a tail bucket, in float64.
+
+    reduction "sequence": the mean over each sequence's valid rows, then over the sequences having any.
 
     The student tail is the explicit sum of softmax probabilities over the ids NOT in the row.
     """
@@ -71,6 +74,9 @@ def coarse_kd_reference(
         divergence, torch.cat([p_ids, p_tail], -1), torch.cat([q_ids, q_tail], -1), alpha, beta
     )
     keep = teacher.mask if mask is None else teacher.mask & mask
+    if reduction == "sequence":
+        means = [per_row[i][keep[i]].mean() for i in range(keep.shape[0]) if keep[i].any()]
+        return torch.stack(means).mean() if means else per_row.sum() * 0
     return torch.where(keep, per_row, 0.0).sum() / keep.sum().clamp(min=1)
 
 

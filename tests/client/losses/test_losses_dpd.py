@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -71,7 +71,7 @@ def _reference(config: DPDLossConfig, chosen: dict, rejected: dict, ref_c: torch
     kd = {
         side: coarse_kd_reference(
             data["logits"], data["teacher"], divergence, config.temperature, config.alpha, config.jsd_beta,
-            mask=data["rows"],
+            mask=data["rows"], reduction=config.kd_reduction,
         )
         for side, data, divergence in (
             ("pos", chosen, config.pos_divergence), ("neg", rejected, config.neg_divergence)
@@ -191,6 +191,7 @@ def test_presets_are_what_their_names_say() -> None:
         ({"beta": float("nan")}, "beta"),
         ({"margin_mode": "gap"}, "margin_mode='gap' is not supported; choose one of 'fixed', 'score-gap'"),
         ({"margin_scale": -1.0}, "margin_scale"),
+        ({"kd_reduction": "batch"}, "kd_reduction='batch' is not supported; choose one of 'token', 'sequence'"),
     ],
 )
 def test_config_validation(kwargs: dict, match: str) -> None:
@@ -254,3 +255,20 @@ def test_score_gap_needs_the_gaps_and_checks_their_shape() -> None:
         DPDBatch(batch.labels, batch.loss_mask, batch.teacher, batch.ref_logps, torch.zeros(3))
     # no DPO term: no gaps needed
     dpd_loss(logits, batch, DPDLossConfig(margin_mode="score-gap", dpo_weight=0.0))
+
+
+def test_sequence_reduction_weighs_each_sequence_equally() -> None:
+    """Per sequence then per batch, against the reference, and different from the token mean."""
+    chosen, rejected, ref_c, ref_r = _batch()
+    assert chosen["rows"].sum(1).unique().numel() > 1 or rejected["rows"].sum(1).unique().numel() > 1
+    config = DPDLossConfig(kd_reduction="sequence", pos_divergence="jsd", temperature=1.3)
+    out = _call(config, chosen, rejected, ref_c, ref_r)
+    expected, _, kd = _reference(config, chosen, rejected, ref_c, ref_r)
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.pos, kd["pos"])
+    torch.testing.assert_close(out.neg, kd["neg"])
+    leaves = (chosen["logits"], rejected["logits"])
+    for g, w in zip(torch.autograd.grad(out.loss, leaves), torch.autograd.grad(expected, leaves), strict=True):
+        torch.testing.assert_close(g, w)
+    token = _call(replace(config, kd_reduction="token"), chosen, rejected, ref_c, ref_r)
+    assert not torch.allclose(token.pos, out.pos)

@@ -43,6 +43,10 @@ CONFIGS = {
         dpo_weight=0.5, pos_weight=2.0, neg_weight=0.25, beta=0.2, margin=0.3, loss_type="ipo",
         pos_divergence="jsd", neg_divergence="reverse_kl", jsd_beta=0.3, temperature=1.5, chunk_size=3,
     ),
+    "sequence-reduction-scaled": DPDLossConfig(
+        pos_divergence="jsd", neg_divergence="skew_reverse_kl_full", kd_reduction="sequence",
+        temperature=1.3, scale_by_temperature_squared=True, chunk_size=4,
+    ),
     "skews-scaled-normalised": DPDLossConfig(
         pos_divergence="skew_forward_kl", neg_divergence="skew_reverse_kl", alpha=0.2, temperature=0.7,
         scale_by_temperature_squared=True, length_normalize=True, loss_type="hinge", chunk_size=4,

@@ -318,3 +318,25 @@ def test_skew_reverse_kl_detaches_the_student_inside_the_mixture() -> None:
     torch.testing.assert_close(grad, closed.detach(), rtol=1e-10, atol=1e-12)
     # and it is not the fully differentiated gradient
     assert (grad - grad_full).norm() > 1e-3 * grad_full.norm()
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "skew_reverse_kl_full", "jsd"])
+def test_sequence_reduction_matches_reference_and_skips_empty_sequences(name: str) -> None:
+    torch.manual_seed(8)
+    b, length, k, vocab = 3, 7, 4, 11
+    mask = torch.rand(b, length) > 0.4
+    mask[0, :2] = True
+    mask[1] = False  # an empty sequence takes no share of the mean
+    teacher = make_teacher(torch.randn(b, length, vocab) * 2, k=k, mask=mask, ragged=True, seed=8)
+    x = torch.randn(b, length, vocab, dtype=torch.float64, requires_grad=True)
+    loss = sparse_kd_loss(x, teacher, name, temperature=1.2, reduction="sequence", chunk_size=3)
+    expected = coarse_kd_reference(x, teacher, name, temperature=1.2, reduction="sequence")
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(_grad(loss, x), _grad(expected, x), rtol=1e-10, atol=1e-12)
+    fn = lambda z: sparse_kd_loss(z, teacher, name, temperature=1.2, reduction="sequence", chunk_size=3)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,))
+    empty = make_teacher(torch.randn(b, length, vocab), k=k, mask=torch.zeros(b, length, dtype=torch.bool))
+    zero = sparse_kd_loss(x, empty, name, reduction="sequence")
+    assert zero.item() == 0.0 and not _grad(zero, x).any()
+    with pytest.raises(ValueError, match="reduction='mean' is not supported"):
+        sparse_kd_loss(x, teacher, name, reduction="mean")
