@@ -113,3 +113,20 @@ def test_fused_and_unfused_loss_train_alike(tmp_path, capture_dir, student_dir, 
     from transformers import AutoModelForCausalLM
 
     assert lm_head(AutoModelForCausalLM.from_pretrained(student_dir)) is not None  # the fused path did run
+
+
+def test_score_gap_margins_reach_the_loss(tmp_path, capture_dir, student_dir, pair_files):
+    """Per-pair margins from chosen_score - rejected_score: gaps of 1 scaled by 0.5 train as margin 0.5."""
+    pairs = tmp_path / "scored.jsonl"
+    with pair_files[0].open() as source, pairs.open("w") as target:
+        for line in source:
+            target.write(json.dumps(json.loads(line) | {"chosen_score": 1.0, "rejected_score": 0.0}) + "\n")
+    losses = []
+    for name, loss in (("gap", {"margin_mode": "score-gap", "margin_scale": 0.5}), ("fixed", {"margin": 0.5})):
+        config = small_config(tmp_path / name, student_dir, pairs, f"capture:{capture_dir}", max_steps=1, loss=loss)
+        losses.append(train(config).train_metrics["dpo"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    unscored = small_config(tmp_path / "unscored", student_dir, pair_files[0], f"capture:{capture_dir}", max_steps=1,
+                            loss={"margin_mode": "score-gap"})  # fmt: skip
+    with pytest.raises(ValueError, match="no chosen_score / rejected_score"):
+        train(unscored)
