@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from dualdistill.protocol.results import SequenceLogits
 
-from .. import context
+from .. import context, engines
 from ..config import ServerConfig
 from ..errors import DeadlineExceeded, ModelNotFound, Unavailable
 from ..metrics import Metrics
@@ -144,6 +144,8 @@ class TeacherService:
     async def close(self) -> None:
         for batcher in self._batchers.values():
             await batcher.close()
+        for model in self._models.values():
+            await asyncio.to_thread(engines.close, model)  # vllm: stops its step thread and workers
         await self.cache.close()  # writes the results still waiting (the disk cache keeps them)
 
     # ---- queries ---------------------------------------------------------------------------------------
@@ -160,6 +162,7 @@ class TeacherService:
         name, model = self._admit(request.model)
         info = model.info
         tasks = logits_tasks(request, info, self.config)
+        engines.check_tasks(model, tasks)  # what the engine cannot compute exactly: 422 before any work
         self.limits.charge(context.current_tenant(), request.num_tokens)
         timeout = _sooner(timeout, request.deadline_seconds)
         with self._tracking():
@@ -183,8 +186,14 @@ class TeacherService:
                 seed=request.seed,
             )
 
+        # An engine with continuous batching (vllm) gets concurrent requests at once; the hf engine takes
+        # them in turn on the model's worker thread, between batched forwards.
+        if engines.generates_concurrently(model):
+            work = asyncio.to_thread(run)
+        else:
+            work = self._batchers[name].run_on_worker(run)
         with self._tracking():
-            completions = await _within(timeout, self._batchers[name].run_on_worker(run))
+            completions = await _within(timeout, work)
         return GenerateResult(name, model.info.fingerprint, _answered_id(request, request_id), completions)
 
     # ---- internals ---------------------------------------------------------------------------------------
