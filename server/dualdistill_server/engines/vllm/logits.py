@@ -72,7 +72,7 @@ def sequence_logits(output: Any, task: LogitsTask, vocab_size: int) -> SequenceL
     flat = output.prompt_logprobs
     if flat is None or not hasattr(flat, "start_indices"):
         raise RuntimeError(f"vLLM returned no flat prompt logprobs (got {type(flat).__name__})")
-    k, length = task.top_k, len(task.token_ids)
+    k, length = task.params.top_k, len(task.token_ids)
     width = 1 + fetched_ranks(k, vocab_size)
     first = flat.start_indices[task.start]  # position 0 has no entries, every later one k + 1
     if len(flat) != length or len(flat.token_ids) - first != (length - task.start) * width:

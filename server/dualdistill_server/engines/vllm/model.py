@@ -44,16 +44,16 @@ class VllmModel:
     def check_tasks(self, tasks: list[LogitsTask]) -> None:
         """InvalidArgument for what vLLM's prompt logprobs cannot give exactly (see the module doc)."""
         for task in tasks:
-            if task.mode != "topk":
+            if task.params.mode != "topk":
                 raise InvalidArgument(
-                    f"mode {task.mode!r} needs the full next-token distribution, which the vllm engine of model "
+                    f"mode {task.params.mode!r} needs the full next-token distribution, which the vllm engine of model "
                     f"{self.name!r} does not return (it returns the top-k only); use mode 'topk', or "
                     f"{_WHAT_TO_DO}",
                     field="mode",
                 )
-            if task.temperature != 1.0:
+            if task.params.temperature != 1.0:
                 raise InvalidArgument(
-                    f"temperature {task.temperature:g}: the vllm engine of model {self.name!r} computes prompt "
+                    f"temperature {task.params.temperature:g}: the vllm engine of model {self.name!r} computes prompt "
                     "log-probabilities at temperature 1 only (vLLM does not apply temperature to them); send "
                     f"temperature 1 and apply the temperature in the loss, or {_WHAT_TO_DO}",
                     field="temperature",
@@ -68,7 +68,7 @@ class VllmModel:
         futures = [
             self._loop.submit(
                 TokensPrompt(prompt_token_ids=task.token_ids.tolist()),
-                prompt_logprob_params(fetched_ranks(task.top_k, vocab)),
+                prompt_logprob_params(fetched_ranks(task.params.top_k, vocab)),
             )
             for task in tasks
         ]
