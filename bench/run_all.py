@@ -39,6 +39,7 @@ SECTIONS = [
     ("service_overhead", "bench/service_overhead.py", "Service overhead"),
     ("many_students", "bench/many_students.py", "Many students"),
     ("trainer_stall", "bench/trainer_stall.py", "Trainer stall"),
+    ("vllm_engine", "bench/vllm_engine.py", "vLLM engine"),
 ]
 GPU_NOTE = """## GPU (`bench/gpu.sh`)
 
@@ -46,7 +47,9 @@ GPU_NOTE = """## GPU (`bench/gpu.sh`)
 Llama-style model of 1.10B parameters (`bench/models.py`, `llama-1b`: 20 layers, hidden 2048, vocabulary
 49152, the tiny fixture's tokenizer) in bfloat16 behind `dualdistill serve --device cuda`, and the loss
 variants with bfloat16 logits on the GPU (peak memory from `torch.cuda.max_memory_allocated`). It needs
-no network and writes its results under `$OUT` (default bench/results/gpu). {status}
+no network and writes its results under `$OUT` (default bench/results/gpu). Where vLLM is installed it
+also runs `bench/vllm_tp.py`: the vllm engine tensor parallel over every visible GPU against an in-process
+vLLM call with the same engine arguments. {status}
 """
 
 

@@ -6,7 +6,7 @@ and the Helm chart's values. Bounds are enforced here, so a bad setting fails at
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,7 +24,17 @@ class ServerConfig(BaseSettings):
     host: str = Field("0.0.0.0", description="Interface both transports bind to.")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP (FastAPI) port; 0 picks a free port.")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free port; -1 is not allowed.")
-    device: str = Field("cpu", description="Torch device for the models: cpu, cuda, cuda:1, ...")
+    engine: str = Field(
+        "hf",
+        description="What computes the models: hf (transformers forwards in this process) or vllm (vLLM's "
+        "engine in this process: tensor/pipeline parallel, paged KV, continuous batching; docs/deploy.md).",
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM engine arguments (--engine vllm only), e.g. tensor_parallel_size, "
+        "distributed_executor_backend, gpu_memory_utilization; flag --engine-arg KEY=VALUE, env a JSON object.",
+    )
+    device: str = Field("cpu", description="Torch device for the models (hf engine): cpu, cuda, cuda:1, ...")
     dtype: str = Field("float32", description="Model dtype: float32, bfloat16 or float16.")
     max_top_k: int = Field(256, ge=1, le=65536, description="Largest top_k a request may ask for.")
     max_seq_len: int = Field(4096, ge=2, le=1_048_576, description="Longest sequence (tokens) accepted.")
@@ -81,6 +91,15 @@ class ServerConfig(BaseSettings):
         allowed = ("float32", "bfloat16", "float16")
         if value not in allowed:
             raise ValueError(f"dtype must be one of {allowed}, got {value!r}")
+        return value
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        from .engines.base import ENGINES
+
+        if value not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {value!r}")
         return value
 
     @field_validator("cache")

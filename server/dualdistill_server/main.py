@@ -3,12 +3,14 @@
 Timeline of one process:
     read the API keys, open the result cache (exit 2 / 1 when they are unusable)
     bind HTTP + gRPC ──> /healthz 200, /readyz 503, health NOT_SERVING
-    load models (a thread; the loop keeps answering probes)
+    check the engine settings (--engine, --engine-arg; exit 2 naming a bad one)
+    load models with the engine (a thread; the loop keeps answering probes; a failed load exits 1)
     ──> /readyz 200, health SERVING, stdout: "dualdistill serving http=HOST:PORT grpc=HOST:PORT"
     SIGTERM / SIGINT ──> /readyz 503, health NOT_SERVING, new requests UNAVAILABLE (503)
     in-flight requests finish (at most drain_seconds) ──> 0.5 s more of refusals ──> listeners close
     ──> cache writes flushed ──> exit 0
-A second signal during the drain skips the wait.
+A second signal during the drain skips the wait. An engine that dies while serving (vllm) starts the same
+drain and the process exits 1.
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ def serve_forever(overrides: dict) -> int:
         print("dualdistill serve: no model given; pass --model NAME=PATH (or DUALDISTILL_MODELS)", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
+    try:
+        from .engines import check_settings
+
+        check_settings(config.engine, config.engine_args)
+    except (ValueError, ImportError) as exc:
+        print(f"dualdistill serve: {exc}", file=sys.stderr)
+        return 2
     return asyncio.run(_serve(config))
 
 
@@ -122,18 +131,32 @@ def _quiet_transformers() -> None:
 
 def _load_models(config: ServerConfig) -> dict:
     _quiet_transformers()
-    from .models import load_model
+    from .engines import load_served_model
 
     models = {}
     for name, path in config.model_specs():
         begin = time.perf_counter()
-        models[name] = load_model(
-            name, path, device=config.device, dtype=config.dtype,
-            max_seq_len=config.max_seq_len, max_top_k=config.max_top_k,
-        )
-        log.info("loaded model %s from %s in %.1f s", name, path, time.perf_counter() - begin,
-                 extra={"model": name, "seconds": round(time.perf_counter() - begin, 3)})
+        models[name] = load_served_model(config, name, path)
+        log.info("loaded model %s from %s with engine %s in %.1f s", name, path, config.engine,
+                 time.perf_counter() - begin,
+                 extra={"model": name, "engine": config.engine, "seconds": round(time.perf_counter() - begin, 3)})
     return models
+
+
+def _engine_failures(models: dict) -> asyncio.Future:
+    """A future that gets the first error of any model's engine after loading (never set for hf)."""
+    from .engines import on_failure
+
+    loop = asyncio.get_running_loop()
+    failed = loop.create_future()
+
+    def report(name: str, error: BaseException) -> None:
+        if not failed.done():
+            failed.set_result((name, error))
+
+    for name, model in models.items():
+        on_failure(model, lambda error, name=name: loop.call_soon_threadsafe(report, name, error))
+    return failed
 
 
 def _cache_description(spec: str) -> str:
@@ -243,8 +266,14 @@ async def _load_and_serve(
             for name, model in models.items():
                 service.add_model(name, model)
             service.mark_loaded()
+            failed = _engine_failures(models)
             print(f"dualdistill serving http={addresses['http']} grpc={addresses['grpc']}", flush=True)
-            await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({stopped, http_task, failed}, return_when=asyncio.FIRST_COMPLETED)
+            if failed.done():
+                name, error = failed.result()
+                log.error("the engine of model %s failed (%s); stopping", name, error)
+                return 1
+            failed.cancel()
         if http_task.done() and not stop.is_set():
             log.error("the HTTP server stopped unexpectedly")
             return 1

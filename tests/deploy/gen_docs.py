@@ -56,6 +56,7 @@ def env_table() -> str:
     config = _server_config()
     flags = {dest: flag for flag, dest, _, _ in SERVE_FLAGS}
     flags["models"] = "--model NAME=PATH (repeatable)"
+    flags["engine_args"] = "--engine-arg KEY=VALUE (repeatable)"
     properties = config.model_json_schema()["properties"]
     rows = ["| Variable | `serve` flag | Default | Bounds | Description |", "|---|---|---|---|---|"]
     for name, field in config.model_fields.items():

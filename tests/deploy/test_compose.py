@@ -89,9 +89,21 @@ def test_refuses_to_start_without_each_student_key(missing):
 
 def test_every_dualdistill_command_parses(compose):
     services = our_services(compose)
-    assert set(services) == {"teacher", *STUDENTS}
+    assert set(services) == {"teacher", "teacher-vllm", *STUDENTS}
     commands = {name: parse_cli(svc["command"]).command for name, svc in services.items()}
-    assert commands == {"teacher": "serve", "student-a": "train", "student-b": "train"}
+    assert commands == {"teacher": "serve", "teacher-vllm": "serve", "student-a": "train", "student-b": "train"}
+
+
+def test_vllm_profile_serves_the_teacher_tensor_parallel_on_gpus(compose):
+    teacher = compose["services"]["teacher-vllm"]
+    assert teacher["profiles"] == ["vllm"] and "vllm" not in compose["services"]["teacher"].get("profiles", [])
+    env = {k: v for k, v in compose_env_list(teacher["environment"]).items() if k.startswith(ENV_PREFIX)}
+    assert set(env) <= server_env_names(), set(env) - server_env_names()
+    config = serve_config(teacher["command"], {**image_env(), **env})
+    assert config.engine == "vllm" and config.engine_args["tensor_parallel_size"] == 1
+    assert config.cache.startswith("redis://redis:6379/")
+    (device,) = teacher["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and teacher["shm_size"]
 
 
 def test_students_use_the_pinned_training_flags(compose):

@@ -7,6 +7,7 @@ a flag given on the command line wins. The flag names are pinned: deployment fil
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 # (flag, ServerConfig field, type, help). Help text is short; `docs/deploy.md` has the full table.
@@ -14,7 +15,8 @@ SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--host", "host", str, "interface to bind (default 0.0.0.0)"),
     ("--http-port", "http_port", int, "HTTP port (default 8000; 0 = pick a free one)"),
     ("--grpc-port", "grpc_port", int, "gRPC port (default 50051; 0 = pick a free one)"),
-    ("--device", "device", str, "torch device (default cpu)"),
+    ("--engine", "engine", str, "hf | vllm: what computes the models (default hf; docs/deploy.md)"),
+    ("--device", "device", str, "torch device of the hf engine (default cpu)"),
     ("--dtype", "dtype", str, "float32 | bfloat16 | float16 (default float32)"),
     ("--max-top-k", "max_top_k", int, "largest top_k a request may ask for (default 256)"),
     ("--max-seq-len", "max_seq_len", int, "longest sequence accepted, in tokens (default 4096)"),
@@ -65,13 +67,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     for flag, dest, kind, text in SERVE_FLAGS:
         parser.add_argument(flag, dest=dest, type=kind, default=None, help=text)
+    parser.add_argument(
+        "--engine-arg",
+        dest="engine_args",
+        action="append",
+        type=engine_arg,
+        metavar="KEY=VALUE",
+        help="a vLLM engine argument (repeatable, --engine vllm only), e.g. tensor_parallel_size=2; VALUE is "
+        "parsed as JSON when it parses, else taken as a string",
+    )
     parser.set_defaults(func=run)
+
+
+def engine_arg(text: str) -> tuple[str, object]:
+    """'KEY=VALUE' -> (KEY, VALUE as JSON if it parses, else the string): '2' -> 2, 'ray' -> 'ray'."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The settings given on the command line (None means: not given, use env/default)."""
     names = ["models"] + [dest for _, dest, _, _ in SERVE_FLAGS]
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if getattr(args, "engine_args", None):
+        overrides["engine_args"] = dict(args.engine_args)  # a repeated key: the last one wins
+    return overrides
 
 
 def run(args: argparse.Namespace) -> int:

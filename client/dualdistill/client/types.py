@@ -18,7 +18,8 @@ class ModelInfo:
     eos_token_id: int | None = None
     bos_token_id: int | None = None
     dtype: str = "float32"
-    fingerprint: str = ""  # hash of config + weights + dtype: results are cacheable under it
+    fingerprint: str = ""  # hash of config + weights + dtype + engine: results are cacheable under it
+    engine: str = ""  # what computes it on the server: "hf" | "vllm" ("" from a server that does not say)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
@@ -33,6 +34,7 @@ class ModelInfo:
             bos_token_id=_optional_int(data.get("bos_token_id")),
             dtype=str(data.get("dtype", "")),
             fingerprint=str(data.get("fingerprint", "")),
+            engine=str(data.get("engine", "")),
         )
 
 

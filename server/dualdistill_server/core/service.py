@@ -17,11 +17,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from dualdistill.protocol.results import SequenceLogits
 
-from .. import context
+from .. import context, engines
 from ..config import ServerConfig
 from ..errors import DeadlineExceeded, ModelNotFound, Unavailable
 from ..metrics import Metrics
@@ -82,6 +83,10 @@ class TeacherService:
         self._draining = False
         self._listeners: list[Callable[[bool], None]] = []
         self._active = 0
+        # Threads that wait on an engine with continuous batching (vllm): one per generate request in
+        # flight, mostly blocked on the engine's futures; asyncio's default pool (cores + 4) would cap
+        # how many requests the engine ever batches together.
+        self._waiting_pool: ThreadPoolExecutor | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         for name, model in models.items():
@@ -144,6 +149,10 @@ class TeacherService:
     async def close(self) -> None:
         for batcher in self._batchers.values():
             await batcher.close()
+        for model in self._models.values():
+            await asyncio.to_thread(engines.close, model)  # vllm: stops its step thread and workers
+        if self._waiting_pool is not None:
+            self._waiting_pool.shutdown(wait=False, cancel_futures=True)
         await self.cache.close()  # writes the results still waiting (the disk cache keeps them)
 
     # ---- queries ---------------------------------------------------------------------------------------
@@ -180,6 +189,7 @@ class TeacherService:
         name, model = self._admit(request.model)
         info = model.info
         tasks = logits_tasks(request, info, self.config, token_ranks=token_ranks)
+        engines.check_tasks(model, tasks)  # what the engine cannot compute exactly: 422 before any work
         self.limits.charge(context.current_tenant(), request.num_tokens)
         timeout = _sooner(timeout, request.deadline_seconds)
         with self._tracking():
@@ -203,11 +213,22 @@ class TeacherService:
                 seed=request.seed,
             )
 
+        # An engine with continuous batching (vllm) gets concurrent requests at once; the hf engine takes
+        # them in turn on the model's worker thread, between batched forwards.
+        if engines.generates_concurrently(model):
+            work = self._on_waiting_pool(run)
+        else:
+            work = self._batchers[name].run_on_worker(run)
         with self._tracking():
-            completions = await _within(timeout, self._batchers[name].run_on_worker(run))
+            completions = await _within(timeout, work)
         return GenerateResult(name, model.info.fingerprint, _answered_id(request, request_id), completions)
 
     # ---- internals ---------------------------------------------------------------------------------------
+
+    async def _on_waiting_pool(self, fn: Callable[[], list[GeneratedCompletion]]) -> list[GeneratedCompletion]:
+        if self._waiting_pool is None:
+            self._waiting_pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="engine-wait")
+        return await asyncio.get_running_loop().run_in_executor(self._waiting_pool, fn)
 
     def _admit(self, name: str):
         if not self._loaded:

@@ -1,8 +1,9 @@
 """Model fingerprint: which exact function the served model computes, so results are cacheable under it.
 
 fingerprint = sha256(canonical config JSON || for each state-dict tensor in name order: name, dtype,
-shape, raw bytes || serving dtype), first 16 hex chars. Two loads of the same files with the same dtype give
-the same fingerprint; any changed weight, config field or serving dtype gives another one.
+shape, raw bytes || serving dtype || engine), first 16 hex chars. Two loads of the same files with the same
+dtype give the same fingerprint; any changed weight, config field, serving dtype or engine gives another one
+(the vllm engine hashes the weight files instead: engines/vllm/fingerprint.py).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def model_fingerprint(model: torch.nn.Module, config: Any, dtype: str) -> str:
-    """16 hex chars of sha256 over (canonical config, every state-dict tensor, serving dtype)."""
+def model_fingerprint(model: torch.nn.Module, config: Any, dtype: str, engine: str = "hf") -> str:
+    """16 hex chars of sha256 over (canonical config, every state-dict tensor, serving dtype, engine)."""
     digest = hashlib.sha256()
     digest.update(canonical_config(config).encode("utf-8"))
     state = model.state_dict()
@@ -43,4 +44,5 @@ def model_fingerprint(model: torch.nn.Module, config: Any, dtype: str) -> str:
         digest.update(header.encode("utf-8"))
         digest.update(_tensor_bytes(tensor))
     digest.update(dtype.encode("utf-8"))
+    digest.update(f"|engine={engine}".encode())
     return digest.hexdigest()[:16]

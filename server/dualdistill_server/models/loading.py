@@ -122,7 +122,8 @@ def load_model(
         eos_token_id=eos,
         bos_token_id=bos,
         dtype=dtype,
-        fingerprint=model_fingerprint(model, config, dtype),
+        fingerprint=model_fingerprint(model, config, dtype, "hf"),
+        engine="hf",
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     return ServedModel(

@@ -27,7 +27,8 @@ class ModelInfo:
     eos_token_id: int | None  # the tokenizer's end-of-sequence id (config's when the tokenizer has none)
     bos_token_id: int | None  # the tokenizer's beginning-of-sequence id (same fallback)
     dtype: str  # serving dtype: "float32" | "bfloat16" | "float16"
-    fingerprint: str  # 16 hex chars of sha256(config, weights, dtype); results are cacheable under it
+    fingerprint: str  # 16 hex chars of sha256(config, weights, dtype, engine); results are cacheable under it
+    engine: str = "hf"  # what computes it: "hf" (our transformers forwards) | "vllm" (vLLM's engine)
 
     def to_dict(self) -> dict:
         """The JSON object of GET /v1/models (same keys as proto ModelInfo)."""

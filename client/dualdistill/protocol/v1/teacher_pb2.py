@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%dualdistill/protocol/v1/teacher.proto\x12\x0e\x64ualdistill.v1\"\x13\n\x11ListModelsRequest\"\xeb\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x18\n\x10tokenizer_sha256\x18\x03 \x01(\t\x12\x13\n\x0bmax_seq_len\x18\x04 \x01(\x05\x12\x11\n\tmax_top_k\x18\x05 \x01(\x05\x12\x19\n\x0c\x65os_token_id\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0c\x62os_token_id\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\t \x01(\tB\x0f\n\r_eos_token_idB\x0f\n\r_bos_token_id\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.dualdistill.v1.ModelInfo\",\n\x08Sequence\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\r\n\x05start\x18\x02 \x01(\x05\"\xd5\x02\n\rLogitsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\tsequences\x18\x02 \x03(\x0b\x32\x18.dualdistill.v1.Sequence\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04mode\x18\x05 \x01(\tH\x02\x88\x01\x01\x12\x14\n\x07samples\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x04\x88\x01\x01\x12\x13\n\x06\x66ormat\x18\x08 \x01(\tH\x05\x88\x01\x01\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x1d\n\x10\x64\x65\x61\x64line_seconds\x18\n \x01(\x02H\x06\x88\x01\x01\x42\x08\n\x06_top_kB\x0e\n\x0c_temperatureB\x07\n\x05_modeB\n\n\x08_samplesB\x07\n\x05_seedB\t\n\x07_formatB\x13\n\x11_deadline_seconds\"\x8b\x01\n\x0eSequenceResult\x12\x13\n\x0brow_lengths\x18\x01 \x03(\x05\x12\x0f\n\x07top_ids\x18\x02 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x03 \x03(\x02\x12\x0e\n\x06\x63ounts\x18\x04 \x03(\x05\x12\x16\n\x0etoken_logprobs\x18\x05 \x03(\x02\x12\x15\n\rtail_logprobs\x18\x06 \x03(\x02\"\x8a\x01\n\x0eLogitsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12/\n\x07results\x18\x03 \x03(\x0b\x32\x1e.dualdistill.v1.SequenceResult\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x12\n\nrequest_id\x18\x05 \x01(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"f\n\x06Prompt\x12\x11\n\x04text\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12-\n\x08messages\x18\x03 \x03(\x0b\x32\x1b.dualdistill.v1.ChatMessageB\x07\n\x05_text\"\x87\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x07prompts\x18\x02 \x03(\x0b\x32\x16.dualdistill.v1.Prompt\x12\x1b\n\x0emax_new_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x0e\n\x01n\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x04\x88\x01\x01\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x04\n\x02_nB\x07\n\x05_seed\"t\n\nCompletion\x12\x14\n\x0cprompt_index\x18\x01 \x01(\x05\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\"{\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12/\n\x0b\x63ompletions\x18\x03 \x03(\x0b\x32\x1a.dualdistill.v1.Completion\x12\x12\n\nrequest_id\x18\x04 \x01(\t2\xcc\x02\n\x07Teacher\x12S\n\nListModels\x12!.dualdistill.v1.ListModelsRequest\x1a\".dualdistill.v1.ListModelsResponse\x12J\n\tGetLogits\x12\x1d.dualdistill.v1.LogitsRequest\x1a\x1e.dualdistill.v1.LogitsResponse\x12Q\n\x0cStreamLogits\x12\x1d.dualdistill.v1.LogitsRequest\x1a\x1e.dualdistill.v1.LogitsResponse(\x01\x30\x01\x12M\n\x08Generate\x12\x1f.dualdistill.v1.GenerateRequest\x1a .dualdistill.v1.GenerateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%dualdistill/protocol/v1/teacher.proto\x12\x0e\x64ualdistill.v1\"\x13\n\x11ListModelsRequest\"\xfb\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x18\n\x10tokenizer_sha256\x18\x03 \x01(\t\x12\x13\n\x0bmax_seq_len\x18\x04 \x01(\x05\x12\x11\n\tmax_top_k\x18\x05 \x01(\x05\x12\x19\n\x0c\x65os_token_id\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0c\x62os_token_id\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\t \x01(\t\x12\x0e\n\x06\x65ngine\x18\n \x01(\tB\x0f\n\r_eos_token_idB\x0f\n\r_bos_token_id\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.dualdistill.v1.ModelInfo\",\n\x08Sequence\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\r\n\x05start\x18\x02 \x01(\x05\"\xd5\x02\n\rLogitsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\tsequences\x18\x02 \x03(\x0b\x32\x18.dualdistill.v1.Sequence\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04mode\x18\x05 \x01(\tH\x02\x88\x01\x01\x12\x14\n\x07samples\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x04\x88\x01\x01\x12\x13\n\x06\x66ormat\x18\x08 \x01(\tH\x05\x88\x01\x01\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x1d\n\x10\x64\x65\x61\x64line_seconds\x18\n \x01(\x02H\x06\x88\x01\x01\x42\x08\n\x06_top_kB\x0e\n\x0c_temperatureB\x07\n\x05_modeB\n\n\x08_samplesB\x07\n\x05_seedB\t\n\x07_formatB\x13\n\x11_deadline_seconds\"\x8b\x01\n\x0eSequenceResult\x12\x13\n\x0brow_lengths\x18\x01 \x03(\x05\x12\x0f\n\x07top_ids\x18\x02 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x03 \x03(\x02\x12\x0e\n\x06\x63ounts\x18\x04 \x03(\x05\x12\x16\n\x0etoken_logprobs\x18\x05 \x03(\x02\x12\x15\n\rtail_logprobs\x18\x06 \x03(\x02\"\x8a\x01\n\x0eLogitsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12/\n\x07results\x18\x03 \x03(\x0b\x32\x1e.dualdistill.v1.SequenceResult\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x12\n\nrequest_id\x18\x05 \x01(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"f\n\x06Prompt\x12\x11\n\x04text\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12-\n\x08messages\x18\x03 \x03(\x0b\x32\x1b.dualdistill.v1.ChatMessageB\x07\n\x05_text\"\x87\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x07prompts\x18\x02 \x03(\x0b\x32\x16.dualdistill.v1.Prompt\x12\x1b\n\x0emax_new_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x0e\n\x01n\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x04\x88\x01\x01\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x04\n\x02_nB\x07\n\x05_seed\"t\n\nCompletion\x12\x14\n\x0cprompt_index\x18\x01 \x01(\x05\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\"{\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12/\n\x0b\x63ompletions\x18\x03 \x03(\x0b\x32\x1a.dualdistill.v1.Completion\x12\x12\n\nrequest_id\x18\x04 \x01(\t2\xcc\x02\n\x07Teacher\x12S\n\nListModels\x12!.dualdistill.v1.ListModelsRequest\x1a\".dualdistill.v1.ListModelsResponse\x12J\n\tGetLogits\x12\x1d.dualdistill.v1.LogitsRequest\x1a\x1e.dualdistill.v1.LogitsResponse\x12Q\n\x0cStreamLogits\x12\x1d.dualdistill.v1.LogitsRequest\x1a\x1e.dualdistill.v1.LogitsResponse(\x01\x30\x01\x12M\n\x08Generate\x12\x1f.dualdistill.v1.GenerateRequest\x1a .dualdistill.v1.GenerateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,27 +34,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSREQUEST']._serialized_start=57
   _globals['_LISTMODELSREQUEST']._serialized_end=76
   _globals['_MODELINFO']._serialized_start=79
-  _globals['_MODELINFO']._serialized_end=314
-  _globals['_LISTMODELSRESPONSE']._serialized_start=316
-  _globals['_LISTMODELSRESPONSE']._serialized_end=379
-  _globals['_SEQUENCE']._serialized_start=381
-  _globals['_SEQUENCE']._serialized_end=425
-  _globals['_LOGITSREQUEST']._serialized_start=428
-  _globals['_LOGITSREQUEST']._serialized_end=769
-  _globals['_SEQUENCERESULT']._serialized_start=772
-  _globals['_SEQUENCERESULT']._serialized_end=911
-  _globals['_LOGITSRESPONSE']._serialized_start=914
-  _globals['_LOGITSRESPONSE']._serialized_end=1052
-  _globals['_CHATMESSAGE']._serialized_start=1054
-  _globals['_CHATMESSAGE']._serialized_end=1098
-  _globals['_PROMPT']._serialized_start=1100
-  _globals['_PROMPT']._serialized_end=1202
-  _globals['_GENERATEREQUEST']._serialized_start=1205
-  _globals['_GENERATEREQUEST']._serialized_end=1468
-  _globals['_COMPLETION']._serialized_start=1470
-  _globals['_COMPLETION']._serialized_end=1586
-  _globals['_GENERATERESPONSE']._serialized_start=1588
-  _globals['_GENERATERESPONSE']._serialized_end=1711
-  _globals['_TEACHER']._serialized_start=1714
-  _globals['_TEACHER']._serialized_end=2046
+  _globals['_MODELINFO']._serialized_end=330
+  _globals['_LISTMODELSRESPONSE']._serialized_start=332
+  _globals['_LISTMODELSRESPONSE']._serialized_end=395
+  _globals['_SEQUENCE']._serialized_start=397
+  _globals['_SEQUENCE']._serialized_end=441
+  _globals['_LOGITSREQUEST']._serialized_start=444
+  _globals['_LOGITSREQUEST']._serialized_end=785
+  _globals['_SEQUENCERESULT']._serialized_start=788
+  _globals['_SEQUENCERESULT']._serialized_end=927
+  _globals['_LOGITSRESPONSE']._serialized_start=930
+  _globals['_LOGITSRESPONSE']._serialized_end=1068
+  _globals['_CHATMESSAGE']._serialized_start=1070
+  _globals['_CHATMESSAGE']._serialized_end=1114
+  _globals['_PROMPT']._serialized_start=1116
+  _globals['_PROMPT']._serialized_end=1218
+  _globals['_GENERATEREQUEST']._serialized_start=1221
+  _globals['_GENERATEREQUEST']._serialized_end=1484
+  _globals['_COMPLETION']._serialized_start=1486
+  _globals['_COMPLETION']._serialized_end=1602
+  _globals['_GENERATERESPONSE']._serialized_start=1604
+  _globals['_GENERATERESPONSE']._serialized_end=1727
+  _globals['_TEACHER']._serialized_start=1730
+  _globals['_TEACHER']._serialized_end=2062
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "vocab_size", "tokenizer_sha256", "max_seq_len", "max_top_k", "eos_token_id", "bos_token_id", "dtype", "fingerprint")
+    __slots__ = ("name", "vocab_size", "tokenizer_sha256", "max_seq_len", "max_top_k", "eos_token_id", "bos_token_id", "dtype", "fingerprint", "engine")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class ModelInfo(_message.Message):
     BOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
     name: str
     vocab_size: int
     tokenizer_sha256: str
@@ -30,7 +31,8 @@ class ModelInfo(_message.Message):
     bos_token_id: int
     dtype: str
     fingerprint: str
-    def __init__(self, name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_sha256: _Optional[str] = ..., max_seq_len: _Optional[int] = ..., max_top_k: _Optional[int] = ..., eos_token_id: _Optional[int] = ..., bos_token_id: _Optional[int] = ..., dtype: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    engine: str
+    def __init__(self, name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_sha256: _Optional[str] = ..., max_seq_len: _Optional[int] = ..., max_top_k: _Optional[int] = ..., eos_token_id: _Optional[int] = ..., bos_token_id: _Optional[int] = ..., dtype: _Optional[str] = ..., fingerprint: _Optional[str] = ..., engine: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -1,0 +1,95 @@
+"""Teacher distributions from vLLM's prompt logprobs (docs/api.md "Semantics", "topk" mode, temperature 1).
+
+A logits task is one vLLM request over the sequence's token ids with `prompt_logprobs = top_k + m` (m =
+TAIL_RANKS more ranks than asked, for the tail) and one greedy output token that is thrown away (vLLM must
+generate at least one). vLLM computes, for every prompt position i >= 1, log_softmax(float32(logits[i - 1]))
+and returns, flattened (`flat_logprobs`), 1 + k + m entries per position: the actual token x[i] with its
+rank, then the top k + m in rank order (vllm/logprobs.py, `append_logprobs_for_next_position`). From them:
+
+    token_logprobs[r]  = entry 0 of position start + r
+    top ids / logprobs = the first k ranks, re-sorted by (logprob desc, id asc) like the hf engine
+    tail[r]            = log(1 - sum of the top k) = log(next m ranks' mass + the rest's mass)
+
+The hf engine computes the tail as a logsumexp over the complement, exact to float32 rounding however
+small it is. 1 - sum(top k) from float32 logprobs is exact only to ~1e-7 in mass (the rounding of vLLM's
+log-normaliser), so the tail is summed instead from the m ranks after the top k (each exact to float32
+in log) plus the mass beyond them, rest = 1 - sum(top k + m), taken only where it is above that rounding
+(REST_RESOLUTION) and never above (V - k - m) x p(rank k + m) (no id beyond can be likelier than the last
+one returned). The tail is then exact where it is large (rest resolved) and where the m ranks hold most of
+it (peaked rows, whose tails are the small ones); a tail that is both below ~1e-4 and spread flat over
+the vocab is underestimated by the unresolved rest. A row that covers the vocab gets -inf, as with hf.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dualdistill.protocol.results import SequenceLogits
+from dualdistill_server.models.types import LogitsTask
+
+TAIL_RANKS = 128  # m: ranks fetched beyond top_k to sum the tail from (at most the vocab)
+REST_RESOLUTION = 1e-6  # below this, 1 - sum(probabilities) is float32 rounding, not mass
+
+
+def fetched_ranks(top_k: int, vocab_size: int) -> int:
+    """k + m, at most the vocab: how many ranks per position one task asks vLLM for."""
+    return min(top_k + TAIL_RANKS, vocab_size)
+
+
+def prompt_logprob_params(ranks: int) -> Any:
+    """SamplingParams of one logits task: prompt logprobs only, token ids only, the final output only."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        max_tokens=1,
+        temperature=0.0,
+        prompt_logprobs=ranks,
+        flat_logprobs=True,
+        detokenize=False,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
+
+
+def tail_logprobs(ranked: np.ndarray, top_k: int, vocab_size: int) -> np.ndarray:
+    """(R, k + m) logprobs in rank order -> (R,) float64 log(1 - sum of the first k), as described above."""
+    ranked = np.asarray(ranked, dtype=np.float64)
+    rows, fetched = ranked.shape
+    if top_k >= vocab_size:
+        return np.full(rows, -np.inf)
+    probs = np.exp(ranked)
+    beyond = vocab_size - fetched  # ids never returned
+    rest = 1.0 - probs.sum(axis=1)
+    rest = np.where(rest > REST_RESOLUTION, np.minimum(rest, beyond * probs[:, -1]), 0.0)
+    with np.errstate(divide="ignore"):  # a zero tail (all mass in the top k, in float64) is -inf
+        return np.log(probs[:, top_k:].sum(axis=1) + rest)
+
+
+def sequence_logits(output: Any, task: LogitsTask, vocab_size: int) -> SequenceLogits:
+    """One finished RequestOutput of `prompt_logprob_params(fetched_ranks(...))` -> the task's SequenceLogits."""
+    flat = output.prompt_logprobs
+    if flat is None or not hasattr(flat, "start_indices"):
+        raise RuntimeError(f"vLLM returned no flat prompt logprobs (got {type(flat).__name__})")
+    k, length = task.params.top_k, len(task.token_ids)
+    width = 1 + fetched_ranks(k, vocab_size)
+    first = flat.start_indices[task.start]  # position 0 has no entries, every later one k + 1
+    if len(flat) != length or len(flat.token_ids) - first != (length - task.start) * width:
+        raise RuntimeError(
+            f"vLLM returned prompt logprobs for {len(flat)} positions / {len(flat.token_ids)} entries; expected "
+            f"{length} positions of {width} entries"
+        )
+    ids = np.asarray(flat.token_ids[first:], dtype=np.int64).reshape(-1, width)  # (R, k + 1)
+    values = np.asarray(flat.logprobs[first:], dtype=np.float32).reshape(-1, width)
+    if not np.array_equal(ids[:, 0], task.token_ids[task.start :]):
+        raise RuntimeError("vLLM's prompt logprobs are not those of the sequence's tokens")
+    top_ids, top_values = ids[:, 1 : k + 1], values[:, 1 : k + 1]
+    order = np.lexsort((top_ids, -top_values), axis=-1)  # logprob descending, ties toward the lower id
+    top_ids = np.take_along_axis(top_ids, order, axis=1)
+    top_values = np.take_along_axis(top_values, order, axis=1)
+    tail = tail_logprobs(values[:, 1:], k, vocab_size)
+    result = SequenceLogits.from_dense(top_ids, top_values, values[:, 0], tail)
+    if task.token_ranks:  # the actual token's entry comes first with its true 1-based rank over the vocab
+        result.token_ranks = np.asarray(flat.ranks[first:], dtype=np.int64).reshape(-1, width)[:, 0]
+    return result

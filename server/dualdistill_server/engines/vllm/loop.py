@@ -1,0 +1,136 @@
+"""`EngineLoop`: one thread that owns a vLLM `LLMEngine` and runs its step loop (continuous batching).
+
+    compute_logits / generate (any thread) ──submit(prompt, params)──> inbox ──┐
+                                                                              ▼
+    step thread:  add every waiting request ─> engine.step() ─> finished outputs ─> their futures
+
+vLLM's LLMEngine is not thread-safe, and the service calls the model from several threads (the batcher's
+worker for logits, one thread per generate request), so exactly one thread touches the engine. Requests
+that arrive while others run join the next step: vLLM's scheduler batches them token by token, logits
+requests (prompt-only prefills) and generation alike.
+
+If a step raises, the engine is dead (vLLM cannot resume after a failed step): every waiting request fails
+with `EngineDead`, later submissions fail at once, and the failure listeners run (the server then stops
+with exit code 1, since a replica that cannot compute must leave the load balancer).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class EngineDead(RuntimeError):
+    """The vLLM engine failed and cannot serve any more requests."""
+
+
+class EngineLoop:
+    """Thread-safe front of one LLMEngine: `submit` returns a Future of the request's final RequestOutput."""
+
+    def __init__(self, engine: Any, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # (request_id, prompt, params, future) | None
+        self._futures: dict[str, Future] = {}  # added to the engine, not finished
+        self._ids = itertools.count()
+        self._listeners: list[Callable[[BaseException], None]] = []
+        self._lock = threading.Lock()  # guards error / listeners
+        self.error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"vllm-{name}", daemon=True)
+        self._thread.start()
+
+    # ---- any thread ------------------------------------------------------------------------------------
+
+    def submit(self, prompt: Any, params: Any) -> Future:
+        future: Future = Future()
+        with self._lock:  # queued under the lock: a failing loop drains the inbox after setting error
+            if self.error is not None or self._closed:
+                future.set_exception(self._dead_error())
+                return future
+            self._inbox.put((f"{self.name}-{next(self._ids)}", prompt, params, future))
+        return future
+
+    def on_failure(self, listener: Callable[[BaseException], None]) -> None:
+        """Call `listener(error)` once if the engine dies (at once if it already has)."""
+        with self._lock:
+            if self.error is None:
+                self._listeners.append(listener)
+                return
+        listener(self.error)
+
+    def close(self) -> None:
+        """Stop the step loop (requests still running fail) and wait for the thread."""
+        with self._lock:
+            self._closed = True
+            self._inbox.put(None)
+        self._thread.join(timeout=30)
+
+    def _dead_error(self) -> EngineDead:
+        if self.error is not None:
+            return EngineDead(f"the vllm engine of model {self.name!r} failed: {self.error!r}")
+        return EngineDead(f"the vllm engine of model {self.name!r} is shut down")
+
+    # ---- the step thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._closed:
+                self._admit(block=not self._futures)
+                if self._futures and not self._closed:
+                    self._step()
+        except BaseException as exc:  # noqa: BLE001 - any failure of a step ends the engine
+            log.error("the vllm engine of model %s failed: %r", self.name, exc, exc_info=True)
+            with self._lock:
+                self.error = exc
+                listeners, self._listeners = self._listeners, []
+            for listener in listeners:
+                listener(exc)
+        self._fail_all()
+
+    def _admit(self, *, block: bool) -> None:
+        """Add the waiting requests to the engine (wait for one when nothing runs)."""
+        while True:
+            try:
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if item is None:
+                return
+            request_id, prompt, params, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                self.engine.add_request(request_id, prompt, params)
+            except Exception as exc:  # noqa: BLE001 - a bad request fails alone (e.g. too long)
+                future.set_exception(exc)
+                continue
+            self._futures[request_id] = future
+
+    def _step(self) -> None:
+        for output in self.engine.step():
+            if output.finished:
+                future = self._futures.pop(output.request_id, None)
+                if future is not None:
+                    future.set_result(output)
+
+    def _fail_all(self) -> None:
+        error = self._dead_error()
+        for future in self._futures.values():
+            future.set_exception(error)
+        self._futures.clear()
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and item[3].set_running_or_notify_cancel():
+                item[3].set_exception(error)

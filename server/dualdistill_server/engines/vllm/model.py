@@ -1,0 +1,141 @@
+"""`VllmModel`: a served model computed by vLLM's engine (engines/base.py's interface).
+
+    compute_logits(tasks) ─> one prompt-logprobs request per task ─┐
+    generate(prompts)     ─> one request per (prompt, sample)  ────┼─> EngineLoop (one step thread)
+                                                                   │    continuous batching
+    wait for every future of the call <────────────────────────────┘
+
+What vLLM cannot compute exactly is refused before any work (`check_tasks`, a 422 / INVALID_ARGUMENT):
+vLLM's prompt logprobs ignore the sampling temperature ("prompt tokens skip sampling processors",
+vllm/v1/worker/gpu_model_runner.py) and carry only the top-k, so temperature != 1 and mode "sample"
+(which draws from the full distribution) would silently be other numbers.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from dualdistill.protocol.results import SequenceLogits
+from dualdistill_server.engines.vllm.generation import finished_row, plan_rows, row_params
+from dualdistill_server.engines.vllm.logits import fetched_ranks, prompt_logprob_params, sequence_logits
+from dualdistill_server.engines.vllm.loop import EngineLoop
+from dualdistill_server.errors import InvalidArgument
+from dualdistill_server.models.types import GeneratedCompletion, LogitsTask, ModelInfo
+
+_WHAT_TO_DO = "serve this model with --engine hf for that"
+
+
+class VllmModel:
+    """One model on one vLLM engine. Thread-safe: every call may come from any thread."""
+
+    concurrent_generate = True  # the engine batches concurrent generate calls itself
+
+    def __init__(self, name: str, loop: EngineLoop, tokenizer: Any, info: ModelInfo, *, stop_ids: set[int]) -> None:
+        self.name = name
+        self.info = info
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_ids
+        self._loop = loop
+        self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
+
+    # -- logits ---------------------------------------------------------------------------------------
+    def check_tasks(self, tasks: list[LogitsTask]) -> None:
+        """InvalidArgument for what vLLM's prompt logprobs cannot give exactly (see the module doc)."""
+        for task in tasks:
+            if task.params.mode != "topk":
+                raise InvalidArgument(
+                    f"mode {task.params.mode!r} needs the full next-token distribution, which the vllm engine of model "
+                    f"{self.name!r} does not return (it returns the top-k only); use mode 'topk', or "
+                    f"{_WHAT_TO_DO}",
+                    field="mode",
+                )
+            if task.params.temperature != 1.0:
+                raise InvalidArgument(
+                    f"temperature {task.params.temperature:g}: the vllm engine of model {self.name!r} computes prompt "
+                    "log-probabilities at temperature 1 only (vLLM does not apply temperature to them); send "
+                    f"temperature 1 and apply the temperature in the loss, or {_WHAT_TO_DO}",
+                    field="temperature",
+                )
+
+    def compute_logits(self, tasks: list[LogitsTask]) -> list[SequenceLogits]:
+        """All tasks submitted at once (vLLM batches their prefills), then collected in order."""
+        self.check_tasks(tasks)
+        from vllm.inputs import TokensPrompt
+
+        vocab = self.info.vocab_size
+        futures = [
+            self._loop.submit(
+                TokensPrompt(prompt_token_ids=task.token_ids.tolist()),
+                prompt_logprob_params(fetched_ranks(task.params.top_k, vocab)),
+            )
+            for task in tasks
+        ]
+        outputs = _results(futures)
+        return [sequence_logits(out, task, self.info.vocab_size) for out, task in zip(outputs, tasks, strict=True)]
+
+    # -- completions ------------------------------------------------------------------------------------
+    def generate(
+        self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float, n: int, seed: int
+    ) -> list[GeneratedCompletion]:
+        """n completions per prompt, ordered by prompt then sample (engines/vllm/generation.py)."""
+        if n < 1 or max_new_tokens < 0:
+            raise ValueError(f"need n >= 1 and max_new_tokens >= 0, got n={n}, max_new_tokens={max_new_tokens}")
+        from vllm.inputs import TokensPrompt
+
+        prompts = [[int(i) for i in prompt] for prompt in prompts]
+        rows = plan_rows(prompts, n, seed, max_new_tokens, self.info.max_seq_len)
+        futures: list[Future | None] = [
+            None if budget <= 0 else self._loop.submit(
+                TokensPrompt(prompt_token_ids=prompts[p]),
+                row_params(budget=budget, temperature=temperature, top_p=top_p, seed=row_seed, stop_ids=self.stop_ids),
+            )
+            for p, budget, row_seed in rows
+        ]
+        outputs = _results([f for f in futures if f is not None])
+        completions, finished = [], iter(outputs)
+        for (p, _, _), future in zip(rows, futures, strict=True):
+            ids, reason = ([], "length") if future is None else finished_row(next(finished), self.stop_ids)
+            completions.append(
+                GeneratedCompletion(p, list(prompts[p]), ids, self.decode(ids), reason)
+            )
+        return completions
+
+    # -- text -------------------------------------------------------------------------------------------
+    def encode_text(self, text: str) -> list[int]:
+        with self._tokenizer_lock:
+            return list(self.tokenizer.encode(text))
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"model {self.name!r} has no chat template; send the prompt as text or token_ids instead")
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or not {"role", "content"} <= set(message):
+                raise ValueError(f"messages[{index}] must be an object with 'role' and 'content'")
+        with self._tokenizer_lock:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int]) -> str:
+        with self._tokenizer_lock:
+            return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def on_failure(self, listener) -> None:
+        self._loop.on_failure(listener)
+
+    def close(self) -> None:
+        self._loop.close()
+
+
+def _results(futures: list[Future]) -> list[Any]:
+    """Every future's result, in order; the first failure is raised after all have settled, so no request
+    of this call is still running in the engine when the call returns."""
+    errors = []
+    for future in futures:
+        if future.exception() is not None:
+            errors.append(future.exception())
+    if errors:
+        raise errors[0]
+    return [future.result() for future in futures]

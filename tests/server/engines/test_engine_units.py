@@ -1,0 +1,155 @@
+"""Engine plumbing that needs no vLLM: settings, --engine-arg parsing, the step loop, the tail formula."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import threading
+import time
+from concurrent.futures import Future
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from dualdistill.cli.serve import engine_arg, overrides_from_args
+from dualdistill_server.config import ServerConfig
+from dualdistill_server.engines import check_settings
+from dualdistill_server.engines.vllm.logits import tail_logprobs
+from dualdistill_server.engines.vllm.loop import EngineDead, EngineLoop
+
+
+def test_engine_arg_values_are_json_when_they_parse() -> None:
+    assert engine_arg("tensor_parallel_size=2") == ("tensor_parallel_size", 2)
+    assert engine_arg("enforce_eager=true") == ("enforce_eager", True)
+    assert engine_arg("gpu_memory_utilization=0.85") == ("gpu_memory_utilization", 0.85)
+    assert engine_arg("distributed_executor_backend=ray") == ("distributed_executor_backend", "ray")
+    assert engine_arg('override_generation_config={"temperature": 1}') == (
+        "override_generation_config", {"temperature": 1})
+    assert engine_arg("quantization=") == ("quantization", "")
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        engine_arg("tensor_parallel_size")
+
+
+def test_engine_args_reach_the_settings() -> None:
+    args = SimpleNamespace(models=["t=/m"], engine="vllm", engine_args=[("a", 1), ("b", "x"), ("a", 2)])
+    overrides = overrides_from_args(args)
+    assert overrides["engine"] == "vllm" and overrides["engine_args"] == {"a": 2, "b": "x"}
+
+
+def test_engine_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="engine must be one of"):
+        ServerConfig(engine="tgi")
+    monkeypatch.setenv("DUALDISTILL_ENGINE", "vllm")
+    monkeypatch.setenv("DUALDISTILL_ENGINE_ARGS", '{"tensor_parallel_size": 4}')
+    config = ServerConfig()
+    assert config.engine == "vllm" and config.engine_args == {"tensor_parallel_size": 4}
+    with pytest.raises(ValueError, match="--engine vllm only"):
+        check_settings("hf", {"tensor_parallel_size": 2})
+    check_settings("hf", {})
+
+
+def test_tail_sums_the_ranks_after_top_k() -> None:
+    """A peaked row whose tail (~1e-12) is far below float32's resolution of 1 - sum(top k)."""
+    import torch
+
+    vocab = 1000
+    logits = np.concatenate([[20.0, 0.0], np.linspace(-8, -300, vocab - 2)]) + 7.3
+    exact_logprobs = torch.log_softmax(torch.tensor(logits, dtype=torch.float64), -1).numpy()
+    exact = np.log(np.exp(np.sort(exact_logprobs)[::-1][3:]).sum())
+    # What vLLM returns: log_softmax in float32 (x - lse(x), each rounded at |x|), the first k + m ranks.
+    logprobs = torch.log_softmax(torch.tensor(logits, dtype=torch.float32), -1).numpy()
+    ranked = np.sort(logprobs)[::-1][: 3 + 128][None]
+    (tail,) = tail_logprobs(ranked, 3, vocab)
+    assert tail == pytest.approx(exact, abs=1e-3)
+    with np.errstate(invalid="ignore"):
+        naive = np.log1p(-np.exp(ranked[0, :3].astype(np.float64)).sum())
+    assert not np.isclose(naive, exact, atol=0.1)  # why the ranks are summed: 1 - sum(top k) is rounding here
+
+
+def test_tail_of_a_flat_row_uses_the_resolved_rest() -> None:
+    vocab = 5000
+    logprobs = np.full(vocab, -np.log(vocab))
+    ranked = logprobs[: 10 + 128].astype(np.float32)[None]
+    (tail,) = tail_logprobs(ranked, 10, vocab)
+    assert tail == pytest.approx(np.log((vocab - 10) / vocab), abs=1e-5)
+    assert np.isneginf(tail_logprobs(ranked[:, :10], 10, 10)).all()  # the row covers the vocab
+
+
+class FakeEngine:
+    """add_request / step / has_unfinished_requests of an LLMEngine; each request finishes after 2 steps."""
+
+    def __init__(self, fail_at_step: int | None = None) -> None:
+        self.running: dict[str, int] = {}
+        self.steps = 0
+        self.fail_at_step = fail_at_step
+        self.seen_together = 0
+
+    def add_request(self, request_id, prompt, params) -> None:
+        if prompt == "bad":
+            raise ValueError("prompt too long")
+        self.running[request_id] = 0
+
+    def step(self):
+        self.steps += 1
+        if self.fail_at_step is not None and self.steps >= self.fail_at_step:
+            raise RuntimeError("worker died")
+        self.seen_together = max(self.seen_together, len(self.running))
+        time.sleep(0.01)
+        out = []
+        for request_id in list(self.running):
+            self.running[request_id] += 1
+            if self.running[request_id] == 2:
+                del self.running[request_id]
+                out.append(SimpleNamespace(request_id=request_id, finished=True))
+        return out
+
+
+def test_loop_batches_concurrent_requests_and_fails_a_bad_one_alone() -> None:
+    engine = FakeEngine()
+    loop = EngineLoop(engine, "m")
+    try:
+        futures = [loop.submit(f"p{i}", None) for i in range(5)]
+        bad = loop.submit("bad", None)
+        assert all(f.result(timeout=5).finished for f in futures)
+        with pytest.raises(ValueError, match="too long"):
+            bad.result(timeout=5)
+        assert engine.seen_together > 1  # requests submitted together ran in the same steps
+    finally:
+        loop.close()
+    with pytest.raises(EngineDead, match="shut down"):
+        loop.submit("late", None).result(timeout=1)
+
+
+def test_a_failed_step_fails_every_request_and_tells_the_listeners() -> None:
+    loop = EngineLoop(FakeEngine(fail_at_step=1), "m")
+    told: list[BaseException] = []
+    called = threading.Event()
+    loop.on_failure(lambda error: (told.append(error), called.set()))
+    future: Future = loop.submit("p", None)
+    with pytest.raises(EngineDead, match="worker died"):
+        future.result(timeout=5)
+    assert called.wait(5) and "worker died" in repr(told[0])
+    with pytest.raises(EngineDead):
+        loop.submit("again", None).result(timeout=1)
+    late: list[BaseException] = []
+    loop.on_failure(late.append)  # subscribing after the failure hears of it at once
+    assert late and late[0] is told[0]
+    loop.close()
+
+
+def test_an_engine_failure_reaches_the_server_loop() -> None:
+    from dualdistill_server.main import _engine_failures
+
+    class Model:
+        def on_failure(self, listener):
+            self.listener = listener
+
+    async def run() -> tuple:
+        model = Model()
+        failed = _engine_failures({"teacher": model, "plain": object()})
+        threading.Thread(target=model.listener, args=(RuntimeError("gone"),)).start()
+        return await asyncio.wait_for(failed, 5)
+
+    name, error = asyncio.run(run())
+    assert name == "teacher" and str(error) == "gone"
