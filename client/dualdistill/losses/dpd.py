@@ -92,6 +92,13 @@ class DPDLossConfig:
         default=DEFAULT_CHUNK_SIZE,
         metadata={"help": "Token rows per [chunk, V] fp32 temporary (memory knob)."},
     )
+    fused_chunk_mib: float = field(
+        default=64.0,
+        metadata={
+            "help": "fused_dpd_loss only: the most MiB one [chunk, V] fp32 buffer may take; fewer rows than "
+            "chunk_size per chunk at large V (64 MiB = 110 rows at V = 151,936)."
+        },
+    )
     length_normalize: bool = field(
         default=False,
         metadata={"help": "DPO on mean instead of summed token log-probs; reference log-probs must match."},
@@ -113,6 +120,7 @@ class DPDLossConfig:
         check_choice("kd_reduction", self.kd_reduction, KD_REDUCTIONS)
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(f"chunk_size={self.chunk_size!r} must be an int >= 1")
+        check_range("fused_chunk_mib", self.fused_chunk_mib, 0.0, low_open=True)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> DPDLossConfig:

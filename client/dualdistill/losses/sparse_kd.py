@@ -91,6 +91,14 @@ def buckets_of(
         complement) on the complement and 0 on the ids (z's storage); comp_sum (c,) its row sums (0 if the
         complement is empty).
     """
+    lq, comp, comp_sum, _ = buckets_and_lse(z, ids, valid, temperature)
+    return lq, comp, comp_sum
+
+
+def buckets_and_lse(
+    z: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`buckets_of`, plus lse (c,) = logsumexp(z / T) over the whole vocabulary (ids + complement)."""
     if temperature != 1.0:
         z.div_(temperature)
     z_ids = z.gather(1, ids).masked_fill(~valid, _NEG_INF)  # (c, k)
@@ -105,7 +113,7 @@ def buckets_of(
     lse_comp = top + comp_sum.log()
     lse = torch.logaddexp(torch.logsumexp(z_ids, 1), lse_comp)  # logsumexp over ids + complement
     lq = torch.cat([z_ids - lse[:, None], (lse_comp - lse)[:, None]], dim=1)
-    return lq, comp, comp_sum
+    return lq, comp, comp_sum, lse
 
 
 def _row_loss(
@@ -126,13 +134,25 @@ def bucket_grad_(
     ids: torch.Tensor,
     valid: torch.Tensor,
     weights: torch.Tensor | None,
+    scale: torch.Tensor | None = None,
+    lse_grad: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """d (sum of the chunk's row losses) / d z into `buffer` (c, V) in place (closed form of _SparseKD)."""
+    """d (sum of the chunk's row losses) / d z into `buffer` (c, V) in place (closed form of _SparseKD).
+
+    With scale (c,) the row losses are weighted, sum_r scale_r D_r; with lse_grad (c,) the gradient of
+    sum_r lse_grad_r * logsumexp(z_r) is added, lse_grad_r * softmax(z_r) — valid only at temperature 1,
+    where softmax(z) is q itself: q_v on the ids and (q_v / q_tail) q_tail on the complement, i.e. the
+    closed form below with G replaced by G - lse_grad (one pass serves the DPO log-probs and the KD term).
+    """
     lq = lq.detach().requires_grad_(True)
     with torch.enable_grad():
         (g,) = torch.autograd.grad(_row_loss(spec, teacher_lp, lq, weights).sum(), lq)
+    if scale is not None:
+        g = g * scale[:, None]
     q = lq.detach().exp()  # (c, k + 1)
     big_g = g.sum(1, keepdim=True)  # (c, 1)
+    if lse_grad is not None:
+        big_g = big_g - lse_grad[:, None]
     g_tail, q_tail = g[:, -1:], q[:, -1:]
     # complement: q_v / q_tail = buffer / comp_sum (buffer is 0 on the ids and when empty)
     buffer.div_(torch.where(comp_sum > 0, comp_sum, 1.0)[:, None]).mul_(g_tail - big_g * q_tail)

@@ -122,3 +122,37 @@ def test_fused_passes_score_gap_margins_through() -> None:
     _compare(config, hidden, weight, bias, batch)
     fixed = fused_dpd_loss(hidden, weight, bias, batch, DPDLossConfig(margin=0.2, chunk_size=5))
     assert not torch.allclose(fused_dpd_loss(hidden, weight, bias, batch, config).dpo, fixed.dpo)
+
+
+def test_fused_chunk_rows_follow_the_memory_budget() -> None:
+    from dualdistill.losses.fused import chunk_rows
+
+    config = DPDLossConfig()  # chunk_size 512, fused_chunk_mib 64
+    assert chunk_rows(config, 151936, torch.float32) == 64 * 2**20 // (151936 * 4) == 110
+    assert chunk_rows(config, 32000, torch.float32) == 512  # the budget allows more: chunk_size bounds it
+    assert chunk_rows(DPDLossConfig(fused_chunk_mib=1e-6), 151936, torch.float32) == 1
+    with pytest.raises(ValueError, match="fused_chunk_mib"):
+        DPDLossConfig(fused_chunk_mib=0)
+
+
+@pytest.mark.parametrize("name", ["dpd", "jsd-reverse-temperature"])
+def test_fused_one_row_chunks_match_unfused(name: str) -> None:
+    """A budget below one row: chunks of one row each, through the shared buffer, same values and grads."""
+    config = DPDLossConfig(**{**CONFIGS[name].to_dict(), "fused_chunk_mib": VOCAB * 8 / 2**20})
+    _compare(config, *_inputs(5))
+
+
+def test_fused_keeps_nothing_of_logits_size_for_backward() -> None:
+    """Autograd keeps the inputs and (rows,)- or (rows, k)-sized tensors, never a (rows, V) one."""
+    hidden, weight, bias, batch = _inputs(6)
+    sizes: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fused_dpd_loss(hidden, weight, bias, batch, DPDLossConfig(chunk_size=4))
+    rows = int(batch.loss_mask.sum())
+    assert sizes and max(sizes) == hidden.numel() < rows * VOCAB  # the largest saved tensor is the input
+    out.loss.backward()
