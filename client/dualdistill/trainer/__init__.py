@@ -7,7 +7,8 @@
     setup.py        everything before step 1 (handshake first), resume
     loop.py         the training loop, `train`
     evaluation.py   held-out metrics and greedy-generation verifier accuracy
-    checkpoint.py   bit-exact checkpoints; distributed.py torchrun/DDP; logs.py, plots.py
+    student.py      the forward + loss the trainer runs; parallel.py DDP / FSDP2 (sharded.py: DCP state)
+    checkpoint.py   bit-exact checkpoints; distributed.py torchrun; logs.py, plots.py
 
 `train` and `TrainResult` are imported on first use, so that reading a config (the CLI's parser, the
 docs table) does not import torch.

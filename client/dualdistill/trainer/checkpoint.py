@@ -1,8 +1,10 @@
 """Checkpoints that let `--resume` continue a run bit for bit.
 
     OUTPUT/checkpoints/step-000120/
-        model.safetensors, config.json, tokenizer files   `save_pretrained` (an HF model directory)
-        trainer_state.pt     optimizer + scheduler state dicts, step, data position (epoch, position)
+        model.safetensors, config.json, tokenizer files   `save_pretrained` (an HF model directory); under
+                             parallel=fsdp only in the run's last checkpoint, gathered from the shards
+        sharded/             parallel=fsdp: every rank's shards of the weights and AdamW state (sharded.py)
+        trainer_state.pt     optimizer (unsharded runs) + scheduler state dicts, step, data position
         rng-rank0.pt ...     python / numpy / torch (/ cuda) RNG states, one file per rank
         train_config.json    the resolved TrainConfig
         trainer_state.json   the same facts for people: step, epoch, position, teacher fingerprints
@@ -26,6 +28,10 @@ import numpy as np
 import torch
 
 from dualdistill.trainer import distributed as dd
+from dualdistill.trainer.parallel import is_sharded
+from dualdistill.trainer.sharded import has_sharded_state, hf_state_dict, load_sharded, save_sharded
+
+__all__ = ["is_sharded_checkpoint", "latest_checkpoint", "list_checkpoints", "load_sharded", "save_checkpoint"]
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -74,11 +80,17 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def is_sharded_checkpoint(path: Path) -> bool:
+    """True for a checkpoint written under parallel=fsdp (its weights and optimizer state are shards)."""
+    return has_sharded_state(path)
+
+
 def save_checkpoint(
     output_dir: str | Path,
     *,
     step: int,
     model: Any,
+    forward: torch.nn.Module,
     tokenizer: Any,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -87,30 +99,44 @@ def save_checkpoint(
     facts: dict[str, Any],
     info: dd.DistInfo,
     keep: int,
+    export_hf: bool = True,
 ) -> Path:
-    """Write checkpoint `step` (all ranks call this; rank 0 writes the shared parts). Returns its path."""
+    """Write checkpoint `step` (all ranks call this; rank 0 writes the shared parts). Returns its path.
+
+    `model` is the HF model, `forward` what trains it (the FSDP root when sharded). A sharded run writes
+    its shards, and the HF directory only when `export_hf` (the loop asks for it at the last step)."""
     final = step_dir(output_dir, step)
     tmp = final.with_name(f".tmp-{final.name}")
+    sharded = is_sharded(forward)
     if info.is_main:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        if not sharded:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
         epoch, position = data_position
         state = {
             "step": step,
             "epoch": epoch,
             "position": position,
             "world_size": info.world_size,
-            "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
         }
+        if not sharded:
+            state["optimizer"] = optimizer.state_dict()
         torch.save(state, tmp / STATE_FILE)
         (tmp / "train_config.json").write_text(config_json + "\n", encoding="utf-8")
         summary = {"step": step, "epoch": epoch, "position": position, "world_size": info.world_size, **facts}
         (tmp / "trainer_state.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     dd.barrier(info)  # the directory exists before the other ranks write into it
+    if sharded:
+        save_sharded(tmp, forward, optimizer)
+        if export_hf:
+            weights = hf_state_dict(forward)  # every rank gathers; rank 0 receives
+            if info.is_main:
+                model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
     torch.save(rng_state(), tmp / f"rng-rank{info.rank}.pt")
     dd.barrier(info)
     if info.is_main:

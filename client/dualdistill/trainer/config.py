@@ -112,6 +112,23 @@ class TrainConfig:
             "when the student exposes a plain linear LM head; false: from the model's logits."
         ),
     )
+    # --- parallelism ---
+    parallel: str = field(
+        default="ddp",
+        metadata=_help(
+            "Under torchrun: ddp (a full copy of weights, gradients and AdamW state per rank) or fsdp (FSDP2 "
+            "fully_shard: each rank holds 1/world_size of them; sharded checkpoints, HF export at the end).",
+            choices=("ddp", "fsdp"),
+        ),
+    )
+    fsdp_mixed_precision: bool = field(
+        default=False,
+        metadata=_help("parallel=fsdp: gather bf16 parameters, reduce-scatter float32 gradients (master weights fp32)."),
+    )
+    activation_checkpointing: bool = field(
+        default=False,
+        metadata=_help("Recompute each decoder layer's activations in backward instead of keeping them (any mode)."),
+    )
     # --- optimisation ---
     epochs: int = field(default=1, metadata=_help("Passes over the training pairs.", min=1))
     max_steps: int | None = field(

@@ -1,12 +1,12 @@
 """`train(config) -> TrainResult`: the DPD training loop.
 
     for each micro-batch of this rank (data.iterate_micro_batches), teacher rows prefetched (Prefetcher):
-        hidden = student.decoder([chosen; rejected])                 one forward, (2B, L, H)
-        out = fused_dpd_loss(hidden, lm_head, DPDBatch(aligned labels, TeacherLogits, reference scores))
-              (fused_loss=false, or no plain LM head: dpd_loss on the (2B, L, V) logits)
+        out = session.forward(ids, mask, DPDBatch(aligned labels, TeacherLogits, reference scores))
+              StudentForward: hidden = decoder([chosen; rejected]) (2B, L, H), fused_dpd_loss(hidden,
+              lm_head, ...) (fused_loss=false, or no plain LM head: dpd_loss on the (2B, L, V) logits)
         (out.loss * weight).backward()                               weight = n_rank / n_step * world_size
-    after the step's last micro-batch (DDP all-reduces the gradients there, averaging over ranks):
-        clip, AdamW step, schedule step; log; evaluate / checkpoint when due
+    after the step's last micro-batch (DDP all-reduces, FSDP reduce-scatters the gradients there,
+    averaging over ranks): clip, AdamW step, schedule step; log; evaluate / checkpoint when due
 
 The weight makes each micro-batch count in proportion to its pairs whatever rank and micro-batch it
 ran on (DDP divides the summed gradient by world_size, the weight multiplies it back): the DPO term is
@@ -15,7 +15,6 @@ then exactly the mean over the step's pairs; the KD terms are token means within
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import sys
@@ -30,6 +29,7 @@ import torch
 from dualdistill.teacher_logits import TeacherLogits
 from dualdistill.trainer import checkpoint as ckpt
 from dualdistill.trainer import distributed as dd
+from dualdistill.trainer import parallel
 from dualdistill.trainer.config import TrainConfig
 from dualdistill.trainer.data import MicroBatch, PairBatch, collate, iterate_micro_batches
 from dualdistill.trainer.evaluation import evaluate, load_verifier
@@ -72,58 +72,28 @@ def train(config: TrainConfig, on_step: StepHook | None = None) -> TrainResult:
         dd.shutdown(created)
 
 
-class StudentForward(torch.nn.Module):
-    """The student's forward as the trainer runs it (and DDP wraps it): logits, or for the fused loss the
-    last hidden states (the LM head is applied inside `fused_dpd_loss`, chunk by chunk)."""
-
-    def __init__(self, model: Any, fused: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.head = lm_head(model) if fused else None
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.head is None:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (2B, L, V)
-        decoder = self.model.get_decoder()
-        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (2B, L, H)
-
-
-def lm_head(model: Any) -> torch.nn.Linear | None:
-    """The student's LM head when logits = head(decoder(x).last_hidden_state) exactly, else None (then the
-    loss takes the model's logits): a plain nn.Linear, a decoder, no logit soft-capping or scaling."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    config = getattr(model, "config", None)
-    plain = all(getattr(config, name, None) in (None, 1.0) for name in ("final_logit_softcapping", "logit_scale"))
-    if type(head) is not torch.nn.Linear or not hasattr(model, "get_decoder") or not plain:
-        return None
-    return head
-
-
 def pair_loss(session: Session, forward: Any, batch: PairBatch, fetched: FetchedTeacher) -> Any:
     """dpd_loss (or fused_dpd_loss) of one collated batch ([chosen; rejected] in one forward pass).
 
-    `forward` is a StudentForward, possibly inside DDP."""
-    from dualdistill.losses import DPDBatch, dpd_loss, fused_dpd_loss
+    `forward` is the session's StudentForward (in DDP, or the FSDP root): the loss runs inside its call."""
+    from dualdistill.losses import DPDBatch
 
     device = session.device
-    head = getattr(forward, "module", forward).head
-    with dd.autocast(device, session.autocast_dtype):
-        out = forward(batch.input_ids.to(device), batch.attention_mask.to(device))  # (2B, L, V) or (2B, L, H)
     teacher = TeacherLogits.from_results(fetched.chosen + fetched.rejected, batch.starts, batch.seq_len).to(device)
     ref = session.reference.scores(batch, fetched) if session.reference is not None else None
     gaps = None
     if session.loss_config.margin_mode == "score-gap" and session.loss_config.dpo_weight > 0:
         gaps = torch.tensor([e.score_gap for e in batch.examples], dtype=torch.float32, device=device)
     stacked = DPDBatch(batch.labels.to(device), batch.loss_mask.to(device), teacher, ref, gaps)
-    if head is not None:
-        return fused_dpd_loss(out, head.weight, head.bias, stacked, session.loss_config)
-    return dpd_loss(out, stacked, session.loss_config)
+    return forward(batch.input_ids.to(device), batch.attention_mask.to(device), stacked, session.loss_config)
 
 
 def weights_sha256(model: Any) -> str:
-    """SHA-256 over every parameter's name, dtype, shape and bytes (in state_dict order)."""
+    """SHA-256 over every parameter's name, dtype, shape and bytes (in state_dict order); of this rank's
+    shards when the model is sharded (FSDP ranks hold different shards, DDP ranks the same weights)."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
+        tensor = getattr(tensor, "_local_tensor", tensor)  # a DTensor's shard on this rank
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
@@ -183,11 +153,7 @@ def _run(session: Session, on_step: StepHook | None) -> TrainResult:
         for note in session.notes:
             print(note, file=sys.stderr)
     dd.barrier(info)
-    model = session.model
-    wrapped = StudentForward(model, cfg.fused_loss)
-    if info.enabled:
-        ids = [session.device.index] if session.device.type == "cuda" else None
-        wrapped = torch.nn.parallel.DistributedDataParallel(wrapped, device_ids=ids)
+    model, wrapped = session.model, session.forward
     log = MetricsLog(
         output_dir, info.is_main, cfg.tensorboard, session.start_step if session.resumed_from else None
     )
@@ -216,8 +182,7 @@ def _run(session: Session, on_step: StepHook | None) -> TrainResult:
             batch = collate([examples[i] for i in mb.indices], session.pad_id)
             weight = 0.0 if mb.filler else batch.num_pairs / mb.step_examples * info.world_size
             last = mb.micro == mb.num_micro - 1
-            sync = contextlib.nullcontext() if last or not info.enabled else wrapped.no_sync()
-            with sync:
+            with parallel.gradient_sync(wrapped, last):
                 out = pair_loss(session, wrapped, batch, fetched)
                 (out.loss * weight).backward()
             totals.add(out, [] if mb.filler else [e.id for e in batch.examples])
@@ -274,6 +239,7 @@ def _finish_step(
     grad_norm = None
     if cfg.max_grad_norm > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: DTensor
     session.optimizer.step()
     session.scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
@@ -305,6 +271,7 @@ def _finish_step(
             cfg.output_dir,
             step=mb.step,
             model=model,
+            forward=session.forward,
             tokenizer=session.tokenizer,
             optimizer=session.optimizer,
             scheduler=session.scheduler,
@@ -316,16 +283,24 @@ def _finish_step(
             },
             info=info,
             keep=cfg.keep_checkpoints,
+            export_hf=last_step,
         )
     return record, eval_metrics
 
 
 def _evaluate(session: Session, model: Any, verifier: Any, step: int) -> dict[str, float]:
-    """Rank 0 evaluates (other ranks wait); the training RNG streams are left untouched."""
+    """Rank 0 evaluates (other ranks wait); the training RNG streams are left untouched.
+
+    A sharded model needs every rank for each forward: all ranks evaluate in lock step, with the root's
+    parameters (embeddings, norm, LM head) gathered for the duration, and rank 0 reports."""
     metrics: dict[str, float] = {}
-    if session.info.is_main:
+    sharded = parallel.is_sharded(session.forward)
+    if session.info.is_main or sharded:
         devices = [session.device] if session.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        gathered = session.forward if sharded else None
+        if gathered is not None:
+            gathered.unshard()
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
             metrics = evaluate(
                 model,
                 session.tokenizer,
@@ -341,7 +316,12 @@ def _evaluate(session: Session, model: Any, verifier: Any, step: int) -> dict[st
                 max_new_tokens=session.config.eval_max_new_tokens,
                 autocast=lambda: dd.autocast(session.device, session.autocast_dtype),
             )
+        if gathered is not None:
+            gathered.reshard()
         model.train()
-        print(f"step {step} eval: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}), flush=True)
+        if session.info.is_main:
+            print(f"step {step} eval: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}), flush=True)
+        else:
+            metrics = {}
     dd.barrier(session.info)
     return metrics

@@ -1,7 +1,8 @@
 """Everything a run needs before step 1, built in the order that fails fastest.
 
     tokenizer -> teacher source + tokenizer handshake -> pairs (+ eval split) -> reference
-    -> student (from the newest checkpoint on --resume) -> AdamW + schedule -> restored state and RNGs
+    -> student (from the newest checkpoint on --resume) -> checkpointed / sharded (parallel.prepare)
+    -> AdamW + schedule -> restored state and RNGs -> DDP wrapper (parallel.wrap)
 
 The handshake runs before the student is even loaded: a tokenizer mismatch is refused in seconds, never
 after an epoch of training on misaligned ids.
@@ -21,6 +22,7 @@ import torch
 
 from dualdistill.trainer import checkpoint as ckpt
 from dualdistill.trainer import distributed as dd
+from dualdistill.trainer import parallel
 from dualdistill.trainer.config import API_KEY_ENV, TrainConfig, parse_reference
 from dualdistill.trainer.data import Geometry, PairExample, load_pairs, split_holdout
 from dualdistill.trainer.optim import build_optimizer, build_scheduler
@@ -41,7 +43,8 @@ class Session:
     teacher: LiveTeacher | CaptureTeacher
     teacher_facts: dict[str, Any]
     reference: Reference | None  # None when the loss has no DPO term
-    model: Any
+    model: Any  # the HF model (sharded in place under parallel=fsdp)
+    forward: Any  # what the loop calls: StudentForward, in DDP when wrapped, itself the FSDP root when sharded
     optimizer: torch.optim.Optimizer
     scheduler: Any
     geometry: Geometry
@@ -138,10 +141,13 @@ def build_session(config: TrainConfig, info: dd.DistInfo, device: torch.device) 
         resume_from = ckpt.latest_checkpoint(config.output_dir) if config.resume else None
         if config.resume and resume_from is None and info.is_main:
             print(f"--resume: no checkpoint in {config.output_dir}; starting from step 0", file=sys.stderr)
-        model = AutoModelForCausalLM.from_pretrained(resume_from or config.student, dtype=torch.float32).to(device)
+        sharded_resume = resume_from is not None and ckpt.is_sharded_checkpoint(resume_from)
+        weights = config.student if resume_from is None or sharded_resume else resume_from
+        model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32).to(device)
         model.train()
         seed_everything(config.seed + info.rank)  # ranks differ in dropout noise, never in data order
-        optimizer = build_optimizer(model, config)
+        forward = parallel.prepare(model, config, info, autocast)
+        optimizer = build_optimizer(forward, config)
         scheduler = build_scheduler(optimizer, config, total)
         session = Session(
             config=config,
@@ -156,6 +162,7 @@ def build_session(config: TrainConfig, info: dd.DistInfo, device: torch.device) 
             teacher_facts=facts,
             reference=reference,
             model=model,
+            forward=forward,
             optimizer=optimizer,
             scheduler=scheduler,
             geometry=geometry,
@@ -164,6 +171,7 @@ def build_session(config: TrainConfig, info: dd.DistInfo, device: torch.device) 
         )
         if resume_from is not None:
             _restore(session, resume_from)
+        session.forward = parallel.wrap(forward, info, device)
         return session
     except BaseException:
         teacher.close()
@@ -178,7 +186,17 @@ def _restore(session: Session, path: Path) -> None:
             f"checkpoint written by {state['world_size']} rank(s), resuming on {session.info.world_size}: "
             "the data position carries over, bit-exactness does not"
         )
-    session.optimizer.load_state_dict(state["optimizer"])
+    sharded = parallel.is_sharded(session.forward)
+    if sharded != ckpt.is_sharded_checkpoint(path):
+        written = "parallel=fsdp (sharded)" if not sharded else "parallel=ddp (one full copy)"
+        raise ValueError(
+            f"{path} was written by a run with {written}; resume with the same parallel setting "
+            f"(this run: parallel={session.config.parallel} on {session.info.world_size} rank(s))"
+        )
+    if sharded:
+        ckpt.load_sharded(path, session.forward, session.optimizer)
+    else:
+        session.optimizer.load_state_dict(state["optimizer"])
     session.scheduler.load_state_dict(state["scheduler"])
     ckpt.set_rng_state(rng)
     session.start_step = int(state["step"])

@@ -99,7 +99,7 @@ def test_bf16_autocast_on_cpu_trains_in_float32_weights(tmp_path, capture_dir, s
 
 def test_fused_and_unfused_loss_train_alike(tmp_path, capture_dir, student_dir, pair_files):
     """fused_loss (hidden states + LM head, chunked) is the default and trains as the logits path does."""
-    from dualdistill.trainer.loop import lm_head
+    from dualdistill.trainer.student import lm_head
 
     assert small_config(tmp_path / "x", student_dir, pair_files[0], f"capture:{capture_dir}").fused_loss
     runs = {}
