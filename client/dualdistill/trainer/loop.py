@@ -93,7 +93,7 @@ def weights_sha256(model: Any) -> str:
     shards when the model is sharded (FSDP ranks hold different shards, DDP ranks the same weights)."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
-        tensor = getattr(tensor, "_local_tensor", tensor)  # a DTensor's shard on this rank
+        tensor = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # a DTensor: this rank's shard
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
