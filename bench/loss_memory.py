@@ -338,8 +338,29 @@ def render(
             "weight gradient (V x H fp32); the others also hold the (2B, L, V) logits and their gradient. "
             "Goal: fused_dpd / full_dpd_head memory <= 0.15x, time <= 1.0x.\n"
         )
+        lines.append(fused_reading(records, args.hidden))
     lines.append(f"![loss memory and time](img/{image_name(args.device, getattr(args, 'fused', False))})\n")
     return "\n".join(lines)
+
+
+def fused_reading(records: list[dict], hidden: int) -> str:
+    """What fused_dpd's peak is made of, from the records (MiB)."""
+    mib = 2**-20
+    fused = [r for r in records if r["variant"] == "fused_dpd"]
+    if not fused:
+        return ""
+    parts = []
+    for r in fused:
+        grad = r["vocab"] * hidden * 4 * mib
+        peak = summarize(r["peak_bytes"]).median * mib
+        parts.append(f"{peak:.0f} MiB at L = {r['length']:,} (of which the weight gradient V x H x 4 = {grad:.0f} MiB)")
+    return (
+        "Reading. fused_dpd's peak growth is " + "; ".join(parts) + ": the rest is one [chunk, V] float32 "
+        "buffer (64 MiB) and (rows, H)- or (rows, k)-sized tensors, none of which grows with V x L, while the "
+        "other variants' peaks grow with L. Times come from a 2-core machine shared with other jobs (hence "
+        "spreads of tens of percent; dpd_head's time in particular is not a property of the code): read "
+        "the same-run ratios.\n"
+    )
 
 
 def span(xs: list[float]) -> str:
