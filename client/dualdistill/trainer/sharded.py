@@ -51,4 +51,13 @@ def hf_state_dict(forward: torch.nn.Module) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(forward, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {name[len(_MODEL_PREFIX) :]: tensor for name, tensor in full.items() if name.startswith(_MODEL_PREFIX)}
+    # a tied parameter (an LM head sharing the embeddings) is kept under its first name only, as
+    # save_pretrained keeps it: the gathered copies no longer share storage for it to notice
+    aliases = {n for n, _ in forward.named_parameters(remove_duplicate=False)} - {
+        n for n, _ in forward.named_parameters()
+    }
+    return {
+        name[len(_MODEL_PREFIX) :]: tensor
+        for name, tensor in full.items()
+        if name.startswith(_MODEL_PREFIX) and name not in aliases
+    }

@@ -47,9 +47,25 @@ def shard_rows(checkpoint: Path, name: str) -> list[tuple[int, int]]:
     return sorted((c.offsets[0], c.sizes[0]) for c in meta.chunks)
 
 
-def test_fsdp_two_ranks_write_shards_evaluate_and_export_hf(tmp_path, capture_dir, student_dir, pair_files):
+@pytest.fixture(scope="module")
+def tied_student_dir(tmp_path_factory, student_dir) -> Path:
+    """The test student with its LM head tied to the embeddings, as SmolLM2's and Qwen2.5's are."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(student_dir)
+    model.config.tie_word_embeddings = True
+    tied = type(model)(model.config)
+    tied.load_state_dict(model.state_dict(), strict=False)
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    out = tmp_path_factory.mktemp("tied") / "student"
+    tied.save_pretrained(out)
+    AutoTokenizer.from_pretrained(student_dir).save_pretrained(out)
+    return out
+
+
+def test_fsdp_two_ranks_write_shards_evaluate_and_export_hf(tmp_path, capture_dir, tied_student_dir, pair_files):
     train_pairs, eval_pairs = pair_files
-    out = tmp_path / "fsdp"
+    out, student_dir = tmp_path / "fsdp", tied_student_dir
     torchrun(out, capture_dir, student_dir, train_pairs, parallel="fsdp", eval_pairs=str(eval_pairs),
              eval_every=3, eval_max_new_tokens=4)  # fmt: skip
     steps = train_records(out)
@@ -67,7 +83,7 @@ def test_fsdp_two_ranks_write_shards_evaluate_and_export_hf(tmp_path, capture_di
     assert len(shard_rows(final, f"optimizer.state.{weight}.exp_avg")) == 2  # AdamW moments sharded too
 
     exported, initial = load_weights(final), load_weights(student_dir)  # the plain HF export at the end
-    assert exported.keys() == initial.keys()
+    assert exported.keys() == initial.keys() and "lm_head.weight" not in exported  # tied: stored once
     assert not torch.equal(exported[weight[len("model.") :]], initial[weight[len("model.") :]])
     end = [r for r in read_metrics(out) if r.get("event") == "end"][-1]
     assert len(set(end["weights_sha256"])) == 2  # two ranks, two different shards
