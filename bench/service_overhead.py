@@ -16,8 +16,9 @@ positions/s); its spread is over the per-repeat paired ratios.
 On the first model of `--cost-model` (default tiny) the same server then measures the service's own cost
 (bench/service_cost.py): server CPU added per returned position (binary and JSON over HTTP, binary over
 gRPC), added latency of a one-sequence call (our client over HTTP and gRPC, curl on a kept-alive
-connection), and a separate default server under 64 loadgen clients for p99 / p50. `--parts` picks
-ratio, cost, fairness (default all).
+connection), and a separate default server under 64 loadgen clients for p99 / p50; then the server's
+stages alone in this process with a cProfile of them (bench/service_profile.py). `--parts` picks ratio,
+cost, fairness, profile (default all).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from bench import service_cost
+from bench import service_cost, service_profile
 from bench.common import (
     Section,
     add_output_args,
@@ -236,6 +237,8 @@ def render(records: list[dict], cost: dict, args: argparse.Namespace, info: dict
     lines.append(f"\nGoal >= {GOAL}x met in {len(ok)}/{len(met)} (model, batch, transport) cells.")
     lines.append(reading(records, anchor, args.device))
     lines.append(service_cost.render(cost))
+    if "profile" in cost:
+        lines.append(service_profile.render(cost["profile"]))
     return "\n".join(lines)
 
 
@@ -284,7 +287,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads in-process and in the server (CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--parts", default="ratio,cost,fairness", help="comma list of ratio, cost, fairness")
+    p.add_argument("--parts", default="ratio,cost,fairness,profile", help="comma list of ratio, cost, fairness, profile")
     p.add_argument("--cost-model", default="tiny", help="the model whose server's own cost is measured")
     p.add_argument("--cost-calls", type=int, default=None, help="calls per repeat of the CPU measurement (default 8)")
     p.add_argument("--cost-reps", type=int, default=None, help="repeats of the cost measurements (default 5, quick 2)")
@@ -314,12 +317,19 @@ def run(argv: list[str]) -> Section:
     with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
         for spec in args.models:
             records += measure_model(spec, args, Path(tmp), cost)
-        if "fairness" in args.parts:
-            from bench.models import model_dir
+        from bench.models import model_dir
 
+        if "fairness" in args.parts:
             print("[service_overhead] fairness run", file=sys.stderr)
             _, tiny = model_dir("tiny", Path(tmp))
             cost["fairness"] = service_cost.fairness(tiny, clients=args.fairness_clients, seconds=args.fairness_seconds)
+        if "profile" in args.parts:
+            print(f"[service_overhead] {args.cost_model}: profile of the server's stages", file=sys.stderr)
+            _, directory = model_dir(args.cost_model, Path(tmp) / "profile")
+            cost["profile"] = service_profile.profile_stages(
+                directory, batch=max(args.batches), seq_len=args.seq_len, start=args.start, top_k=args.top_k,
+                reps=args.cost_reps,
+            )
     data = {"machine": info, "records": records, "cost": cost, "argv": argv, "args": plain_args(args)}
     return section(data, args, argv)
 
