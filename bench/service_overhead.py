@@ -264,13 +264,14 @@ def reading(records: list[dict], anchor: dict, device: str) -> str:
     if device != "cpu" or not {"tiny", "smollm2"} <= {r["model"] for r in records}:
         return "\n".join(out) + "\n"
     out.append(
-        "\nWhere the model's own call takes milliseconds (tiny), the service's own costs dominate and the goal "
-        "is far from met: per request the batcher's fill window, request parsing, the hop to the model's "
-        "worker thread and the network stack; per returned entry encoding and decoding the top-k rows (which "
-        "grows with B, and most for JSON). Where the forward "
-        "takes hundreds of milliseconds or more (SmolLM2 on this CPU), the same costs are a few percent and "
-        "the ratios sit around 1, but the spread between repeats on this shared machine is wider than the "
-        "5% margin the goal allows, so single cells above or below 0.95 are not conclusive.\n"
+        "\nWhere the model's own call takes milliseconds (tiny), the service's own costs dominate and the ratio "
+        "goal is far from met. Per request: the HTTP stack (h11, the ASGI middleware, routing, parsing) or gRPC's, "
+        "and the hops to the model's worker thread and to the encoding thread. Per returned entry: the binary "
+        "encoder (`wire.encode`: quantizer, id dictionary, integer streams, zstd), which now costs more than the "
+        "post-processing and the JSON body (stage profile below). Where the forward takes hundreds of "
+        "milliseconds or more (SmolLM2 on this CPU), the same costs are a few percent and the ratios sit around "
+        "1, but the spread between repeats on this shared machine is wider than the 5% margin the goal allows, "
+        "so single cells above or below 0.95 are not conclusive.\n"
     )
     return "\n".join(out)
 
