@@ -232,3 +232,22 @@ def goals(cost: dict, device: str) -> list[dict]:
                     "measured": f"p50 {fair['p50_ms']:.1f} ms, p99 {fair['p99_ms']:.1f} ms ({fair['p99_over_p50']:.2f}x)",
                     "met": fair["p99_over_p50"] <= FAIRNESS_GOAL})  # fmt: skip
     return out
+
+
+def reading(cost: dict) -> str:
+    """What the per-position figures are made of, from this run's CPU table and stage profile."""
+    cpu, profile = cost.get("cpu") or {}, cost.get("profile")
+    if not profile or "http-binary" not in cpu or "http-json" not in cpu:
+        return ""
+    stage = profile["us_per_position"]
+    binary, json_ = _median(cpu["http-binary"]["us_per_position"]), _median(cpu["http-json"]["us_per_position"])
+    return (
+        f"\nReading: per returned position the binary HTTP path adds {binary:.0f} us of server CPU and the JSON "
+        f"one {json_:.0f} us. Of the binary path's, `wire.encode` alone takes {stage['wire.encode']:.0f} us "
+        f"(stage table; the lossy codec: KL-sized quantizer, id dictionary, integer streams, zstd) and the "
+        f"post-processing beyond what the anchor pays a few more (compute_logits - forward = "
+        f"{stage['compute_logits'] - stage['forward']:.0f} us includes the top-k and tail the anchor computes "
+        f"too). The JSON body takes {stage['JSON body']:.0f} us: orjson writes the numpy arrays without a Python "
+        f"object per entry. The <= {CPU_GOAL_US:g} us goal for binary needs an encoder several times faster "
+        f"that writes the same bytes, which numpy's per-stream passes do not reach.\n"
+    )

@@ -239,6 +239,7 @@ def render(records: list[dict], cost: dict, args: argparse.Namespace, info: dict
     lines.append(service_cost.render(cost))
     if "profile" in cost:
         lines.append(service_profile.render(cost["profile"]))
+        lines.append(service_cost.reading(cost))
     return "\n".join(lines)
 
 
@@ -315,6 +316,7 @@ def run(argv: list[str]) -> Section:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     records: list[dict] = []
     cost: dict = {}
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
         for spec in args.models:
             records += measure_model(spec, args, Path(tmp), cost)
@@ -331,13 +333,20 @@ def run(argv: list[str]) -> Section:
                 directory, batch=max(args.batches), seq_len=args.seq_len, start=args.start, top_k=args.top_k,
                 reps=args.cost_reps,
             )
-    data = {"machine": info, "records": records, "cost": cost, "argv": argv, "args": plain_args(args)}
+    load.append(os.getloadavg()[0])
+    data = {"machine": info, "records": records, "cost": cost, "load_average_seen": load, "argv": argv,
+            "args": plain_args(args)}
     return section(data, args, argv)
 
 
 def section(data: dict, args: argparse.Namespace, argv: list[str]) -> Section:
     cost = data.get("cost", {})
     md = render(data["records"], cost, args, data["machine"], argv)
+    if data.get("load_average_seen"):
+        seen = ", ".join(f"{x:.1f}" for x in data["load_average_seen"])
+        md += (f"\n1-minute load average seen during the run: {seen} on {data['machine']['cores']} cores (the "
+               "machine was shared with other work: wall times, latencies above all, are inflated by waiting for a "
+               "core; CPU times much less).\n")
     data["goals"] = goals(data["records"], args.device) + service_cost.goals(cost, args.device)
     return Section("service_overhead", "Service overhead", md, data)
 
