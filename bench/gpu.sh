@@ -55,6 +55,7 @@ status=0
 # each step has its own limit so that a slow one still leaves the other's results
 timeout "$SERVICE_LIMIT" "$PY" bench/service_overhead.py --models "$MODEL" --batches "$BATCHES" \
   --seq-len "$SEQ" --reps "$REPS" --device "$DEVICE" --dtype "$DTYPE" --threads "$THREADS" \
+  --parts ratio,cost --cost-model "$MODEL" \
   --results-dir "$OUT_DIR" --img-dir "$OUT_DIR" >"$OUT_DIR/service_overhead.log" 2>&1 || status=$?
 echo "service_overhead: exit $status" | tee -a "$OUT_DIR/device.txt"
 

@@ -12,6 +12,13 @@ sequences per call; positions per call = B * (T - s)). Per repeat, in alternatin
 The server is `dualdistill serve` in a subprocess with `--cache none` and fresh sequences every repeat,
 so no answer comes from a cache. The reported ratio is median(service positions/s) / median(in-process
 positions/s); its spread is over the per-repeat paired ratios.
+
+On the first model of `--cost-model` (default tiny) the same server then measures the service's own cost
+(bench/service_cost.py): server CPU added per returned position (binary and JSON over HTTP, binary over
+gRPC), added latency of a one-sequence call (our client over HTTP and gRPC, curl on a kept-alive
+connection), and a separate default server under 64 loadgen clients for p99 / p50; then the server's
+stages alone in this process with a cProfile of them (bench/service_profile.py). `--parts` picks ratio,
+cost, fairness, profile (default all).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
+from bench import service_cost, service_profile
 from bench.common import (
     Section,
     add_output_args,
@@ -127,7 +135,24 @@ def check_anchor(anchor: InProcess, service, sequences: np.ndarray, start: int, 
             raise RuntimeError(f"in-process anchor disagrees with the service: ids {same_ids:.3f}, |dlogp| {worst:.2g}")
 
 
-def measure_model(spec: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
+def measure_cost(server, name: str, anchor, calls: dict, vocab: int, args: argparse.Namespace) -> dict:
+    """The cost tables of bench/service_cost.py on this server (B = 1 and the largest --batches)."""
+    settings = {"model": name, "batches": [1, max(args.batches)], "seq_len": args.seq_len, "start": args.start,
+                "top_k": args.top_k, "calls_per_rep": args.cost_calls, "reps": args.cost_reps}  # fmt: skip
+    print(f"[service_overhead] {name}: service cost", file=sys.stderr)
+    cpu_calls = {"http-binary": calls["http-binary"], "http-json": calls["http-json"], "grpc-binary": calls["grpc-unary"]}
+    cpu = service_cost.cpu_per_position(
+        server.process.pid, anchor, cpu_calls, vocab, batches=tuple(settings["batches"]), seq_len=args.seq_len,
+        start=args.start, top_k=args.top_k, calls_per_rep=args.cost_calls, reps=args.cost_reps,
+    )
+    latency = service_cost.added_latency(
+        server.http_url, name, anchor, {"client-http": calls["http-binary"], "client-grpc": calls["grpc-unary"]},
+        vocab, seq_len=args.seq_len, start=args.start, top_k=args.top_k, reps=4 * args.cost_reps,
+    )
+    return {"cpu_settings": settings, "cpu": cpu, "latency": latency}
+
+
+def measure_model(spec: str, args: argparse.Namespace, workdir: Path, cost: dict) -> list[dict]:
     from bench.models import model_dir
     from dualdistill import TeacherClient
     from tests.fixtures.server_process import start_server
@@ -152,7 +177,9 @@ def measure_model(spec: str, args: argparse.Namespace, workdir: Path) -> list[di
         }
         rng = np.random.default_rng(0)
         check_anchor(anchor, calls["http-json"], rng.integers(0, vocab, (2, args.seq_len)), args.start, args.top_k)
-        for batch in args.batches:
+        if "cost" in args.parts and name == args.cost_model:
+            cost.update(measure_cost(server, name, anchor, calls, vocab, args))
+        for batch in args.batches if "ratio" in args.parts else []:
             positions = batch * (args.seq_len - args.start)
             seconds: dict[str, list[float]] = {v: [] for v in calls}
             for rep in range(args.reps + 1):  # rep 0 warms up every path
@@ -182,7 +209,7 @@ def measure_model(spec: str, args: argparse.Namespace, workdir: Path) -> list[di
     return records
 
 
-def render(records: list[dict], args: argparse.Namespace, info: dict, argv: list[str]) -> str:
+def render(records: list[dict], cost: dict, args: argparse.Namespace, info: dict, argv: list[str]) -> str:
     lines = [header("Service overhead (positions/s through the service vs in-process)", command_line("bench/service_overhead.py", argv), info)]
     lines.append(
         f"{args.threads} torch thread(s) in-process and in the server. T = {args.seq_len} tokens per sequence, start = {args.start} ({args.seq_len - args.start} positions per "
@@ -209,6 +236,10 @@ def render(records: list[dict], args: argparse.Namespace, info: dict, argv: list
     ok = [m for m in met if m[3]]
     lines.append(f"\nGoal >= {GOAL}x met in {len(ok)}/{len(met)} (model, batch, transport) cells.")
     lines.append(reading(records, anchor, args.device))
+    lines.append(service_cost.render(cost))
+    if "profile" in cost:
+        lines.append(service_profile.render(cost["profile"]))
+        lines.append(service_cost.reading(cost))
     return "\n".join(lines)
 
 
@@ -234,13 +265,14 @@ def reading(records: list[dict], anchor: dict, device: str) -> str:
     if device != "cpu" or not {"tiny", "smollm2"} <= {r["model"] for r in records}:
         return "\n".join(out) + "\n"
     out.append(
-        "\nWhere the model's own call takes milliseconds (tiny), the service's own costs dominate and the goal "
-        "is far from met: per request the batcher's fill window, request parsing, the hop to the model's "
-        "worker thread and the network stack; per returned entry encoding and decoding the top-k rows (which "
-        "grows with B, and most for JSON). Where the forward "
-        "takes hundreds of milliseconds or more (SmolLM2 on this CPU), the same costs are a few percent and "
-        "the ratios sit around 1, but the spread between repeats on this shared machine is wider than the "
-        "5% margin the goal allows, so single cells above or below 0.95 are not conclusive.\n"
+        "\nWhere the model's own call takes milliseconds (tiny), the service's own costs dominate and the ratio "
+        "goal is far from met. Per request: the HTTP stack (h11, the ASGI middleware, routing, parsing) or gRPC's, "
+        "and the hops to the model's worker thread and to the encoding thread. Per returned entry: the binary "
+        "encoder (`wire.encode`: quantizer, id dictionary, integer streams, zstd), which now costs more than the "
+        "post-processing and the JSON body (stage profile below). Where the forward takes hundreds of "
+        "milliseconds or more (SmolLM2 on this CPU), the same costs are a few percent and the ratios sit around "
+        "1, but the spread between repeats on this shared machine is wider than the 5% margin the goal allows, "
+        "so single cells above or below 0.95 are not conclusive.\n"
     )
     return "\n".join(out)
 
@@ -257,6 +289,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads in-process and in the server (CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--parts", default="ratio,cost,fairness,profile", help="comma list of ratio, cost, fairness, profile")
+    p.add_argument("--cost-model", default="tiny", help="the model whose server's own cost is measured")
+    p.add_argument("--cost-calls", type=int, default=None, help="calls per repeat of the CPU measurement (default 8)")
+    p.add_argument("--cost-reps", type=int, default=None, help="repeats of the cost measurements (default 5, quick 2)")
+    p.add_argument("--fairness-clients", type=int, default=64)
+    p.add_argument("--fairness-seconds", type=float, default=None, help="loadgen run (default 30, quick 10)")
     add_output_args(p)
     args = p.parse_args(argv)
     args.models = (args.models or "tiny,smollm2").split(",")
@@ -264,6 +302,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.seq_len = args.seq_len or (32 if args.quick else 64)
     args.start = args.start or max(1, args.seq_len // 8)
     args.reps = args.reps or (2 if args.quick else 4)
+    args.parts = args.parts.split(",") if isinstance(args.parts, str) else args.parts
+    args.cost_calls = args.cost_calls or (4 if args.quick else 8)
+    args.cost_reps = args.cost_reps or (2 if args.quick else 5)
+    args.fairness_seconds = args.fairness_seconds or (10.0 if args.quick else 30.0)
     return args
 
 
@@ -272,17 +314,40 @@ def run(argv: list[str]) -> Section:
     info = machine_info()
     # the server subprocess inherits these: the same intra-op thread count on both sides of the ratio
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
-    records = []
+    records: list[dict] = []
+    cost: dict = {}
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
         for spec in args.models:
-            records += measure_model(spec, args, Path(tmp))
-    data = {"machine": info, "records": records, "argv": argv, "args": plain_args(args)}
+            records += measure_model(spec, args, Path(tmp), cost)
+        from bench.models import model_dir
+
+        if "fairness" in args.parts:
+            print("[service_overhead] fairness run", file=sys.stderr)
+            _, tiny = model_dir("tiny", Path(tmp))
+            cost["fairness"] = service_cost.fairness(tiny, clients=args.fairness_clients, seconds=args.fairness_seconds)
+        if "profile" in args.parts:
+            print(f"[service_overhead] {args.cost_model}: profile of the server's stages", file=sys.stderr)
+            _, directory = model_dir(args.cost_model, Path(tmp) / "profile")
+            cost["profile"] = service_profile.profile_stages(
+                directory, batch=max(args.batches), seq_len=args.seq_len, start=args.start, top_k=args.top_k,
+                reps=args.cost_reps,
+            )
+    load.append(os.getloadavg()[0])
+    data = {"machine": info, "records": records, "cost": cost, "load_average_seen": load, "argv": argv,
+            "args": plain_args(args)}
     return section(data, args, argv)
 
 
 def section(data: dict, args: argparse.Namespace, argv: list[str]) -> Section:
-    md = render(data["records"], args, data["machine"], argv)
-    data["goals"] = goals(data["records"], args.device)
+    cost = data.get("cost", {})
+    md = render(data["records"], cost, args, data["machine"], argv)
+    if data.get("load_average_seen"):
+        seen = ", ".join(f"{x:.1f}" for x in data["load_average_seen"])
+        md += (f"\n1-minute load average seen during the run: {seen} on {data['machine']['cores']} cores (the "
+               "machine was shared with other work: wall times, latencies above all, are inflated by waiting for a "
+               "core; CPU times much less).\n")
+    data["goals"] = goals(data["records"], args.device) + service_cost.goals(cost, args.device)
     return Section("service_overhead", "Service overhead", md, data)
 
 

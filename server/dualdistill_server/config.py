@@ -42,7 +42,11 @@ class ServerConfig(BaseSettings):
     max_batch_tokens: int = Field(
         8192, ge=1, description="Padded tokens (batch x longest sequence) per forward pass of the batcher."
     )
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="How long the batcher waits to fill a batch.")
+    max_wait_ms: float = Field(
+        0.0, ge=0, le=10_000,
+        description="How long an idle batcher waits to fill a batch (0: a request starts at once; requests "
+        "that arrive during a forward form the next batch).",
+    )
     max_queue_tokens: int = Field(
         262_144, ge=1, description="Tokens queued per model before requests get 429 / RESOURCE_EXHAUSTED."
     )

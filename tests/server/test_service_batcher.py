@@ -88,6 +88,41 @@ def test_concurrent_requests_share_one_forward_and_match_single_forwards(tiny_mo
         assert_same_result(result, tiny_model.compute_logits([task])[0])
 
 
+class GatedModel(SpyModel):
+    """A SpyModel whose first forward waits for `release` (set from the test), so requests can queue behind it."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def compute_logits(self, tasks):
+        if not self.started.is_set():
+            self.started.set()
+            self.release.wait(timeout=30)
+        return super().compute_logits(tasks)
+
+
+def test_without_a_fill_window_an_idle_batcher_starts_at_once_and_a_busy_one_batches(tiny_model) -> None:
+    # The server's default (max_wait_ms 0): the first request runs alone, right away; the requests that
+    # arrive while it runs share the next forward.
+    assert ServerConfig().max_wait_ms == 0
+    gated = GatedModel(tiny_model)
+
+    async def main():
+        batcher = _batcher(gated, max_wait_s=0.0)
+        first = asyncio.ensure_future(batcher.compute([_item(_task(9))]))
+        assert await asyncio.to_thread(gated.started.wait, 10), "the first forward never started"
+        later = [asyncio.ensure_future(batcher.compute([_item(_task(n))])) for n in (12, 15, 20)]
+        await asyncio.sleep(0.05)  # every later request is queued while the first forward runs
+        gated.release.set()
+        await asyncio.gather(first, *later)
+        await batcher.close()
+
+    _run(main())
+    assert gated.forwards == [[9], [20, 15, 12]], gated.forwards
+
+
 def test_batches_group_similar_lengths_within_the_token_budget(tiny_model) -> None:
     spy = SpyModel(tiny_model)
     lengths = [10, 200, 12, 190]

@@ -43,18 +43,22 @@ def sorted_topk(logprobs: torch.Tensor, ks: torch.Tensor) -> tuple[torch.Tensor,
     """Per-row top-k_r of `logprobs` (R, V), sorted by value descending, ties toward the lower id.
 
     Returns (ids, values), each (R, kmax) with kmax = max(ks); row r is meaningful in its first ks[r]
-    columns. torch.topk orders ties arbitrarily, so the kmax(+1) candidates are re-sorted by (value desc,
-    id asc); a row whose k-th and (k+1)-th values tie could have picked either id, and only those (rare)
-    rows are redone with a full stable sort.
+    columns. torch.topk orders ties arbitrarily, so the kmax(+1) candidates of the rows that hold a tie
+    (equal neighbours; NaN counts as one) are re-sorted by (value desc, id asc); the other rows are
+    strictly decreasing, their order already the only one. A row whose k-th and (k+1)-th values tie
+    could have picked either id, and only those (rare) rows are redone with a full stable sort.
     """
     rows, vocab = logprobs.shape
     kmax = int(ks.max())
     width = min(kmax + 1, vocab)
     values, ids = torch.topk(logprobs, width, dim=-1)  # (R, width), values descending
-    by_id = torch.argsort(ids, dim=-1)
-    ids, values = ids.gather(1, by_id), values.gather(1, by_id)
-    by_value = torch.sort(values, dim=-1, descending=True, stable=True).indices
-    ids, values = ids.gather(1, by_value), values.gather(1, by_value)
+    tied = torch.nonzero((values[:, 1:] == values[:, :-1]).any(dim=1) | values.isnan().any(dim=1)).flatten()
+    if len(tied):
+        tied_ids, tied_values = ids[tied], values[tied]
+        by_id = torch.argsort(tied_ids, dim=-1)
+        tied_ids, tied_values = tied_ids.gather(1, by_id), tied_values.gather(1, by_id)
+        by_value = torch.sort(tied_values, dim=-1, descending=True, stable=True).indices
+        ids[tied], values[tied] = tied_ids.gather(1, by_value), tied_values.gather(1, by_value)
     has_next = ks < vocab
     if bool(has_next.any()):
         at_k = values.gather(1, (ks - 1).clamp_max(width - 1)[:, None]).squeeze(1)
@@ -88,13 +92,22 @@ def sample_rows(
     return row[order], ids[order], counts[order], values[order]
 
 
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """One index tensor of the (row, id) pairs to mask: the only part as it is (any shape), else flat."""
+    return parts[0] if len(parts) == 1 else torch.cat([part.reshape(-1) for part in parts])
+
+
 def complement_logsumexp_(logprobs: torch.Tensor, row: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """tail[r] = log(1 - sum_{j in row r} p_j) = logsumexp over the ids NOT in row r; (R, V) -> (R,).
 
     Computed as a logsumexp over the complement, which stays accurate when the row holds nearly all the
     mass (1 - sum would cancel); -inf when the row covers the vocab. Overwrites the row entries of
-    `logprobs` with -inf (in place, to avoid a second (R, V) buffer): call it last.
+    `logprobs` with -inf (in place, to avoid a second (R, V) buffer): call it last. `row` and `ids` are
+    flat (M,) pairs, or (R, k) with row[r] = r (every row, k ids each: a scatter along the vocab).
     """
+    if row.dim() == 2 and row.shape[0] == logprobs.shape[0]:
+        logprobs.scatter_(1, ids, float("-inf"))
+        return torch.logsumexp(logprobs, dim=-1)
     logprobs[row, ids] = float("-inf")
     return torch.logsumexp(logprobs, dim=-1)
 
@@ -109,19 +122,26 @@ def _topk_rows(
     logprobs: torch.Tensor, tasks: Sequence[LogitsTask], offsets: list[int]
 ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], torch.Tensor, torch.Tensor]:
     """Top-k rows of the "topk" tasks: ({task: (ids (R, k), logprobs (R, k)) on the host}, rows, ids) where
-    (rows, ids) are the (row index, id) pairs in the rows, for the tail."""
+    (rows, ids) are the (row index, id) pairs in the rows, for the tail: (N_topk, k) each when all tasks
+    share one k, else flat (M,)."""
     device = logprobs.device
     chosen = [b for b, t in enumerate(tasks) if t.params.mode == "topk"]
-    rows = torch.cat([torch.arange(offsets[b], offsets[b + 1], device=device) for b in chosen])
-    ks = torch.cat([torch.full((tasks[b].num_rows,), tasks[b].params.top_k, device=device) for b in chosen])
+    if len(chosen) == len(tasks):
+        rows = torch.arange(len(logprobs), device=device)
+    else:
+        rows = torch.cat([torch.arange(offsets[b], offsets[b + 1], device=device) for b in chosen])
+    per_task = torch.tensor([tasks[b].params.top_k for b in chosen], device=device)
+    ks = per_task.repeat_interleave(torch.tensor([tasks[b].num_rows for b in chosen], device=device))
     ids, values = sorted_topk(logprobs if len(rows) == len(logprobs) else logprobs[rows], ks)  # (N_topk, kmax)
-    kept = torch.arange(ids.shape[1], device=device)[None, :] < ks[:, None]
     ids_host, values_host = ids.cpu().numpy(), values.cpu().numpy()
     out, local = {}, 0
     for b in chosen:
         n, k = tasks[b].num_rows, tasks[b].params.top_k
         out[b] = (ids_host[local : local + n, :k], values_host[local : local + n, :k])
         local += n
+    if bool((per_task == ids.shape[1]).all()):  # one k: every entry is in a row (no mask, no copy)
+        return out, rows[:, None].expand_as(ids), ids
+    kept = torch.arange(ids.shape[1], device=device)[None, :] < ks[:, None]
     return out, rows[:, None].expand_as(ids)[kept], ids[kept]
 
 
@@ -137,9 +157,12 @@ def sequence_distributions(logits: torch.Tensor, tasks: Sequence[LogitsTask]) ->
     device = logits.device
     num_rows = torch.tensor([t.num_rows for t in tasks], device=device)
     temperature = torch.tensor([float(t.params.temperature) for t in tasks], dtype=torch.float32, device=device)
-    scaled = logits.to(torch.float32, copy=True).div_(temperature.repeat_interleave(num_rows)[:, None])
-    logprobs = torch.log_softmax(scaled, dim=-1)  # (N, V) float32
-    del scaled
+    if bool((temperature == 1.0).all()):  # x / 1 == x: skip the (N, V) copy and the division
+        logprobs = torch.log_softmax(logits.to(torch.float32), dim=-1)  # (N, V) float32
+    else:
+        scaled = logits.to(torch.float32, copy=True).div_(temperature.repeat_interleave(num_rows)[:, None])
+        logprobs = torch.log_softmax(scaled, dim=-1)  # (N, V) float32
+        del scaled
     token_logprobs = logprobs.gather(1, _row_targets(tasks, device)[:, None]).squeeze(1)  # (N,)
     offsets = np.concatenate([[0], np.cumsum([t.num_rows for t in tasks])]).astype(int).tolist()
 
@@ -160,7 +183,7 @@ def sequence_distributions(logits: torch.Tensor, tasks: Sequence[LogitsTask]) ->
 
     token_host = token_logprobs.cpu().numpy()
     ranks_host = _token_ranks(logprobs, token_logprobs, tasks, offsets)  # before the tail masks logprobs
-    tail_host = complement_logsumexp_(logprobs, torch.cat(mask_rows), torch.cat(mask_ids)).cpu().numpy()
+    tail_host = complement_logsumexp_(logprobs, _joined(mask_rows), _joined(mask_ids)).cpu().numpy()
     results = []
     for b, task in enumerate(tasks):
         lo, hi = offsets[b], offsets[b + 1]
