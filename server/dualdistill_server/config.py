@@ -55,6 +55,11 @@ class ServerConfig(BaseSettings):
         description="A connection must deliver a complete request head this many seconds after it opens or "
         "after its previous response (HTTP: else 408 and closed); also the gRPC handshake deadline.",
     )
+    body_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600,
+        description="An HTTP request's body must be complete this many seconds after its head (else 408 and "
+        "the connection is closed): a client that trickles its body cannot hold a connection for longer.",
+    )
     max_connections: int = Field(
         1000, ge=1, le=1_000_000,
         description="Open connections per transport; an HTTP connection beyond it gets 503 and is closed, "

@@ -27,6 +27,7 @@ SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-body-bytes", "max_body_bytes", int, "largest HTTP body; 413 above (default 32 MiB)"),
     ("--max-message-bytes", "max_message_bytes", int, "largest gRPC message (default 256 MiB)"),
     ("--header-timeout-seconds", "header_timeout_seconds", float, "seconds a connection has to send a complete request head (default 10)"),
+    ("--body-timeout-seconds", "body_timeout_seconds", float, "seconds an HTTP request body has to arrive after its head (default 60)"),
     ("--max-connections", "max_connections", int, "open connections per transport; more are refused (default 1000)"),
     ("--api-key-file", "api_key_file", str, "file of tenant:key lines (env DUALDISTILL_API_KEYS: same, comma-separated)"),
     ("--cache", "cache", str, "memory | disk:DIR | redis://HOST:PORT/DB[?ttl=SECONDS] | none (default memory)"),
