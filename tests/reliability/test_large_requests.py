@@ -159,6 +159,37 @@ def test_a_large_json_body_does_not_stall_health(big_limits_server) -> None:
                       "healthz_quiet_worst_ms": round(baseline * 1e3, 1), "healthz_worst_ms": round(worst * 1e3, 1)}))
 
 
+def test_a_generate_message_over_the_body_bound_is_refused_before_it_is_parsed(big_limits_server) -> None:
+    """A Generate message over max_body_bytes (32 MiB by default; the message limit is 256 MiB) is refused
+    from its size alone, naming `prompts`: its text never reaches the parser or the tokenizer (before the
+    bound, 15 MB of prompt text held the tokenizer past a 60 s deadline). /healthz is measured and printed,
+    not bounded: grpc hands the message's bytes to Python on the event loop, which at this size takes
+    longer than PROBE_BUDGET_S on a loaded machine (docs/reliability.md)."""
+    server = big_limits_server
+    message = pb.GenerateRequest(model=TINY_MODEL_NAME, prompts=[pb.Prompt(text="ab " * 11_500_000)])
+    payload = message.SerializeToString()  # 34.5 MB, sent raw (see above)
+    assert 32 * 2**20 < len(payload) < 256 * 2**20
+    before = rss_kib(server.process.pid)
+    with grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        call = channel.unary_unary("/dualdistill.v1.Teacher/Generate", request_serializer=None,
+                                   response_deserializer=None)
+
+        def send():
+            begin = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as raised:
+                call(payload, timeout=60)
+            return raised.value, time.perf_counter() - begin
+
+        baseline, worst, (error, seconds) = _during(server, send)
+    field = dict(error.trailing_metadata() or ()).get("x-dualdistill-field")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and field == "prompts", (error.code(), error.details())
+    assert f"{len(payload)} bytes" in error.details() and "max_body_bytes" in error.details(), error.details()
+    assert seconds < 5.0, seconds  # the transfer of 34.5 MB over loopback, not a tokenization
+    assert rss_kib(server.process.pid) - before < MEMORY_SLACK_KIB, server.log_tail()
+    print(json.dumps({"grpc_bytes": len(payload), "refused_s": round(seconds, 3),
+                      "healthz_quiet_worst_ms": round(baseline * 1e3, 1), "healthz_worst_ms": round(worst * 1e3, 1)}))
+
+
 @pytest.mark.slow
 def test_an_admissible_large_request_is_converted_off_the_loop(big_limits_server) -> None:
     """Just under max_queue_tokens in one request is answered; nobody else waits on its conversion.

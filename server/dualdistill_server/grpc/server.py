@@ -18,7 +18,7 @@ from dualdistill.protocol.v1 import teacher_pb2, teacher_pb2_grpc
 
 from ..config import ServerConfig
 from ..core import TeacherService
-from .interceptors import TEACHER_SERVICE, ServiceInterceptor, max_logits_message_bytes
+from .interceptors import TEACHER_SERVICE, ServiceInterceptor, request_bounds
 from .servicer import TeacherServicer
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class GrpcTransport:
             interceptors=[
                 ServiceInterceptor(
                     service.metrics, service.api_keys, service.limits,
-                    max_logits_bytes=max_logits_message_bytes(config.max_queue_tokens),
+                    request_bounds=request_bounds(config.max_queue_tokens, config.max_body_bytes),
                 )
             ],
             options=[
