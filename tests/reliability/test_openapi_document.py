@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 
 import httpx
+import numpy as np
+
+from dualdistill.protocol.params import MIN_TEMPERATURE_FLOAT32
 
 DATA_STATUSES = {"200", "404", "413", "422", "429", "500", "503", "504"}
 
@@ -43,7 +46,7 @@ def test_the_document_names_every_status_and_the_real_error_body(tiny_server) ->
 def test_the_document_states_the_enforced_limits(tiny_server) -> None:
     schemas = _document(tiny_server)["components"]["schemas"]
     logits = schemas["LogitsRequest"]
-    assert logits["properties"]["temperature"]["minimum"] == 1e-4
+    assert logits["properties"]["temperature"]["minimum"] == MIN_TEMPERATURE_FLOAT32 == float(np.float32(1e-4))
     assert logits["properties"]["model"]["enum"] == ["tiny"]
     assert logits["else"]["properties"]["top_k"]["maximum"] == 320  # min(max_top_k 512, vocab 320)
     ids = schemas["SequenceIn"]["properties"]["token_ids"]
