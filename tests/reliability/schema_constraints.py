@@ -148,15 +148,15 @@ def documented_constraints(ctx, response, case) -> None:
 
 
 # A deadline the case sets itself is the contract's 504 when it passes (tests/server/test_service_http.py::
-# test_deadline_seconds_gives_504), not a server error; generated deadlines are lifted to DEADLINE_FLOOR_S so
-# that not_a_server_error judges the server, not the deadline the fuzzer chose.
+# test_deadline_seconds_gives_504), not a server error; generated deadlines are lifted to DEADLINE_FLOOR_S before
+# the call (every phase), so that not_a_server_error judges the server, not the deadline the fuzzer chose.
 DEADLINE_FLOOR_S = 60.0
 
 
 @schemathesis.hook
-def map_body(ctx, body):
+def before_call(ctx, case, kwargs) -> None:
+    body = case.body
     if isinstance(body, dict):
         deadline = body.get("deadline_seconds")
         if isinstance(deadline, int | float) and not isinstance(deadline, bool) and 0 < deadline < DEADLINE_FLOOR_S:
             body["deadline_seconds"] = DEADLINE_FLOOR_S
-    return body

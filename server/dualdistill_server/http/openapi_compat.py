@@ -62,7 +62,7 @@ def _logprobs_count(max_top_k: int, vocab_size: int) -> dict:
 
 
 def _completion_request(schema: dict, names: list[str], max_id: int, max_seq_len: int, max_top_k: int,
-                        vocab_size: int, max_tokens: int) -> None:
+                        vocab_size: int, max_tokens: int, apply_by_default: bool) -> None:
     properties = schema["properties"]
     ids = {"type": "array", "minItems": 1, "maxItems": max_seq_len,
            "items": {"type": "integer", "minimum": 0, "maximum": max_id}}
@@ -80,8 +80,14 @@ def _completion_request(schema: dict, names: list[str], max_id: int, max_seq_len
         properties[name] = _nullable(_logprobs_count(max_top_k, vocab_size))
     properties["max_tokens"] = _nullable({"type": "integer", "minimum": 0, "maximum": max_tokens})
     # max_tokens 0 (score the prompt, generate nothing) only with echo.
-    schema["if"] = {"properties": {"echo": {"const": True}}, "required": ["echo"]}
-    schema["else"] = {"properties": {"max_tokens": _nullable({"type": "integer", "minimum": 1, "maximum": max_tokens})}}
+    echo_rule = {"if": {"properties": {"echo": {"const": True}}, "required": ["echo"]},
+                 "else": {"properties": {"max_tokens": _nullable({"type": "integer", "minimum": 1, "maximum": max_tokens})}}}
+    # Logprobs at the request's temperature need one that is not greedy (vLLM: below 1e-5 is greedy).
+    apply = {"properties": {"apply_temperature_to_logprobs": {"const": not apply_by_default}},
+             "required": ["apply_temperature_to_logprobs"]}
+    applied = {"properties": {"temperature": _nullable({"type": "number", "minimum": 1e-5, "maximum": 2})}}
+    temperature_rule = {"if": {"not": apply}, "then": applied} if apply_by_default else {"if": apply, "then": applied}
+    schema["allOf"] = [echo_rule, temperature_rule]
     # vLLM fields this server does not implement: only their no-op values.
     for name, no_op in NO_OP_VALUES.items():
         properties[name] = {"enum": _distinct(no_op), "description": "Not implemented here: its no-op value only."}
@@ -122,6 +128,6 @@ def describe_compat(schemas: dict, service: TeacherService) -> None:
     vocab_size = max(info.vocab_size for info in infos)
     if "CompletionRequest" in schemas:
         _completion_request(schemas["CompletionRequest"], names, max_id, max_seq_len, max_top_k, vocab_size,
-                            service.config.max_generate_tokens)
+                            service.config.max_generate_tokens, service.config.compat_apply_temperature)
     if "SequenceLogprobsRequest" in schemas:
         _sequence_logprobs_request(schemas["SequenceLogprobsRequest"], names, max_id, max_seq_len, max_top_k)
