@@ -190,6 +190,31 @@ def test_a_generate_message_over_the_body_bound_is_refused_before_it_is_parsed(b
                       "healthz_quiet_worst_ms": round(baseline * 1e3, 1), "healthz_worst_ms": round(worst * 1e3, 1)}))
 
 
+def test_prompt_text_that_cannot_fit_is_refused_before_it_is_tokenized(big_limits_server) -> None:
+    """15 MB of prompt text (an allowed body size) cannot fit 256 tokens of at most 13 characters each: refused
+    from its length, naming the field, without tokenizing it (before: no answer within 60 s, /healthz held
+    for seconds)."""
+    server = big_limits_server
+    body = json.dumps({"model": TINY_MODEL_NAME, "prompts": [{"text": "ab " * 5_000_000}], "max_new_tokens": 1}).encode()
+    host, port = server.http_address.rsplit(":", 1)
+
+    def send():
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        begin = time.perf_counter()
+        connection.request("POST", "/v1/generate", body=body, headers={"content-type": "application/json"})
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+        return response.status, answer, time.perf_counter() - begin
+
+    baseline, worst, (status, answer, seconds) = _during(server, send)
+    assert status == 422 and answer["error"]["field"] == "prompts[0].text", answer
+    assert "15000000 characters" in answer["error"]["message"], answer
+    assert worst - baseline < PROBE_BUDGET_S, (baseline, worst, seconds)
+    print(json.dumps({"json_bytes": len(body), "refused_s": round(seconds, 3),
+                      "healthz_quiet_worst_ms": round(baseline * 1e3, 1), "healthz_worst_ms": round(worst * 1e3, 1)}))
+
+
 @pytest.mark.slow
 def test_an_admissible_large_request_is_converted_off_the_loop(big_limits_server) -> None:
     """Just under max_queue_tokens in one request is answered; nobody else waits on its conversion.
