@@ -111,6 +111,37 @@ def _during(server, send, attempts: int = 3) -> tuple[float, float, object]:
     return best
 
 
+def _json_post(server, path: str, body: bytes):
+    """A send() for `_during`: POST the serialized `body`; returns (status, JSON answer, seconds)."""
+    host, port = server.http_address.rsplit(":", 1)
+
+    def send():
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        begin = time.perf_counter()
+        connection.request("POST", path, body=body, headers={"content-type": "application/json"})
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+        return response.status, answer, time.perf_counter() - begin
+
+    return send
+
+
+def _grpc_refused(server, method: str, payload: bytes) -> tuple[float, float, tuple[grpc.RpcError, float]]:
+    """`_during` a raw Teacher call that must fail: (quiet worst, worst, (its RpcError, seconds))."""
+    with grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        call = channel.unary_unary(f"/dualdistill.v1.Teacher/{method}", request_serializer=None,
+                                   response_deserializer=None)
+
+        def send():
+            begin = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as raised:
+                call(payload, timeout=60)
+            return raised.value, time.perf_counter() - begin
+
+        return _during(server, send)
+
+
 def test_a_large_grpc_message_does_not_stall_health(big_limits_server) -> None:
     server = big_limits_server
     message = pb.LogitsRequest(model=TINY_MODEL_NAME, sequences=[pb.Sequence(token_ids=_ids(3_000_000, 2**31 - 1), start=1)])
@@ -118,19 +149,9 @@ def test_a_large_grpc_message_does_not_stall_health(big_limits_server) -> None:
     # the probe thread here, not the server.
     payload = message.SerializeToString()
     before = rss_kib(server.process.pid)
-    with grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
-        call = channel.unary_unary("/dualdistill.v1.Teacher/GetLogits", request_serializer=None,
-                                   response_deserializer=None)
-
-        def send():
-            begin = time.perf_counter()
-            with pytest.raises(grpc.RpcError) as raised:
-                call(payload, timeout=60)
-            return raised.value.code(), raised.value.details(), time.perf_counter() - begin
-
-        baseline, worst, (code, details, seconds) = _during(server, send)
+    baseline, worst, (error, seconds) = _grpc_refused(server, "GetLogits", payload)
     assert worst - baseline < PROBE_BUDGET_S, (baseline, worst, seconds)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert rss_kib(server.process.pid) - before < MEMORY_SLACK_KIB, server.log_tail()
     print(json.dumps({"grpc_bytes": message.ByteSize(), "refused_s": round(seconds, 3),
                       "healthz_quiet_worst_ms": round(baseline * 1e3, 1), "healthz_worst_ms": round(worst * 1e3, 1)}))
@@ -139,19 +160,8 @@ def test_a_large_grpc_message_does_not_stall_health(big_limits_server) -> None:
 def test_a_large_json_body_does_not_stall_health(big_limits_server) -> None:
     server = big_limits_server
     body = json.dumps({"model": TINY_MODEL_NAME, "sequences": [{"token_ids": _ids(4_000_000), "start": 1}]}).encode()
-    host, port = server.http_address.rsplit(":", 1)
     before = rss_kib(server.process.pid)
-
-    def send():
-        connection = http.client.HTTPConnection(host, int(port), timeout=60)
-        begin = time.perf_counter()
-        connection.request("POST", "/v1/logits", body=body, headers={"content-type": "application/json"})
-        response = connection.getresponse()
-        answer = json.loads(response.read())
-        connection.close()
-        return response.status, answer, time.perf_counter() - begin
-
-    baseline, worst, (status, answer, seconds) = _during(server, send)
+    baseline, worst, (status, answer, seconds) = _during(server, _json_post(server, "/v1/logits", body))
     assert worst - baseline < PROBE_BUDGET_S, (baseline, worst, seconds)
     assert status == 422 and answer["error"]["field"] == "sequences", answer  # refused before the parse
     assert rss_kib(server.process.pid) - before < MEMORY_SLACK_KIB, server.log_tail()
@@ -170,17 +180,7 @@ def test_a_generate_message_over_the_body_bound_is_refused_before_it_is_parsed(b
     payload = message.SerializeToString()  # 34.5 MB, sent raw (see above)
     assert 32 * 2**20 < len(payload) < 256 * 2**20
     before = rss_kib(server.process.pid)
-    with grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
-        call = channel.unary_unary("/dualdistill.v1.Teacher/Generate", request_serializer=None,
-                                   response_deserializer=None)
-
-        def send():
-            begin = time.perf_counter()
-            with pytest.raises(grpc.RpcError) as raised:
-                call(payload, timeout=60)
-            return raised.value, time.perf_counter() - begin
-
-        baseline, worst, (error, seconds) = _during(server, send)
+    baseline, worst, (error, seconds) = _grpc_refused(server, "Generate", payload)
     field = dict(error.trailing_metadata() or ()).get("x-dualdistill-field")
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and field == "prompts", (error.code(), error.details())
     assert f"{len(payload)} bytes" in error.details() and "max_body_bytes" in error.details(), error.details()
@@ -196,18 +196,7 @@ def test_prompt_text_that_cannot_fit_is_refused_before_it_is_tokenized(big_limit
     for seconds)."""
     server = big_limits_server
     body = json.dumps({"model": TINY_MODEL_NAME, "prompts": [{"text": "ab " * 5_000_000}], "max_new_tokens": 1}).encode()
-    host, port = server.http_address.rsplit(":", 1)
-
-    def send():
-        connection = http.client.HTTPConnection(host, int(port), timeout=60)
-        begin = time.perf_counter()
-        connection.request("POST", "/v1/generate", body=body, headers={"content-type": "application/json"})
-        response = connection.getresponse()
-        answer = json.loads(response.read())
-        connection.close()
-        return response.status, answer, time.perf_counter() - begin
-
-    baseline, worst, (status, answer, seconds) = _during(server, send)
+    baseline, worst, (status, answer, seconds) = _during(server, _json_post(server, "/v1/generate", body))
     assert status == 422 and answer["error"]["field"] == "prompts[0].text", answer
     assert "15000000 characters" in answer["error"]["message"], answer
     assert worst - baseline < PROBE_BUDGET_S, (baseline, worst, seconds)

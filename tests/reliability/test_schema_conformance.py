@@ -62,7 +62,8 @@ def run_schemathesis(url: str, key: str | None, report: Path, *, phases: str, ex
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.reliability.schema_constraints",
            "SCHEMA_FUZZ_LIMITS": json.dumps(LIMITS), "PYTHONPATH": os.pathsep.join(
                [str(ROOT), str(ROOT / "client"), str(ROOT / "server"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    # In the report's folder: schemathesis keeps a cache (.schemathesis/) in its working directory.
+    done = subprocess.run(command, cwd=report.parent, env=env, capture_output=True, text=True, timeout=timeout)
     return done.returncode, json.loads(report.read_text()), done.stdout[-20_000:] + done.stderr[-5_000:]
 
 

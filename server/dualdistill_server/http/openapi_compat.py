@@ -80,13 +80,14 @@ def _completion_request(schema: dict, names: list[str], max_id: int, max_seq_len
         properties[name] = _nullable(_logprobs_count(max_top_k, vocab_size))
     properties["max_tokens"] = _nullable({"type": "integer", "minimum": 0, "maximum": max_tokens})
     # max_tokens 0 (score the prompt, generate nothing) only with echo.
+    generating = _nullable({"type": "integer", "minimum": 1, "maximum": max_tokens})
     echo_rule = {"if": {"properties": {"echo": {"const": True}}, "required": ["echo"]},
-                 "else": {"properties": {"max_tokens": _nullable({"type": "integer", "minimum": 1, "maximum": max_tokens})}}}
+                 "else": {"properties": {"max_tokens": generating}}}
     # Logprobs at the request's temperature need one that is not greedy (vLLM: below 1e-5 is greedy).
     apply = {"properties": {"apply_temperature_to_logprobs": {"const": not apply_by_default}},
              "required": ["apply_temperature_to_logprobs"]}
     applied = {"properties": {"temperature": _nullable({"type": "number", "minimum": 1e-5, "maximum": 2})}}
-    temperature_rule = {"if": {"not": apply}, "then": applied} if apply_by_default else {"if": apply, "then": applied}
+    temperature_rule = {"if": {"not": apply} if apply_by_default else apply, "then": applied}
     schema["allOf"] = [echo_rule, temperature_rule]
     # vLLM fields this server does not implement: only their no-op values.
     for name, no_op in NO_OP_VALUES.items():
