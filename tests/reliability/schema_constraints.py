@@ -58,7 +58,7 @@ def _prompt_fields(prompts: list) -> list[tuple[int, str]]:
     fields = []
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, dict):
-            for name in ("text", "messages", "token_ids"):
+            for name in ("text", "messages"):  # token-id prompts: their length is in the schema
                 fields.append((422, f"prompts[{i}].{name}"))
     return fields
 
