@@ -48,7 +48,13 @@ class ServerConfig(BaseSettings):
     )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest HTTP request body (413 above).")
     max_message_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024, description="Largest gRPC message, sent or received."
+        256 * 1024 * 1024, ge=1024, description="Largest gRPC message sent (a response), and cap on the received one."
+    )
+    max_receive_message_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024,
+        description="Largest gRPC request message (RESOURCE_EXHAUSTED above, before grpc hands its bytes to "
+        "Python: that copy runs on the event loop, where every other request waits for it). A request of "
+        "max_queue_tokens ids is about 1 MB.",
     )
     header_timeout_seconds: float = Field(
         10.0, gt=0, le=3600,

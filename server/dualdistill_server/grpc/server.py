@@ -36,6 +36,9 @@ class GrpcTransport:
         self._service = service
         self._config = config
         limit = config.max_message_bytes
+        # Requests get their own, smaller bound: grpc copies a received message into Python on the event
+        # loop before any check of ours runs, so its size bounds how long one tenant can stall the others.
+        receive_limit = min(limit, config.max_receive_message_bytes)
         self.server = grpc.aio.server(
             interceptors=[
                 ServiceInterceptor(
@@ -45,7 +48,7 @@ class GrpcTransport:
             ],
             options=[
                 ("grpc.max_send_message_length", limit),
-                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_receive_message_length", receive_limit),
                 ("grpc.so_reuseport", 0),
                 # Connections that never finish the HTTP/2 handshake, and more than max_connections.
                 ("grpc.server_handshake_timeout_ms", int(config.header_timeout_seconds * 1000)),
