@@ -52,12 +52,23 @@ class ServerConfig(BaseSettings):
     )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest HTTP request body (413 above).")
     max_message_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024, description="Largest gRPC message, sent or received."
+        256 * 1024 * 1024, ge=1024, description="Largest gRPC message sent (a response), and cap on the received one."
+    )
+    max_receive_message_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024,
+        description="Largest gRPC request message (RESOURCE_EXHAUSTED above, before grpc hands its bytes to "
+        "Python: that copy runs on the event loop, where every other request waits for it). A request of "
+        "max_queue_tokens ids is about 1 MB.",
     )
     header_timeout_seconds: float = Field(
         10.0, gt=0, le=3600,
         description="A connection must deliver a complete request head this many seconds after it opens or "
         "after its previous response (HTTP: else 408 and closed); also the gRPC handshake deadline.",
+    )
+    body_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600,
+        description="An HTTP request's body must be complete this many seconds after its head (else 408 and "
+        "the connection is closed): a client that trickles its body cannot hold a connection for longer.",
     )
     max_connections: int = Field(
         1000, ge=1, le=1_000_000,

@@ -207,7 +207,7 @@ async def _serve(config: ServerConfig) -> int:
     http = _HttpServer(
         uvicorn.Config(
             create_app(service, config), log_config=None, access_log=False, lifespan="off", server_header=False,
-            http=guarded_protocol(config.header_timeout_seconds, config.max_connections),
+            http=guarded_protocol(config.header_timeout_seconds, config.max_connections, config.body_timeout_seconds),
             timeout_graceful_shutdown=max(1, int(config.drain_seconds)),
         )
     )

@@ -17,16 +17,26 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
 
 from dualdistill.protocol.formats import LOGITS_FORMATS
-from dualdistill.protocol.params import LOGITS_MODES, MIN_TEMPERATURE, UINT64_MAX, LogitsParams
+from dualdistill.protocol.params import (
+    LOGITS_MODES,
+    MIN_TEMPERATURE,
+    MIN_TEMPERATURE_FLOAT32,
+    UINT64_MAX,
+    LogitsParams,
+)
 
 INT32_MAX = 2**31 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger values round to inf on the float32 wire
+MAX_N = 64  # completions per prompt of one generate request
 FLOAT32_TINY = 1.5e-45  # from here on a positive value stays > 0 in float32 (smallest subnormal 1.4e-45)
 
 
@@ -41,6 +51,21 @@ Int = Annotated[int, BeforeValidator(_not_bool)]
 Float = Annotated[float, BeforeValidator(_not_bool)]
 # Strict (ints only, no "5", no true): fast for long sequences, and ids are always JSON/proto ints.
 TokenId = Annotated[int, Strict(), Field(ge=0, le=INT32_MAX)]
+
+
+def _whole_floats_as_ints(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    """JSON Schema's "integer" includes whole floats (`2.0` is the integer 2), so a client generated from
+    the schema may send them. The strict list is tried first (validated in Rust, no cost per id); only a
+    list that fails it is converted here, whole floats to ints, and tried once more."""
+    try:
+        return handler(value)
+    except ValidationError:
+        if not isinstance(value, list):
+            raise
+        return handler([int(item) if type(item) is float and item.is_integer() else item for item in value])
+
+
+TokenIds = Annotated[list[TokenId], WrapValidator(_whole_floats_as_ints)]
 
 
 
@@ -60,7 +85,7 @@ class _Strict(BaseModel):
 class SequenceIn(_Strict):
     """One sequence: distributions are returned for positions [start, len(token_ids))."""
 
-    token_ids: list[TokenId] = Field(min_length=2, description="Token ids (prompt + response), 2..max_seq_len.")
+    token_ids: TokenIds = Field(min_length=2, description="Token ids (prompt + response), 2..max_seq_len.")
     start: Int = Field(ge=1, le=INT32_MAX, description="First position returned: 1 <= start < len(token_ids).")
 
     @field_validator("start")
@@ -77,7 +102,7 @@ class LogitsRequest(_Strict):
     sequences: list[SequenceIn] = Field(min_length=1, description="Sequences to score.")
     top_k: Int = Field(20, ge=1, le=INT32_MAX, description="Entries per row in topk mode; <= max_top_k.")
     temperature: Float = Field(
-        1.0, ge=MIN_TEMPERATURE, le=FLOAT32_MAX,
+        1.0, ge=MIN_TEMPERATURE_FLOAT32, le=FLOAT32_MAX,
         description=f"p = softmax(logits / temperature); finite, >= {MIN_TEMPERATURE}.",
     )
     mode: Literal[LOGITS_MODES] = Field("topk", description="'topk' rows or 'sample' (sampled ids + counts).")
@@ -93,7 +118,7 @@ class LogitsRequest(_Strict):
     @classmethod
     def _temperature_float32(cls, value: float) -> float:
         rounded = _as_float32(value, "temperature")
-        if rounded < MIN_TEMPERATURE:
+        if rounded < MIN_TEMPERATURE_FLOAT32:
             raise ValueError(f"temperature must be >= {MIN_TEMPERATURE} (and finite), got {value!r}")
         return rounded
 
@@ -118,7 +143,7 @@ class PromptIn(_Strict):
     """Exactly one of text, token_ids or messages (empty lists count as absent, as in protobuf)."""
 
     text: str | None = Field(None, min_length=1)
-    token_ids: list[TokenId] | None = None
+    token_ids: TokenIds | None = None
     messages: list[ChatMessageIn] | None = None
 
     @model_validator(mode="after")
@@ -137,7 +162,7 @@ class GenerateRequest(_Strict):
         1.0, ge=0, le=FLOAT32_MAX, description=f"0 = greedy; otherwise >= {MIN_TEMPERATURE}."
     )
     top_p: Float = Field(1.0, ge=FLOAT32_TINY, le=1.0, description="Nucleus sampling mass (> 0 in float32).")
-    n: Int = Field(1, ge=1, le=64, description="Completions per prompt.")
+    n: Int = Field(1, ge=1, le=MAX_N, description="Completions per prompt.")
     seed: Int = Field(0, ge=0, le=UINT64_MAX)
     request_id: str = Field("", max_length=128)
 
@@ -146,7 +171,7 @@ class GenerateRequest(_Strict):
     def _float32(cls, value: float, info: ValidationInfo) -> float:
         name = info.field_name or "value"
         rounded = _as_float32(value, name)
-        if name == "temperature" and 0 < rounded < MIN_TEMPERATURE:
+        if name == "temperature" and 0 < rounded < MIN_TEMPERATURE_FLOAT32:
             raise ValueError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE}, got {value!r}")
         if name == "top_p" and rounded <= 0:
             raise ValueError(f"top_p must be > 0 in float32, got {value!r}")

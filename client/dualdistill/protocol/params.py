@@ -10,6 +10,7 @@ Only the static bounds live here. The bounds that depend on the served model and
 
 from __future__ import annotations
 
+import struct
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -19,6 +20,9 @@ LOGITS_MODES = ("topk", "sample")
 # Below this, logits / temperature overflows float32 for ordinary logits (|logit| ~ 1e2 / 1e-36 > 3.4e38)
 # and the distribution turns to NaN; 1e-4 already makes any model's distribution one-hot in practice.
 MIN_TEMPERATURE = 1e-4
+# Temperatures travel as float32 (the proto's `float`; the server rounds HTTP values to it too), and 1e-4
+# is 9.99999975e-05 there: the bound is checked against the float32 value, so 1e-4 passes on both transports.
+MIN_TEMPERATURE_FLOAT32 = struct.unpack("<f", struct.pack("<f", MIN_TEMPERATURE))[0]
 UINT64_MAX = 2**64 - 1
 
 
@@ -34,7 +38,7 @@ class LogitsParams:
 
     def __post_init__(self) -> None:
         check_int("top_k", self.top_k, 1)
-        check_range("temperature", self.temperature, MIN_TEMPERATURE)
+        check_range("temperature", self.temperature, MIN_TEMPERATURE_FLOAT32)
         check_choice("mode", self.mode, LOGITS_MODES)
         check_int("samples", self.samples, 1)
         check_int("seed", self.seed, 0, UINT64_MAX)

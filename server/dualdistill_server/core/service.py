@@ -32,7 +32,7 @@ from .api_keys import ApiKeys
 from .batcher import Batcher
 from .cache import ResultCache, sequence_key
 from .limits import TenantLimits
-from .validation import generate_budget, logits_tasks, prompt_ids
+from .validation import check_text_fits, generate_budget, logits_tasks, prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,8 @@ class TeacherService:
         _, model = self._admit(name)
 
         def run() -> list[list[int]]:
+            for index, text in enumerate(texts):
+                check_text_fits(len(text), model, f"prompt[{index}]")
             return [list(model.tokenizer.encode(text, add_special_tokens=add_special_tokens)) for text in texts]
 
         return await self._batchers[name].run_on_worker(run)

@@ -7,6 +7,9 @@ the offending field with its JSON path, e.g. `sequences[3].token_ids[17]`.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import numpy as np
 
 from ..config import ServerConfig
@@ -108,6 +111,27 @@ def _chat_errors() -> tuple[type[Exception], ...]:
     return (ValueError, TemplateError)
 
 
+@functools.lru_cache(maxsize=16)
+def longest_token_chars(tokenizer: Any) -> int:
+    """The most characters one token of `tokenizer` stands for (its longest vocabulary entry: a byte-level
+    entry has one character per byte, so it is never shorter than the text it decodes to)."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=1)
+
+
+def check_text_fits(text_chars: int, model: Any, field: str) -> None:
+    """Refuse, before tokenizing, a text that needs more than max_seq_len tokens whatever it says: each
+    token stands for at most `longest_token_chars` characters. (15 MB of prompt text held the tokenizer,
+    and the GIL with it, for over a minute.)"""
+    limit = model.info.max_seq_len * longest_token_chars(model.tokenizer)
+    if text_chars > limit:
+        raise InvalidArgument(
+            f"the text has {text_chars} characters; model {model.info.name!r} takes at most {limit} "
+            f"(max_seq_len = {model.info.max_seq_len} tokens of at most {limit // model.info.max_seq_len} "
+            "characters each)",
+            field=field,
+        )
+
+
 def prompt_ids(request: GenerateRequest, model) -> list[list[int]]:
     """Each prompt as token ids (text encoded, chat template applied), checked against the model's limits.
 
@@ -119,6 +143,7 @@ def prompt_ids(request: GenerateRequest, model) -> list[list[int]]:
         field = f"prompts[{i}]"
         if prompt.messages:
             field += ".messages"
+            check_text_fits(sum(len(m.content) + len(m.role) for m in prompt.messages), model, field)
             try:
                 ids = list(model.encode_chat([m.model_dump() for m in prompt.messages]))
             except _chat_errors() as exc:  # no chat template, or the template refused the turns
@@ -127,8 +152,9 @@ def prompt_ids(request: GenerateRequest, model) -> list[list[int]]:
             ids = token_array(prompt.token_ids, info, f"{field}.token_ids").tolist()
             field += ".token_ids"
         else:
-            ids = list(model.encode_text(prompt.text or ""))
             field += ".text"
+            check_text_fits(len(prompt.text or ""), model, field)
+            ids = list(model.encode_text(prompt.text or ""))
         if not ids:
             raise InvalidArgument("the prompt encodes to no tokens", field=field)
         if len(ids) >= info.max_seq_len:

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -41,6 +42,7 @@ def _metadata_value(metadata: Any, key: str) -> str:
 _UNDECODABLE = object()  # what the lenient deserializer hands on for bytes that are not a valid message
 INLINE_MESSAGE_BYTES = 64 * 1024  # larger messages are parsed in a worker thread, not on the event loop
 LOGITS_METHODS = (f"/{TEACHER_SERVICE}/GetLogits", f"/{TEACHER_SERVICE}/StreamLogits")
+GENERATE_METHOD = f"/{TEACHER_SERVICE}/Generate"
 
 
 def max_logits_message_bytes(max_queue_tokens: int) -> int:
@@ -49,9 +51,30 @@ def max_logits_message_bytes(max_queue_tokens: int) -> int:
     return 14 * max_queue_tokens + 4096
 
 
+@dataclass(frozen=True)
+class MessageBound:
+    """The most bytes a method's request may have, checked on the raw bytes before they are parsed:
+    `field` is the field a refusal names, `source` the setting the bound comes from."""
+
+    max_bytes: int
+    field: str
+    source: str
+
+
+def request_bounds(max_queue_tokens: int, max_body_bytes: int) -> dict[str, MessageBound]:
+    """Per method. Logits: what the queue can ever admit. Generate: max_body_bytes, the bound of an HTTP
+    body; protobuf is never longer than the JSON of the same request, so both transports accept the same
+    requests (the message limit alone, 256 MiB by default, let 8x more text reach the tokenizer)."""
+    logits = MessageBound(max_logits_message_bytes(max_queue_tokens), "sequences", "from max_queue_tokens")
+    return {
+        **{method: logits for method in LOGITS_METHODS},
+        GENERATE_METHOD: MessageBound(max_body_bytes, "prompts", "max_body_bytes, as for an HTTP body"),
+    }
+
+
 class _Oversized:
-    def __init__(self, size: int, limit: int) -> None:
-        self.size, self.limit = size, limit
+    def __init__(self, size: int, bound: MessageBound) -> None:
+        self.size, self.bound = size, bound
 
 
 class _Deferred:
@@ -61,7 +84,9 @@ class _Deferred:
         self.data, self.parse = data, parse
 
 
-def _lenient(deserialize: Callable[[bytes], Any] | None, max_bytes: int | None = None) -> Callable[[bytes], Any] | None:
+def _lenient(
+    deserialize: Callable[[bytes], Any] | None, bound: MessageBound | None = None
+) -> Callable[[bytes], Any] | None:
     if deserialize is None:
         return None
 
@@ -72,8 +97,8 @@ def _lenient(deserialize: Callable[[bytes], Any] | None, max_bytes: int | None =
             return _UNDECODABLE
 
     def parse_or_defer(data: bytes) -> Any:  # runs on the event loop: only O(1) work for large messages
-        if max_bytes is not None and len(data) > max_bytes:
-            return _Oversized(len(data), max_bytes)
+        if bound is not None and len(data) > bound.max_bytes:
+            return _Oversized(len(data), bound)
         if len(data) > INLINE_MESSAGE_BYTES:
             return _Deferred(data, parse)
         return parse(data)
@@ -86,10 +111,11 @@ async def _checked(request: Any, method: str) -> Any:
         request = await asyncio.to_thread(request.parse, request.data)
     name = method.rsplit("/", 1)[-1]
     if isinstance(request, _Oversized):
+        bound = request.bound
         raise InvalidArgument(
-            f"the {name} request has {request.size} bytes; a request the queue can admit has at most "
-            f"{request.limit} (from max_queue_tokens); split it into smaller requests",
-            field="sequences",
+            f"the {name} request has {request.size} bytes; the most it may have is {bound.max_bytes} "
+            f"({bound.source}); split it into smaller requests",
+            field=bound.field,
         )
     if request is _UNDECODABLE:
         # The parser's own text names its internals; the client only needs to know what to fix.
@@ -107,9 +133,10 @@ async def _checked_stream(requests: AsyncIterator, method: str) -> AsyncIterator
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, metrics: Metrics, api_keys: ApiKeys, limits: TenantLimits, *, max_logits_bytes: int | None = None
+        self, metrics: Metrics, api_keys: ApiKeys, limits: TenantLimits, *,
+        request_bounds: dict[str, MessageBound] | None = None,
     ) -> None:
-        self._max_logits_bytes = max_logits_bytes
+        self._request_bounds = request_bounds or {}
         self._metrics = metrics
         self._api_keys = api_keys
         self._limits = limits
@@ -125,19 +152,19 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if not details.method.startswith(f"/{TEACHER_SERVICE}/"):
             return _parsed_leniently(handler, details.method)
         method = details.method
-        max_bytes = self._max_logits_bytes if method in LOGITS_METHODS else None
+        bound = self._request_bounds.get(method)
         request_id = _metadata_value(details.invocation_metadata, "x-request-id")
         authorization = _metadata_value(details.invocation_metadata, "authorization")
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, request_id, authorization),
-                request_deserializer=_lenient(handler.request_deserializer, max_bytes),
+                request_deserializer=_lenient(handler.request_deserializer, bound),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 self._wrap_stream(handler.stream_stream, method, request_id, authorization),
-                request_deserializer=_lenient(handler.request_deserializer, max_bytes),
+                request_deserializer=_lenient(handler.request_deserializer, bound),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -18,7 +18,7 @@ from dualdistill.protocol.v1 import teacher_pb2, teacher_pb2_grpc
 
 from ..config import ServerConfig
 from ..core import TeacherService
-from .interceptors import TEACHER_SERVICE, ServiceInterceptor, max_logits_message_bytes
+from .interceptors import TEACHER_SERVICE, ServiceInterceptor, request_bounds
 from .servicer import TeacherServicer
 
 log = logging.getLogger(__name__)
@@ -36,16 +36,19 @@ class GrpcTransport:
         self._service = service
         self._config = config
         limit = config.max_message_bytes
+        # Requests get their own, smaller bound: grpc copies a received message into Python on the event
+        # loop before any check of ours runs, so its size bounds how long one tenant can stall the others.
+        receive_limit = min(limit, config.max_receive_message_bytes)
         self.server = grpc.aio.server(
             interceptors=[
                 ServiceInterceptor(
                     service.metrics, service.api_keys, service.limits,
-                    max_logits_bytes=max_logits_message_bytes(config.max_queue_tokens),
+                    request_bounds=request_bounds(config.max_queue_tokens, config.max_body_bytes),
                 )
             ],
             options=[
                 ("grpc.max_send_message_length", limit),
-                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_receive_message_length", receive_limit),
                 ("grpc.so_reuseport", 0),
                 # Connections that never finish the HTTP/2 handshake, and more than max_connections.
                 ("grpc.server_handshake_timeout_ms", int(config.header_timeout_seconds * 1000)),

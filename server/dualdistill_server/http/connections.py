@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocol with two guards for connections that never complete a request.
+"""uvicorn's HTTP/1.1 protocol with three guards for connections that never complete a request.
 
 uvicorn (h11) arms its keep-alive timer only after a response, and cancels it on any byte received, so a
 connection that sends nothing, or half a request head, stays open forever; `limit_concurrency` answers
@@ -7,6 +7,9 @@ descriptors. Here, per connection:
 - header timeout: from the moment the connection opens, and again after each response, the client has
   `header_timeout_seconds` to deliver a complete request head (h11's `their_state` leaves IDLE);
   otherwise it gets 408 (when it had sent something) and the connection is closed;
+- body timeout: once a request head is complete, its body must be complete within `body_timeout_seconds`
+  (a client that trickles a declared body a byte at a time holds a connection and a request task for as
+  long as it likes otherwise); else 408 (unless a response has started) and the connection is closed;
 - cap: a connection accepted while `max_connections` are open gets 503 + Retry-After and is closed
   at once, before any byte of it is read.
 """
@@ -32,7 +35,9 @@ def _raw_response(status: int, reason: str, code: str, message: str, extra: str 
     return head.encode("latin-1") + body
 
 
-def guarded_protocol(header_timeout_seconds: float, max_connections: int) -> type[H11Protocol]:
+def guarded_protocol(
+    header_timeout_seconds: float, max_connections: int, body_timeout_seconds: float
+) -> type[H11Protocol]:
     """An H11Protocol subclass with these limits (uvicorn.Config(http=...) takes the class)."""
     too_many = _raw_response(
         503, "Service Unavailable", "UNAVAILABLE",
@@ -43,9 +48,14 @@ def guarded_protocol(header_timeout_seconds: float, max_connections: int) -> typ
         408, "Request Timeout", "DEADLINE_EXCEEDED",
         f"no complete request head within {header_timeout_seconds:g} s (header_timeout_seconds)",
     )
+    body_too_slow = _raw_response(
+        408, "Request Timeout", "DEADLINE_EXCEEDED",
+        f"the request body was not complete {body_timeout_seconds:g} s after its head (body_timeout_seconds)",
+    )
 
     class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _body_timer: asyncio.TimerHandle | None = None
         _received_any = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -59,11 +69,13 @@ def guarded_protocol(header_timeout_seconds: float, max_connections: int) -> typ
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_timer()
+            self._cancel_body_timer()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             self._received_any = True
             super().data_received(data)
+            self._watch_body()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -79,6 +91,29 @@ def guarded_protocol(header_timeout_seconds: float, max_connections: int) -> typ
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
+
+        def _watch_body(self) -> None:
+            """Start the body clock when a head is complete and its body is not; stop it once it is."""
+            if self.conn.their_state is h11.SEND_BODY:
+                if self._body_timer is None:
+                    self._body_timer = self.loop.call_later(body_timeout_seconds, self._body_timeout)
+            else:
+                self._cancel_body_timer()
+
+        def _cancel_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_timeout(self) -> None:
+            self._body_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+                return
+            log.info("connection closed: a request body incomplete after %g s (body_timeout_seconds)",
+                     body_timeout_seconds)
+            if self.cycle is None or not self.cycle.response_started:
+                self.transport.write(body_too_slow)
+            self.transport.close()
 
         def _header_timeout(self) -> None:
             self._header_timer = None

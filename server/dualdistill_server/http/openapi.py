@@ -15,9 +15,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from dualdistill.protocol.formats import BINARY_CONTENT_TYPE
+from dualdistill.protocol.params import MIN_TEMPERATURE_FLOAT32
 
 from ..core import TeacherService
 from ..schemas import GenerateRequest, LogitsRequest
+from .openapi_compat import COMPAT_OPERATIONS, describe_compat, vllm_error_responses
 
 _BOUND_KEYWORDS = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum", "le": "maximum"}
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
@@ -86,15 +88,17 @@ def _served_limits(schemas: dict, service: TeacherService) -> None:
     logits["else"] = {"properties": {"top_k": {"maximum": max_top_k}}}
     sequence = schemas["SequenceIn"]["properties"]["token_ids"]
     sequence["maxItems"] = max_seq_len
+    schemas["SequenceIn"]["properties"]["start"]["maximum"] = max_seq_len - 1  # and < len(token_ids)
+    generate["properties"]["max_new_tokens"]["maximum"] = service.config.max_generate_tokens  # x prompts x n
     sequence["items"]["maximum"] = max_id
     for prompt_ids in schemas["PromptIn"]["properties"]["token_ids"]["anyOf"]:
         if prompt_ids.get("type") == "array":
             prompt_ids["maxItems"] = max_seq_len - 1
             prompt_ids["items"]["maximum"] = max_id
-    # 0 (greedy) or at least MIN_TEMPERATURE; the gap between is refused.
+    # 0 (greedy) or at least MIN_TEMPERATURE (as float32); the gap between is refused.
     temperature = generate["properties"]["temperature"]
     generate["properties"]["temperature"] = {
-        "anyOf": [{"const": 0}, {**temperature, "minimum": 1e-4}],
+        "anyOf": [{"const": 0}, {**temperature, "minimum": MIN_TEMPERATURE_FLOAT32}],
         "default": temperature.get("default"), "description": temperature.get("description"),
     }
 
@@ -123,6 +127,7 @@ def build_openapi(app: FastAPI, service: TeacherService) -> dict:
     _model_schemas(schemas)
     _exactly_one_prompt_field(schemas)
     _served_limits(schemas, service)
+    describe_compat(schemas, service)
     keyed = service.api_keys.enabled
     if keyed:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
@@ -133,7 +138,11 @@ def build_openapi(app: FastAPI, service: TeacherService) -> dict:
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
-            if path.startswith("/v1/"):
+            if path in COMPAT_OPERATIONS:  # vLLM's error body and statuses
+                responses.update(vllm_error_responses(keyed))
+                if keyed:
+                    operation["security"] = [{"bearer": []}]
+            elif path.startswith("/v1/"):
                 responses.update(_responses(data_errors if path != "/v1/models" else
                                             ((401,) if keyed else ()) + (500,)))
                 if keyed:
@@ -150,10 +159,12 @@ def build_openapi(app: FastAPI, service: TeacherService) -> dict:
         BINARY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
     }
     paths["/metrics"]["get"]["responses"]["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
-    paths["/readyz"]["get"]["responses"].update({"503": {
-        "description": "Loading or draining",
-        "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {
-            "type": "string", "enum": ["loading", "draining"]}}}}}}})
+    for probe in ("/readyz", "/health", "/health/"):
+        if probe in paths:
+            paths[probe]["get"]["responses"].update({"503": {
+                "description": "Loading or draining",
+                "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {
+                    "type": "string", "enum": ["loading", "draining"]}}}}}}})
     return json_schema_bounds(document)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ...core import TeacherService
 from ...errors import InvalidArgument, ModelNotFound
-from ...schemas import MIN_TEMPERATURE, GenerateRequest, LogitsRequest
+from ...schemas import FLOAT32_TINY, MAX_N, MIN_TEMPERATURE, GenerateRequest, LogitsRequest
 from . import logprobs as shapes
 from .schemas import CompletionRequest, prompt_batch, unsupported_fields
 from .tokens import TokenTexts
@@ -96,8 +96,12 @@ def _sampling(body: CompletionRequest) -> tuple[float, float]:
         raise vllm_error(f"temperature must be in [0, 2], got {temperature}.", "temperature", temperature)
     if not 0 < top_p <= 1:
         raise vllm_error(f"top_p must be in (0, 1], got {top_p}.", "top_p", top_p)
+    if top_p < FLOAT32_TINY:  # vLLM takes it; here it would round to 0 in float32
+        raise vllm_error(f"top_p must be at least {FLOAT32_TINY} (> 0 in float32), got {top_p}.", "top_p", top_p)
     if body.n < 1:
         raise vllm_error(f"n must be at least 1, got {body.n}.")
+    if body.n > MAX_N:
+        raise vllm_error(f"n must be at most {MAX_N} here, got {body.n}.", "n", body.n)
     # vLLM: below 1e-5 is greedy, and (0, 0.01) is raised to 0.01.
     temperature = 0.0 if temperature < 1e-5 else max(temperature, 0.01)
     return temperature, top_p

@@ -9,52 +9,53 @@ they are set to anything but their no-op value, so no request is silently answer
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+
+from ...schemas import Float, Int, TokenIds
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-TokenId = Annotated[int, Field(ge=0)]
 
 
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None  # None: the first model given to `dualdistill serve --model`
-    prompt: list[TokenId] | list[list[TokenId]] | str | list[str] | None = None
-    echo: bool | None = False
-    logprobs: int | None = None  # top logprobs per returned token (the legacy `logprobs` block); -1 = vocab
-    max_tokens: int | None = 16  # 0 only with echo (score the prompt, generate nothing)
-    n: int = 1
-    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    prompt: TokenIds | list[TokenIds] | str | list[str] | None = None
+    echo: StrictBool | None = False
+    logprobs: Int | None = None  # top logprobs per returned token (the legacy `logprobs` block); -1 = vocab
+    max_tokens: Int | None = 16  # 0 only with echo (score the prompt, generate nothing)
+    n: Int = 1
+    seed: Int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     stop: str | list[str] | None = None
-    stream: bool | None = False
-    temperature: float | None = None
-    top_p: float | None = None
-    prompt_logprobs: int | None = None  # top logprobs per prompt position (vLLM's extension); -1 = vocab
-    return_tokens_as_token_ids: bool | None = None
-    return_token_ids: bool | None = None
-    add_special_tokens: bool = True  # for text prompts
+    stream: StrictBool | None = False
+    temperature: Float | None = None
+    top_p: Float | None = None
+    prompt_logprobs: Int | None = None  # top logprobs per prompt position (vLLM's extension); -1 = vocab
+    return_tokens_as_token_ids: StrictBool | None = None
+    return_token_ids: StrictBool | None = None
+    add_special_tokens: StrictBool = True  # for text prompts
     # Our opt-in (vLLM has no such field and ignores it): compute the logprobs at `temperature`, i.e.
     # log_softmax(logits / temperature). Stock vLLM always reports raw logprobs (temperature 1).
-    apply_temperature_to_logprobs: bool | None = None
+    apply_temperature_to_logprobs: StrictBool | None = None
 
     # Known to vLLM, not implemented here: refused unless left at their no-op value (`unsupported_fields`).
     suffix: str | None = None
-    use_beam_search: bool = False
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    logprob_token_ids: list[int] | None = None
-    stop_token_ids: list[int] | None = None
-    ignore_eos: bool = False
-    min_tokens: int = 0
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool = True
-    allowed_token_ids: list[int] | None = None
+    use_beam_search: StrictBool = False
+    top_k: Int | None = None
+    min_p: Float | None = None
+    repetition_penalty: Float | None = None
+    presence_penalty: Float | None = None
+    frequency_penalty: Float | None = None
+    logit_bias: dict[str, Float] | None = None
+    logprob_token_ids: list[Int] | None = None
+    stop_token_ids: list[Int] | None = None
+    ignore_eos: StrictBool = False
+    min_tokens: Int = 0
+    include_stop_str_in_output: StrictBool = False
+    skip_special_tokens: StrictBool = True
+    allowed_token_ids: list[Int] | None = None
     bad_words: list[str] | None = None
     prompt_embeds: Any = None
     response_format: Any = None
@@ -88,7 +89,7 @@ class CompletionRequest(BaseModel):
 
 
 # name -> the values that leave vLLM's behaviour unchanged (anything else would change the answer).
-_NO_OP_VALUES: dict[str, tuple] = {
+NO_OP_VALUES: dict[str, tuple] = {
     "suffix": (None,),
     "use_beam_search": (False,),
     "top_k": (None, 0, -1),
@@ -114,7 +115,7 @@ _NO_OP_VALUES: dict[str, tuple] = {
 
 def unsupported_fields(request: CompletionRequest) -> list[str]:
     """Names of vLLM fields the request sets to a value this server does not implement."""
-    return [name for name, no_op in _NO_OP_VALUES.items() if getattr(request, name) not in no_op]
+    return [name for name, no_op in NO_OP_VALUES.items() if getattr(request, name) not in no_op]
 
 
 def prompt_batch(request: CompletionRequest) -> list[list[int]] | list[str]:

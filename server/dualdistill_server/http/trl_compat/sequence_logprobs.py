@@ -30,17 +30,17 @@ from pydantic import BaseModel, ConfigDict
 
 from ...core import TeacherService
 from ...errors import InvalidArgument
-from ...schemas import LogitsRequest
+from ...schemas import Float, Int, LogitsRequest, TokenIds
 from ..openai_compat.completions import check_logprobs_caps, resolve_model
 
 
 class SequenceLogprobsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    sequences: list[list[int]]
-    prompt_lengths: list[int]
-    top_logprobs: int = 100
-    temperature: float = 1.0
+    sequences: list[TokenIds]
+    prompt_lengths: list[Int]
+    top_logprobs: Int = 100
+    temperature: Float = 1.0
     response_format: str = "json"
     model: str | None = None  # ours (TRL's server serves one model): default the first served model
 
