@@ -13,8 +13,8 @@ by request parameters, whose cancelled requests still ran, and whose one bad req
 - A batch is dispatched when the oldest pending sequence has waited `max_wait_s`, or when the pending
   tokens already fill `max_batch_tokens`. The server's default wait is 0: a request that finds the model
   idle starts at once (a fill window would add its length to every call of an idle server), and the
-  sequences that arrive while a forward runs form the next batch, so batches still grow with the load. It is built around the oldest sequence (so nothing starves)
-  from its neighbours in length order (first shorter, then longer ones) while
+  sequences that arrive while a forward runs form the next batch, so batches still grow with the load.
+  It is built around the oldest sequence (so nothing starves) from its neighbours in length order (first shorter, then longer ones) while
   `batch size x longest <= max_batch_tokens`: similar lengths share a batch, so padding stays small.
   A sequence longer than the budget runs alone. The batch then runs in a canonical order.
 - The queue is bounded by tokens: a request that would overflow it fails as a whole with
