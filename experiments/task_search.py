@@ -83,19 +83,28 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).eval()
-    rows: dict[str, dict] = {}
+    json_path = args.out.with_suffix(".json")
+    saved = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    rows: dict[str, dict] = saved.get("tasks", {})  # tasks measured earlier (same settings) are kept
     began = time.perf_counter()
     for task in args.tasks.split(","):
+        if task in rows:
+            continue
         queries = make_queries(task, args.queries, seed=SEARCH_SEED)
         rows[task] = {"teacher": measure(teacher, tokenizer, task, queries, args, args.samples),
                       "student_init": measure(student, tokenizer, task, queries, args, 0)}  # fmt: skip
         print(task, json.dumps(rows[task]), flush=True)
-    facts = {"command": " ".join(["python", *sys.argv]), "queries": args.queries, "samples": args.samples,
-             "temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "keep_every": args.keep_every,
-             "teacher": str(teacher_dir), "threads": args.threads, "wall_seconds": time.perf_counter() - began,
-             "tasks": rows}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(facts, indent=2) + "\n")
+        facts = {"command": " ".join(["python", *sys.argv]), "queries": args.queries, "samples": args.samples,
+                 "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
+                 "keep_every": args.keep_every, "teacher": str(teacher_dir), "threads": args.threads,
+                 "wall_seconds": saved.get("wall_seconds", 0.0) + time.perf_counter() - began, "tasks": rows}  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(facts, indent=2) + "\n")  # after every task: a stopped search keeps its rows
+        write_table(args, rows)
+    return 0
+
+
+def write_table(args, rows: dict[str, dict]) -> None:
     k = f"pass@{args.samples}"
     sampled = f" teacher sample acc (T={args.temperature}) | teacher {k} |" if args.samples else ""
     lines = [f"| task | teacher greedy acc |{sampled} student-init greedy acc | teacher greedy answer tokens | "
@@ -107,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {task} | {t['greedy_acc']:.3f} |{cells} {s['greedy_acc']:.3f} | {t['greedy_tokens']:.1f} "
                      f"| {example} |")  # fmt: skip
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
