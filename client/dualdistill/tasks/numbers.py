@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from dualdistill.tasks.arithmetic import ANSWER_INSTRUCTION
+from dualdistill.tasks.arithmetic import query_record
 from dualdistill.tasks.arithmetic import verify as _verify_final_number
 
 _WORDS = ("cat", "sun", "cup", "tree", "book", "car", "hat", "pen", "box", "key", "fish", "door", "ball", "milk",
@@ -71,13 +71,7 @@ def make_problem(task: str, seed: int, index: int) -> dict:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     rng = random.Random(f"numbers/{task}/{seed}/{index}")  # str seeds hash stably (sha512)
     text, answer = TASKS[task](rng)
-    prompt = f"{text} {ANSWER_INSTRUCTION}"
-    return {
-        "id": f"{task}-s{seed}-{index:06d}",
-        "prompt": prompt,
-        "messages": [{"role": "user", "content": prompt}],
-        "answer": answer,
-    }
+    return query_record(f"{task}-s{seed}-{index:06d}", text, answer)
 
 
 def make_queries(task: str, n: int, seed: int = 0) -> list[dict]:

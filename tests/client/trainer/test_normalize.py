@@ -9,9 +9,6 @@ is ~lr * sign(g) and would hide it)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +16,8 @@ import torch
 
 from dualdistill.trainer import train
 from dualdistill.trainer.data import Geometry, iterate_micro_batches, load_pairs
-from tests.client.trainer.fixtures import load_weights, small_config
+from tests.client.trainer.fixtures import load_weights, small_config, torchrun_train
 
-ROOT = Path(__file__).resolve().parents[3]
 LINEAR = {"learning_rate": 1e6, "adam_eps": 1e6, "warmup_steps": 0, "max_grad_norm": 0.0, "weight_decay": 0.0,
           "max_steps": 1, "epochs": 1, "loss_preset": "dpd"}  # fmt: skip
 
@@ -75,15 +71,7 @@ def test_two_ranks_give_the_same_update_as_one(tmp_path, student_dir, pair_files
     out = tmp_path / "ranks"
     settings = {**LINEAR, "teacher_model": "tiny", "reference": "served:tiny", "top_k": 8, "batch_size": 2,
                 "device": "cpu", "progress": "false", "plots": "false"}  # fmt: skip
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "dualdistill.cli.main", "train", "--teacher-url", url,
-        "--pairs", str(pairs), "--student", str(student_dir), "--output-dir", str(out),
-    ] + [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DUALDISTILL_")}
-    env |= {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "client"), str(ROOT / "server")])}
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    torchrun_train(url, pairs, student_dir, out, settings)
     runs["2 ranks x 2"] = out / "checkpoints" / "step-000001"
     assert json.loads((runs["2 ranks x 2"] / "trainer_state.json").read_text())["step"] == 1
     assert_same_updates(runs, load_weights(student_dir))
