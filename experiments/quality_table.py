@@ -78,8 +78,13 @@ def report(config: StudyConfig, runs_dir: Path, data_facts: dict, wall: float, o
     records = load_records(runs_dir)
     picked = pick_lrs(records, config.learning_rates)
     table = summarize(records, list(config.methods), picked, config.pass_k)
-    teacher_scores = data_facts["prompts"]["test"]["teacher_scores"]
-    teacher = {"acc": bootstrap_ci(teacher_scores).to_dict()}
+    prompts = data_facts.get("prompts")
+    teacher = {"acc": bootstrap_ci(prompts["test"]["teacher_scores"]).to_dict()} if prompts else None
+    task_check = {}  # the task's bar: teacher greedy >= 0.6, SFT student <= 0.3, on val + test (>= 200 queries)
+    if prompts:
+        for who in ("teacher", "sft"):
+            scores = prompts["val"][f"{who}_scores"] + prompts["test"][f"{who}_scores"]
+            task_check[f"{who}_greedy_acc"] = bootstrap_ci(scores).to_dict()
     missing = missing_runs(config, records, picked)
     sweep = {f"{r['method']} lr {r['lr']:g}": sum(r["val"]["val_correct"]) / len(r["val"]["val_correct"])
              for r in records if r["lr"] is not None and r["seed"] == config.seeds[0]}  # fmt: skip
@@ -90,18 +95,24 @@ def report(config: StudyConfig, runs_dir: Path, data_facts: dict, wall: float, o
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": config.threads,
                     "note": "2 CPU cores shared with other jobs"},  # fmt: skip
         "config": config.to_dict(), "data": {k: v for k, v in data_facts.items() if k != "prompts"},
-        "teacher": teacher, "picked_lr": picked, "val_sweep": sweep, "table": table,
+        "task_check": task_check, "teacher": teacher, "picked_lr": picked, "val_sweep": sweep, "table": table,
         "runs_finished": len(records), "runs_missing": missing, "wall_seconds": wall,
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(facts, indent=2) + "\n")
-    text = markdown(table, teacher, config.pass_k)
+    text = f"Task `{config.task}`, greedy verifier accuracy on the val + test queries (95% bootstrap interval):\n\n"
+    for name, c in task_check.items():
+        text += f"- {name}: {c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}] over {c['n']} queries\n"
+    pairs = data_facts.get("pairs") or {}
+    for name, summary in pairs.items():
+        text += f"- pairs `{name}`: kept {summary.get('kept')} of {summary.get('total')}, dropped {summary.get('dropped_by_reason')}\n"
+    text += "\n" + (markdown(table, teacher, config.pass_k) if teacher else "(no test results yet)\n")
     text += "\nValidation accuracy of the learning-rate sweep (seed 0):\n\n" + "".join(
         f"- {k}: {v:.3f}\n" for k, v in sorted(sweep.items())
     )
     text += f"\nRuns missing ({len(missing)}):" + ("".join(f"\n- {m}" for m in missing) if missing else " none") + "\n"
     out.with_suffix(".md").write_text(text)
-    if table:
+    if table and teacher:
         plot(png, table, teacher, config.pass_k)
     return text
 
@@ -129,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.runs_dir / "data"
     facts_path = data_dir / "facts.json"
     if args.report_only:
-        print(report(config, args.runs_dir, json.loads(facts_path.read_text()), 0.0, args.results, args.plot))
+        print(report(config, args.runs_dir, partial_facts(data_dir), 0.0, args.results, args.plot))
         return 0
     service_factory = partial(run_service, log_path=args.runs_dir / "service.log",
                               extra_args=["--log-level", "warning"], threads=config.threads)  # fmt: skip
@@ -153,6 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     print(report(config, args.runs_dir, data_facts, time.perf_counter() - began, args.results, args.plot))
     print(f"study wall time {(time.perf_counter() - began) / 60:.1f} min")
     return 0
+
+
+def partial_facts(data_dir: Path) -> dict:
+    """The data facts, also while the data stage is still running (what exists so far)."""
+    if (data_dir / "facts.json").is_file():
+        return json.loads((data_dir / "facts.json").read_text())
+    facts: dict = {"note": "data stage unfinished"}
+    for name, key in (("prompts.json", "prompts"), ("pairs-summary.json", "pairs")):
+        if (data_dir / name).is_file():
+            facts[key] = json.loads((data_dir / name).read_text())
+    return facts
 
 
 def _finished(runs_dir: Path, method: str, lr: float | None, seed: int, test: bool) -> bool:

@@ -2,6 +2,8 @@
 
     models     teacher (SmolLM2-135M-Instruct unless given) and the student-init (teacher pruned)
     sft        teacher samples on the `sft` queries -> student-sft (the init of every run, the reference)
+    prompts    the teacher's (service) and student-sft's greedy answers to the val and test queries: their
+               accuracies, and the chat-templated prompt ids every model answers from
     pairs      service(teacher + reference = student-sft), `dualdistill pairs` with the task's 0/1 verifier:
                  train.jsonl       best-of-n teacher sample vs worst student sample, margin 1: a kept pair
                                    has a right positive and a wrong negative
@@ -9,8 +11,6 @@
                  test-samples.jsonl  one random teacher sample and one random student sample per test query,
                                    unfiltered (KL on the teacher's region and on the student's own)
     capture    the teacher's and the reference's rows of all three files, lossless top-k
-    prompts    the teacher's greedy answers to the val and test queries (its accuracy, and the chat-templated
-               prompt ids every model answers from)
 
 The query splits (sft, train, val, test) are streams of the task with their own seeds: disjoint.
 """
@@ -127,24 +127,39 @@ def _pairs(config: StudyConfig, url: str, split: str, out: Path, filtered: bool)
     return kept
 
 
-def _teacher_prompts(config: StudyConfig, client, path: Path) -> dict:
+def _prompts(config: StudyConfig, client, sft_dir: Path, path: Path) -> dict:
+    """Per split (val, test): the queries, the chat-templated prompt ids, and the verifier scores of the
+    teacher's greedy answers (from the service) and of the SFT student's (in this process)."""
+    from dualdistill.study.measure import answers
     from dualdistill.tasks.registry import verifier
 
     if path.is_file():
         return json.loads(path.read_text())
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     verify, found = verifier(config.task), {}
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    student = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32).to(config.device).eval()
+    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     for split in ("val", "test"):
         todo = queries(config, split)
-        ids, answers = [], []
+        ids, texts = [], []
         for begin in range(0, len(todo), 16):
             part = todo[begin : begin + 16]
             for c in client.generate(TEACHER, [{"messages": q["messages"]} for q in part],
                                      max_new_tokens=config.max_new_tokens, temperature=0.0, n=1, seed=0):  # fmt: skip
                 ids.append(list(c.prompt_token_ids))
-                answers.append(c.text)
-        scores = [verify(q, a) for q, a in zip(todo, answers, strict=True)]
-        found[split] = {"queries": todo, "prompt_ids": ids, "teacher_answers": answers, "teacher_scores": scores}
-        print(f"teacher greedy accuracy on {split}: {sum(scores) / len(scores):.3f} ({len(scores)} queries)", flush=True)
+                texts.append(c.text)
+        sft = answers(student, tokenizer, ids, max_new_tokens=config.max_new_tokens, samples=0, temperature=1.0,
+                      seed=0, pad_id=pad).greedy_text  # fmt: skip
+        found[split] = {"queries": todo, "prompt_ids": ids, "teacher_answers": texts, "sft_answers": sft,
+                        "teacher_scores": [verify(q, a) for q, a in zip(todo, texts, strict=True)],
+                        "sft_scores": [verify(q, a) for q, a in zip(todo, sft, strict=True)]}  # fmt: skip
+        for who in ("teacher", "sft"):
+            scores = found[split][f"{who}_scores"]
+            print(f"{who} greedy accuracy on {split}: {sum(scores) / len(scores):.3f} ({len(scores)} queries)",
+                  flush=True)  # fmt: skip
     _write_json(path, found)
     return found
 
@@ -164,6 +179,8 @@ def make_data(config: StudyConfig, root: Path, service_factory, teacher_dir: Pat
     service_cm = service_factory({TEACHER: teacher, REFERENCE: sft_dir})
     service = service_cm.__enter__()
     try:
+        with TeacherClient(service.http_url, timeout=GENERATE_TIMEOUT) as client:
+            prompts = _prompts(config, client, sft_dir, root / "prompts.json")
         files = {"train": root / "train.jsonl", "test-pairs": root / "test-pairs.jsonl",
                  "test-samples": root / "test-samples.jsonl"}  # fmt: skip
         summaries = {
@@ -171,6 +188,7 @@ def make_data(config: StudyConfig, root: Path, service_factory, teacher_dir: Pat
             "test-pairs": _pairs(config, service.http_url, "test", files["test-pairs"], filtered=True),
             "test-samples": _pairs(config, service.http_url, "test", files["test-samples"], filtered=False),
         }
+        _write_json(root / "pairs-summary.json", summaries)
         if summaries["train"].get("kept", 0) < config.min_train_pairs:
             print(f"WARNING: {summaries['train'].get('kept')} training pairs kept, fewer than the design's "
                   f"{config.min_train_pairs}; raise train_queries", flush=True)  # fmt: skip
@@ -180,7 +198,6 @@ def make_data(config: StudyConfig, root: Path, service_factory, teacher_dir: Pat
                 capture_pairs(list(files.values()), client, TEACHER, capture_dir,
                               params=LogitsParams(top_k=config.top_k), reference_model=REFERENCE, progress=False)  # fmt: skip
                 (capture_dir / "DONE").write_text("complete\n")
-            prompts = _teacher_prompts(config, client, root / "prompts.json")
     except BaseException:
         service_cm.__exit__(None, None, None)
         raise
