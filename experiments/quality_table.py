@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         print(report(config, args.runs_dir, partial_facts(data_dir), 0.0, args.results, args.plot))
         return 0
-    service_factory = partial(run_service, log_path=args.runs_dir / "service.log",
-                              extra_args=["--log-level", "warning"], threads=config.threads)  # fmt: skip
+    service_factory = partial(run_service, log_path=args.runs_dir / "service.log", threads=config.threads,
+                              extra_args=["--log-level", "warning", "--device", config.device])  # fmt: skip
     data, service_cm, service = make_data(config, data_dir, service_factory, args.teacher_dir, args.student_dir)
     data_facts = {"pairs": data.pair_summaries, "prompts": data.prompts, "data_seconds": time.perf_counter() - began,
                   "train_pairs": sum(1 for line in data.train_pairs.open() if line.strip())}  # fmt: skip

@@ -80,8 +80,8 @@ def _sft(config: StudyConfig, root: Path, teacher: Path, student_init: Path, log
     data_path = root / "sft-data.jsonl"
     if not data_path.is_file():
         records = []
-        with run_service({TEACHER: teacher}, log_path=log, extra_args=["--log-level", "warning"],
-                         threads=config.threads) as service, \
+        with run_service({TEACHER: teacher}, log_path=log, extra_args=["--log-level", "warning", "--device",
+                         config.device], threads=config.threads) as service, \
                 TeacherClient(service.http_url, timeout=GENERATE_TIMEOUT) as client:  # fmt: skip
             todo = queries(config, "sft")
             for begin in range(0, len(todo), 16):
