@@ -106,9 +106,8 @@ def _pairs(config: StudyConfig, url: str, split: str, out: Path, filtered: bool)
     from dualdistill.tasks.registry import verifier_spec
 
     summary_path = out.with_name(out.stem + ".summary.json")
-    if summary_path.is_file() and out.is_file():
-        summary = json.loads(summary_path.read_text())
-    else:
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() and out.is_file() else {}
+    if summary.get("total") != len(queries(config, split)):  # no summary, or one of an interrupted run
         # filtered: best-of-n teacher vs worst student, kept iff right (1) - wrong (0) >= pair_margin (1);
         # unfiltered: one random sample per side, every query kept (margin -inf)
         pairs_config = PairsConfig(
