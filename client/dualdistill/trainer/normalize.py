@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dualdistill.losses import DPDLossConfig
+from dualdistill.losses import DPDLossConfig, DPDLossOutput
 from dualdistill.trainer.data import PairExample
 
 
@@ -45,7 +45,9 @@ class StepCounts:
         )
 
 
-def step_share(out, config: DPDLossConfig, pairs: int, step: StepCounts, world_size: int) -> torch.Tensor:
+def step_share(
+    out: DPDLossOutput, config: DPDLossConfig, pairs: int, step: StepCounts, world_size: int
+) -> torch.Tensor:
     """The micro-batch's contribution to L_step (see the module docstring), times world_size for DDP.
 
     out: the micro-batch's DPDLossOutput (its `dpo`, `pos`, `neg` terms are means over its `pairs` pairs
