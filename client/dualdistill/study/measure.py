@@ -62,7 +62,7 @@ def answers(
     sample_text: list[list[str]] = []
     common = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "eos_token_id": eos}
     for begin in range(0, len(prompts), batch_size):
-        ids, mask = _left_pad(prompts[begin : begin + batch_size], pad_id)
+        ids, mask = (t.to(model.device) for t in _left_pad(prompts[begin : begin + batch_size], pad_id))
         width = ids.shape[1]
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **common)
         greedy_ids += [_cut(row[width:], eos) for row in out.tolist()]
@@ -100,11 +100,11 @@ def sample_kl(
     out: dict[str, list] = {k: [] for k in ("kl_teacher_sum", "kl_teacher_tokens", "kl_student_sum", "kl_student_tokens")}
     for begin in range(0, len(examples), batch_size):
         part = list(examples[begin : begin + batch_size])
-        batch, fetched, b = collate(part, pad_id), fetch(part), len(part)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
-        teacher = TeacherLogits.from_results(fetched.chosen + fetched.rejected, batch.starts, batch.seq_len)
+        batch, fetched, b, device = collate(part, pad_id), fetch(part), len(part), model.device
+        logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+        teacher = TeacherLogits.from_results(fetched.chosen + fetched.rejected, batch.starts, batch.seq_len).to(device)
         for side, rows in (("teacher", slice(0, b)), ("student", slice(b, 2 * b))):
-            sums, counts = _per_row_kl(logits[rows], teacher[rows], batch.loss_mask[rows])
+            sums, counts = _per_row_kl(logits[rows].float(), teacher[rows], batch.loss_mask[rows].to(device))
             out[f"kl_{side}_sum"] += sums
             out[f"kl_{side}_tokens"] += counts
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
@@ -123,9 +123,9 @@ def pair_scores(
     correct, margins = [], []
     for begin in range(0, len(pairs), batch_size):
         part = list(pairs[begin : begin + batch_size])
-        batch, fetched, b = collate(part, pad_id), fetch(part), len(part)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        logps = sequence_logps(logits, batch.labels, batch.loss_mask, False).double()
+        batch, fetched, b, device = collate(part, pad_id), fetch(part), len(part), model.device
+        logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+        logps = sequence_logps(logits, batch.labels.to(device), batch.loss_mask.to(device), False).double().cpu()
         if fetched.ref_chosen is None or fetched.ref_rejected is None:
             raise ValueError("pair_scores needs the reference scores of the held-out pairs (capture with a reference)")
         ref_c, ref_r = torch.from_numpy(fetched.ref_chosen).double(), torch.from_numpy(fetched.ref_rejected).double()
