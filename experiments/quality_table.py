@@ -20,6 +20,7 @@ import json
 import platform
 import sys
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -174,6 +175,15 @@ def partial_facts(data_dir: Path) -> dict:
     for name, key in (("prompts.json", "prompts"), ("pairs-summary.json", "pairs")):
         if (data_dir / name).is_file():
             facts[key] = json.loads((data_dir / name).read_text())
+    if "pairs" not in facts:  # the pairs files written so far (they grow as queries finish)
+        facts["pairs"] = {}
+        for name in ("train", "test-pairs", "test-samples"):
+            kept, dropped = data_dir / f"{name}.jsonl", data_dir / f"{name}.dropped.jsonl"
+            if kept.is_file():
+                reasons = Counter(json.loads(line)["reason"] for line in dropped.open()) if dropped.is_file() else {}
+                n_kept = sum(1 for line in kept.open() if line.strip())
+                facts["pairs"][f"{name} (in progress)"] = {"kept": n_kept, "total": n_kept + sum(reasons.values()),
+                                                           "dropped_by_reason": dict(reasons)}  # fmt: skip
     return facts
 
 
