@@ -19,8 +19,8 @@ from dualdistill.study.bootstrap import bootstrap_ci
 METRICS: dict[str, tuple[str, str | None, str]] = {
     "acc": ("correct", None, "greedy verifier acc"),
     "pass@k": ("pass@k", None, "pass@k (T=1)"),
-    "kl_teacher_samples": ("kl_teacher_sum", "kl_teacher_tokens", "KL(teacher||student) / token, teacher samples"),
-    "kl_student_samples": ("kl_student_sum", "kl_student_tokens", "KL(teacher||student) / token, student samples"),
+    "kl_teacher_samples": ("kl_teacher_sum", "kl_teacher_tokens", "KL(teacher‖student) / token, teacher samples"),
+    "kl_student_samples": ("kl_student_sum", "kl_student_tokens", "KL(teacher‖student) / token, student samples"),
     "teacher_logprob": ("teacher_logprob_sum", "teacher_logprob_tokens", "teacher log p / token of greedy answers"),
     "pref_acc": ("pref_correct", None, "held-out pref acc"),
     "reward_margin": ("reward_margin", None, "held-out reward margin"),
