@@ -182,8 +182,10 @@ def partial_facts(data_dir: Path) -> dict:
             if kept.is_file():
                 reasons = Counter(json.loads(line)["reason"] for line in dropped.open()) if dropped.is_file() else {}
                 n_kept = sum(1 for line in kept.open() if line.strip())
-                facts["pairs"][f"{name} (in progress)"] = {"kept": n_kept, "total": n_kept + sum(reasons.values()),
-                                                           "dropped_by_reason": dict(reasons)}  # fmt: skip
+                summary = data_dir / f"{name}.summary.json"
+                done = summary.is_file() and json.loads(summary.read_text()).get("kept") == n_kept
+                facts["pairs"][name if done else f"{name} (in progress)"] = {
+                    "kept": n_kept, "total": n_kept + sum(reasons.values()), "dropped_by_reason": dict(reasons)}
     return facts
 
 
