@@ -1,240 +1,197 @@
-"""The quality table: SFT only, + token KD on positives, + DPO only, full DPD, DistiLLM-2, on equal terms.
+"""Does DPD beat its ablations? The quality study: 8 methods x learning-rate sweep x seeds, same init, data
+and budget; every metric on held-out test queries with a 95% bootstrap interval (docs/results.md).
 
-    .venv/bin/python experiments/quality_table.py [--config experiments/configs/quality_table.yaml]
+    .venv/bin/python experiments/quality_table.py [--size cpu|gpu] [--runs-dir runs/quality] [--report-only]
 
-Every run starts from the same SFT checkpoint and trains on the same pairs file, with the same seeds,
-step budget, batch size and learning rate; only the loss preset differs. Steps:
-
-1. The data: the `dualdistill demo` run of the config's size/seed/workdir (SFT checkpoint, train and
-   held-out pairs, all from the arithmetic task). If it is missing, the demo is run first.
-2. The teacher, once: a service (teacher + reference = the SFT student) is started; the teacher's (and
-   the reference's) rows of every train and held-out pair are captured losslessly (`capture_pairs`), and
-   the teacher's rows and greedy answers of the held-out set are collected (`EvalSet`). The service stops.
-3. Every (method, seed): `train` from the capture (`teacher_url: capture:DIR`), then the held-out metrics
-   of `dualdistill.demo.evaluate` (verifier accuracy over every held-out query, KL(teacher || student) on
-   the held-out positives, preference accuracy). Each run's result is saved as soon as it is done, and a
-   rerun skips finished runs, so a stopped run continues where it was.
-4. RESULTS.json (every run), RESULTS.md (mean and min-max over seeds), the plot PNG.
+1. Data (experiments/quality/data.py, cached): SFT student, filtered train pairs (right positive vs wrong
+   negative), held-out test pairs and unfiltered test samples, the teacher's rows captured once.
+2. Learning-rate sweep, seed 0, every trained method: train from the capture, greedy accuracy on the
+   validation queries. Each method's rate = its best validation accuracy (ties: the smaller rate).
+3. At the picked rate: test measurements of seed 0, then seeds 1, 2 (train + test).
+4. Report: experiments/results/quality_table.{json,md}, docs/img/quality_table.png, with the runs still
+   missing named. Every finished run is a JSON under RUNS/results; a rerun skips them (resumable), and
+   --report-only aggregates whatever has finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
-import shutil
 import sys
 import time
+from collections import Counter
+from functools import partial
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("verifier_acc", "kl_pos", "pref_acc")
-HEADERS = {"verifier_acc": "verifier acc", "kl_pos": "KL(teacher||student) pos", "pref_acc": "pref acc"}
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments.quality.config import METHODS, StudyConfig, study_config  # noqa: E402
+from experiments.quality.report import markdown, pick_lrs, plot, summarize  # noqa: E402
+from experiments.quality.runs import run_name, run_one  # noqa: E402
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    config = yaml.safe_load(path.read_text())
-    for key in ("results", "plot", "runs_dir", "demo_workdir"):
-        config[key] = ROOT / config[key] if not Path(config[key]).is_absolute() else Path(config[key])
-    return config
+def planned_runs(config: StudyConfig, picked: dict) -> list[tuple[str, float | None, int, bool]]:
+    """(method, lr, seed, test) in execution order; runs that depend on an unfinished pick are left out."""
+    plan: list[tuple[str, float | None, int, bool]] = []
+    trained = [m for m in config.methods if METHODS[m] is not None]
+    if "sft" in config.methods:
+        plan.append(("sft", None, 0, True))
+    plan += [(m, lr, config.seeds[0], False) for m in trained for lr in config.learning_rates]
+    for seed in config.seeds:
+        plan += [(m, picked[m], seed, True) for m in trained if picked.get(m) is not None]
+    return plan
 
 
-def demo_run(config: dict[str, Any]):
-    """The demo's options and run directory; runs the demo first when its SFT checkpoint or pairs are missing."""
-    from dualdistill.demo import DemoOptions, run_demo
-    from dualdistill.trainer.sft import is_complete
-
-    models = {key: Path(config[key]) if config.get(key) else None for key in ("teacher_dir", "student_dir")}
-    options = DemoOptions(workdir=config["demo_workdir"], seed=config["demo_seed"], threads=config["threads"],
-                          progress=False, **models).with_size(config["demo_size"])  # fmt: skip
-    run_dir = options.run_dir
-    needed = (run_dir / "pairs" / "train.jsonl", run_dir / "pairs" / "eval.jsonl")
-    if not (is_complete(run_dir / "student-sft") and all(p.is_file() for p in needed)):
-        print(f"no complete demo run in {run_dir}: running the demo first", flush=True)
-        run_demo(options)
-    return options, run_dir
+def expected_runs(config: StudyConfig) -> list[str]:
+    names = ["sft-seed0 (test)"] if "sft" in config.methods else []
+    for m in (m for m in config.methods if METHODS[m] is not None):
+        names += [f"{run_name(m, lr, config.seeds[0])} (val)" for lr in config.learning_rates]
+        names += [f"{m}-<picked lr>-seed{s} (test)" for s in config.seeds]
+    return names
 
 
-def capture_teacher(config: dict[str, Any], options: Any, run_dir: Path, capture_dir: Path):
-    """Start the service once: capture every pair's rows and collect the held-out set; returns the EvalSet."""
-    from functools import partial
-
-    from dualdistill.client import TeacherClient
-    from dualdistill.demo.data import query_set
-    from dualdistill.demo.evaluate import EvalSet
-    from dualdistill.demo.models import teacher_directory
-    from dualdistill.demo.pipeline import GENERATE_TIMEOUT, REFERENCE, TEACHER
-    from dualdistill.demo.service import run_service
-    from dualdistill.protocol.params import LogitsParams
-    from dualdistill.trainer.capture.run import capture_pairs
-    from dualdistill.trainer.teacher import CaptureTeacher
-
-    pairs = [run_dir / "pairs" / "train.jsonl", run_dir / "pairs" / "eval.jsonl"]
-    models = {TEACHER: teacher_directory(options), REFERENCE: run_dir / "student-sft"}
-    with run_service(models, log_path=config["runs_dir"] / "service.log", extra_args=["--log-level", "warning"],
-                     threads=config["threads"]) as service:  # fmt: skip
-        print(f"service ready (pid {service.pid}); capturing {capture_dir}", flush=True)
-        with TeacherClient(service.http_url, timeout=GENERATE_TIMEOUT, format="binary-lossless") as client:
-            params = LogitsParams(top_k=config["top_k"])
-            capture_pairs(pairs, client, TEACHER, capture_dir, params=params, reference_model=REFERENCE, progress=False)
-            captured = CaptureTeacher(str(capture_dir), TEACHER, params=params)
-            print("teacher greedy answers on the held-out queries ...", flush=True)
-            try:
-                return EvalSet.collect(captured.fetch, partial(client.generate, TEACHER),
-                                       query_set("eval", options.size, options.seed), pairs[1],
-                                       options.size.max_new_tokens)  # fmt: skip
-            finally:
-                captured.close()
+def load_records(runs_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((runs_dir / "results").glob("*.json"))]
 
 
-def train_one(config: dict[str, Any], run_dir: Path, capture_dir: Path, preset: str, seed: int, out: Path) -> Path:
-    from dualdistill.demo.pipeline import REFERENCE, TEACHER
-    from dualdistill.trainer import TrainConfig, train
-
-    shutil.rmtree(out, ignore_errors=True)
-    pairs = run_dir / "pairs" / "train.jsonl"
-    n_pairs = sum(1 for line in pairs.open() if line.strip())
-    train_config = TrainConfig(
-        student=str(run_dir / "student-sft"), pairs=str(pairs), output_dir=str(out),
-        teacher_url=f"capture:{capture_dir}", teacher_model=TEACHER, reference=f"served:{REFERENCE}",
-        loss_preset=preset, max_steps=config["steps"],
-        epochs=max(1, math.ceil(config["steps"] * config["batch_size"] / n_pairs)),
-        batch_size=config["batch_size"], learning_rate=float(config["learning_rate"]),
-        warmup_steps=config["warmup_steps"], top_k=config["top_k"], seed=seed, device="cpu", verifier="none",
-        progress=False, plots=True, keep_checkpoints=1,
-    )  # fmt: skip
-    result = train(train_config)
-    return Path(result.model_dir)
+def missing_runs(config: StudyConfig, records: list[dict], picked: dict) -> list[str]:
+    have_val = {(r["method"], r["lr"], r["seed"]) for r in records}
+    have_test = {(r["method"], r["lr"], r["seed"]) for r in records if "test" in r}
+    missing = []
+    if "sft" in config.methods and ("sft", None, 0) not in have_test:
+        missing.append("sft (test)")
+    for m in (m for m in config.methods if METHODS[m] is not None):
+        missing += [f"{run_name(m, lr, config.seeds[0])} (val)" for lr in config.learning_rates
+                    if (m, lr, config.seeds[0]) not in have_val]  # fmt: skip
+        lr = picked.get(m)
+        for s in config.seeds:
+            if lr is None or (m, lr, s) not in have_test:
+                missing.append(f"{m}-{'<lr not picked yet>' if lr is None else f'lr{lr:g}'}-seed{s} (test)")
+    return missing
 
 
-def summarize(runs: list[dict], methods: list[str]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """method -> metric -> {mean, min, max, n} over that method's seeds."""
-    table: dict[str, dict[str, dict[str, float | None]]] = {}
-    for method in methods:
-        table[method] = {}
-        for metric in METRICS:
-            values = [r["metrics"][metric] for r in runs if r["method"] == method and r["metrics"][metric] is not None]
-            table[method][metric] = {
-                "mean": sum(values) / len(values) if values else None,
-                "min": min(values) if values else None,
-                "max": max(values) if values else None,
-                "n": len(values),
-            }
-    return table
+def report(config: StudyConfig, runs_dir: Path, data_facts: dict, wall: float, out: Path, png: Path) -> str:
+    from dualdistill.study.bootstrap import bootstrap_ci
 
+    records = load_records(runs_dir)
+    picked = pick_lrs(records, config.learning_rates)
+    table = summarize(records, list(config.methods), picked, config.pass_k)
+    prompts = data_facts.get("prompts")
+    teacher = {"acc": bootstrap_ci(prompts["test"]["teacher_scores"]).to_dict()} if prompts else None
+    task_check = {}  # the task's bar: teacher greedy >= 0.6, SFT student <= 0.3, on val + test (>= 200 queries)
+    if prompts:
+        for who in ("teacher", "sft"):
+            scores = prompts["val"][f"{who}_scores"] + prompts["test"][f"{who}_scores"]
+            task_check[f"{who}_greedy_acc"] = bootstrap_ci(scores).to_dict()
+    missing = missing_runs(config, records, picked)
+    sweep = {f"{r['method']} lr {r['lr']:g}": sum(r["val"]["val_correct"]) / len(r["val"]["val_correct"])
+             for r in records if r["lr"] is not None and r["seed"] == config.seeds[0]}  # fmt: skip
+    import torch
 
-def markdown(table: dict, teacher: dict) -> str:
-    lines = ["| method | " + " | ".join(HEADERS[m] for m in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-    for method, cells in table.items():
-        row = []
-        for metric in METRICS:
-            c = cells[metric]
-            row.append("n/a" if c["mean"] is None else f"{c['mean']:.3f} ({c['min']:.3f}-{c['max']:.3f})")
-        lines.append(f"| {method} | " + " | ".join(row) + " |")
-    lines.append("| teacher | " + " | ".join(
-        "0 (def.)" if m == "kl_pos" else ("n/a" if teacher[m] is None else f"{teacher[m]:.3f}") for m in METRICS
-    ) + " |")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def plot(path: Path, table: dict, runs: list[dict], teacher: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(table)
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6))
-    for ax, metric in zip(axes, METRICS, strict=True):
-        means = [table[m][metric]["mean"] or 0.0 for m in methods]
-        ax.bar(range(len(methods)), means, color="tab:blue", alpha=0.6)
-        for i, method in enumerate(methods):  # every seed's value as a dot: the spread is visible
-            values = [r["metrics"][metric] for r in runs if r["method"] == method and r["metrics"][metric] is not None]
-            ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
-        if metric != "kl_pos":  # accuracies: the full [0, 1] range, the teacher as a dashed line
-            ax.set_ylim(0.0, 1.05)
-            if teacher.get(metric) is not None:
-                ax.axhline(teacher[metric], color="tab:red", linestyle="--", linewidth=1, label="teacher")
-                ax.legend(fontsize=8, loc="upper left")
-        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-        ax.set_title(HEADERS[metric], fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    facts = {
+        "command": " ".join(["python", *sys.argv]),
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": config.threads,
+                    "note": "2 CPU cores shared with other jobs"},  # fmt: skip
+        "config": config.to_dict(), "data": {k: v for k, v in data_facts.items() if k != "prompts"},
+        "task_check": task_check, "teacher": teacher, "picked_lr": picked, "val_sweep": sweep, "table": table,
+        "runs_finished": len(records), "runs_missing": missing, "wall_seconds": wall,
+    }  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(facts, indent=2) + "\n")
+    text = f"Task `{config.task}`, greedy verifier accuracy on the val + test queries (95% bootstrap interval):\n\n"
+    for name, c in task_check.items():
+        text += f"- {name}: {c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}] over {c['n']} queries\n"
+    pairs = data_facts.get("pairs") or {}
+    for name, summary in pairs.items():
+        text += f"- pairs `{name}`: kept {summary.get('kept')} of {summary.get('total')}, dropped {summary.get('dropped_by_reason')}\n"
+    text += "\n" + (markdown(table, teacher, config.pass_k) if teacher else "(no test results yet)\n")
+    text += "\nValidation accuracy of the learning-rate sweep (seed 0):\n\n" + "".join(
+        f"- {k}: {v:.3f}\n" for k, v in sorted(sweep.items())
+    )
+    text += f"\nRuns missing ({len(missing)}):" + ("".join(f"\n- {m}" for m in missing) if missing else " none") + "\n"
+    out.with_suffix(".md").write_text(text)
+    if table and teacher:
+        plot(png, table, teacher, config.pass_k)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "configs" / "quality_table.yaml")
-    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the results JSON")
+    parser.add_argument("--size", default="cpu", help="cpu (default) | gpu (10x data and budget, CUDA) | tiny (tests)")
+    parser.add_argument("--task", default=None, help="override the config's task (dualdistill.tasks.registry)")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "quality")
+    parser.add_argument("--teacher-dir", type=Path, default=None, help="default: SmolLM2-135M-Instruct")
+    parser.add_argument("--student-dir", type=Path, default=None, help="default: the teacher pruned")
+    parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "results" / "quality_table")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "quality_table.png")
+    parser.add_argument("--report-only", action="store_true", help="aggregate the finished runs and stop")
     args = parser.parse_args(argv)
-    config = load_config(args.config)
-    if args.replot:
-        saved = json.loads(config["results"].with_suffix(".json").read_text())
-        plot(config["plot"], saved["table"], saved["runs"], saved["teacher"])
-        return 0
+    config = study_config(args.size, **({"task": args.task} if args.task else {}))
     import torch
 
-    torch.set_num_threads(config["threads"])
+    from dualdistill.client import TeacherClient
+    from dualdistill.demo.service import run_service
+    from experiments.quality.data import GENERATE_TIMEOUT, make_data
+
+    torch.set_num_threads(config.threads)
     began = time.perf_counter()
-    config["runs_dir"].mkdir(parents=True, exist_ok=True)
-    options, run_dir = demo_run(config)
-    capture_dir = config["runs_dir"] / "capture"
-    eval_set = capture_teacher(config, options, run_dir, capture_dir)
-    teacher = eval_set.teacher_metrics()
-    done_dir = config["runs_dir"] / "done"
-    done_dir.mkdir(exist_ok=True)
-    runs: list[dict] = []
-    for method, preset in config["methods"].items():
-        # "sft" trains nothing: every seed evaluates the same checkpoint with greedy decoding (no spread).
-        for seed in config["seeds"]:
-            record_path = done_dir / f"{method}-seed{seed}.json"
-            if record_path.is_file():
-                runs.append(json.loads(record_path.read_text()))
-                print(f"{method} seed {seed}: done earlier", flush=True)
-                continue
-            t0 = time.perf_counter()
-            if preset is None:
-                model_dir = run_dir / "student-sft"
-            else:
-                model_dir = train_one(config, run_dir, capture_dir, preset, seed, config["runs_dir"] / f"{method}-seed{seed}")
-            metrics = eval_set.model_metrics(model_dir)
-            record = {"method": method, "preset": preset, "seed": seed, "metrics": metrics,
-                      "seconds": time.perf_counter() - t0, "model_dir": str(model_dir)}  # fmt: skip
-            record_path.write_text(json.dumps(record, indent=2) + "\n")
-            runs.append(record)
-            print(f"{method} seed {seed}: {json.dumps({k: metrics[k] for k in METRICS})} "
-                  f"({record['seconds']:.0f} s)", flush=True)  # fmt: skip
-    table = summarize(runs, list(config["methods"]))
-    results = config["results"]
-    results.parent.mkdir(parents=True, exist_ok=True)
-    facts = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": _cpus(),
-                    "torch": torch.__version__, "threads": config["threads"]},  # fmt: skip
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
-        "demo_run": str(run_dir), "held_out_queries": len(eval_set.queries), "held_out_pairs": len(eval_set.pairs),
-        "train_pairs": sum(1 for line in (run_dir / "pairs" / "train.jsonl").open() if line.strip()),
-        "teacher": teacher, "table": table, "runs": runs, "wall_seconds": time.perf_counter() - began,
-    }  # fmt: skip
-    results.with_suffix(".json").write_text(json.dumps(facts, indent=2) + "\n")
-    results.with_suffix(".md").write_text(markdown(table, teacher))
-    plot(config["plot"], table, runs, teacher)
-    print("\n" + markdown(table, teacher))
-    print(f"wrote {results.with_suffix('.json')}, {results.with_suffix('.md')}, {config['plot']} "
-          f"in {facts['wall_seconds'] / 60:.1f} min")  # fmt: skip
+    data_dir = args.runs_dir / "data"
+    facts_path = data_dir / "facts.json"
+    if args.report_only:
+        print(report(config, args.runs_dir, partial_facts(data_dir), 0.0, args.results, args.plot))
+        return 0
+    service_factory = partial(run_service, log_path=args.runs_dir / "service.log", threads=config.threads,
+                              extra_args=["--log-level", "warning", "--device", config.device])  # fmt: skip
+    data, service_cm, service = make_data(config, data_dir, service_factory, args.teacher_dir, args.student_dir)
+    data_facts = {"pairs": data.pair_summaries, "prompts": data.prompts, "data_seconds": time.perf_counter() - began,
+                  "train_pairs": sum(1 for line in data.train_pairs.open() if line.strip())}  # fmt: skip
+    facts_path.write_text(json.dumps(data_facts) + "\n")
+    print(f"data ready in {data_facts['data_seconds']:.0f} s: {data_facts['train_pairs']} training pairs", flush=True)
+    try:
+        with TeacherClient(service.http_url, timeout=GENERATE_TIMEOUT) as client:
+            while True:
+                picked = pick_lrs(load_records(args.runs_dir), config.learning_rates)
+                todo = [p for p in planned_runs(config, picked) if not _finished(args.runs_dir, *p)]
+                if not todo:
+                    break
+                method, lr, seed, test = todo[0]
+                run_one(config, data, args.runs_dir, method, lr, seed, test=test, client=client)
+                report(config, args.runs_dir, data_facts, time.perf_counter() - began, args.results, args.plot)
+    finally:
+        service_cm.__exit__(None, None, None)
+    print(report(config, args.runs_dir, data_facts, time.perf_counter() - began, args.results, args.plot))
+    print(f"study wall time {(time.perf_counter() - began) / 60:.1f} min")
     return 0
 
 
-def _cpus() -> int | None:
-    import os
+def partial_facts(data_dir: Path) -> dict:
+    """The data facts, also while the data stage is still running (what exists so far)."""
+    if (data_dir / "facts.json").is_file():
+        return json.loads((data_dir / "facts.json").read_text())
+    facts: dict = {"note": "data stage unfinished"}
+    for name, key in (("prompts.json", "prompts"), ("pairs-summary.json", "pairs")):
+        if (data_dir / name).is_file():
+            facts[key] = json.loads((data_dir / name).read_text())
+    if "pairs" not in facts:  # the pairs files written so far (they grow as queries finish)
+        facts["pairs"] = {}
+        for name in ("train", "test-pairs", "test-samples"):
+            kept, dropped = data_dir / f"{name}.jsonl", data_dir / f"{name}.dropped.jsonl"
+            if kept.is_file():
+                reasons = Counter(json.loads(line)["reason"] for line in dropped.open()) if dropped.is_file() else {}
+                n_kept = sum(1 for line in kept.open() if line.strip())
+                summary = data_dir / f"{name}.summary.json"
+                done = summary.is_file() and json.loads(summary.read_text()).get("kept") == n_kept
+                facts["pairs"][name if done else f"{name} (in progress)"] = {
+                    "kept": n_kept, "total": n_kept + sum(reasons.values()), "dropped_by_reason": dict(reasons)}
+    return facts
 
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+def _finished(runs_dir: Path, method: str, lr: float | None, seed: int, test: bool) -> bool:
+    path = runs_dir / "results" / f"{run_name(method, lr, seed)}.json"
+    return path.is_file() and (not test or "test" in json.loads(path.read_text()))
 
 
 if __name__ == "__main__":

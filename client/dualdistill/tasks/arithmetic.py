@@ -65,13 +65,13 @@ def make_problem(seed: int, index: int, difficulty: int = 1) -> dict:
         raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
     rng = random.Random(f"arithmetic/{seed}/{difficulty}/{index}")  # str seeds hash stably (sha512)
     text, answer = _problem(rng, difficulty)
+    return query_record(f"arith-d{difficulty}-s{seed}-{index:06d}", text, answer)
+
+
+def query_record(query_id: str, text: str, answer: int) -> dict:
+    """A query in the pairs input format: the text plus the answer instruction, as one user message."""
     prompt = f"{text} {ANSWER_INSTRUCTION}"
-    return {
-        "id": f"arith-d{difficulty}-s{seed}-{index:06d}",
-        "prompt": prompt,
-        "messages": [{"role": "user", "content": prompt}],
-        "answer": answer,
-    }
+    return {"id": query_id, "prompt": prompt, "messages": [{"role": "user", "content": prompt}], "answer": answer}
 
 
 def make_queries(n: int, seed: int = 0, difficulty: int = 1) -> list[dict]:

@@ -207,6 +207,7 @@ class MicroBatch:
     step_examples: int  # examples in the whole step, over all ranks and micro-batches
     end_position: int  # position in the epoch's permutation once this step is done
     rank_indices: tuple[tuple[int, ...], ...]  # every rank's indices in this micro-batch (for logs)
+    step_indices: tuple[int, ...] = ()  # every example of the whole step, all ranks and micro-batches
 
 
 def iterate_micro_batches(
@@ -245,6 +246,7 @@ def iterate_micro_batches(
                     step_examples=len(chunk),
                     end_position=position,
                     rank_indices=shards,
+                    step_indices=tuple(chunk),
                 )
 
 

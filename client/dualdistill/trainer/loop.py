@@ -34,6 +34,7 @@ from dualdistill.trainer.config import TrainConfig
 from dualdistill.trainer.data import MicroBatch, PairBatch, collate, iterate_micro_batches
 from dualdistill.trainer.evaluation import evaluate, load_verifier
 from dualdistill.trainer.logs import MetricsLog, Progress
+from dualdistill.trainer.normalize import StepCounts, step_share
 from dualdistill.trainer.setup import Session, build_session
 from dualdistill.trainer.teacher import FetchedTeacher
 
@@ -180,11 +181,13 @@ def _run(session: Session, on_step: StepHook | None) -> TrainResult:
     try:
         for mb, fetched in prefetcher:
             batch = collate([examples[i] for i in mb.indices], session.pad_id)
-            weight = 0.0 if mb.filler else batch.num_pairs / mb.step_examples * info.world_size
+            if mb.micro == 0:
+                counts = StepCounts.of([examples[i] for i in mb.step_indices])
             last = mb.micro == mb.num_micro - 1
             with parallel.gradient_sync(wrapped, last):
                 out = pair_loss(session, wrapped, batch, fetched)
-                (out.loss * weight).backward()
+                pairs = 0 if mb.filler else batch.num_pairs
+                step_share(out, session.loss_config, pairs, counts, info.world_size).backward()
             totals.add(out, [] if mb.filler else [e.id for e in batch.examples])
             if not last:
                 continue

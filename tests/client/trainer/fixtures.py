@@ -139,3 +139,22 @@ def train_records(output_dir: Path) -> list[dict]:
     from dualdistill.trainer.logs import read_metrics
 
     return [r for r in read_metrics(output_dir) if r["kind"] == "train"]
+
+
+def torchrun_train(teacher_url: str, pairs: Path, student: Path, out: Path, settings: dict, timeout: float = 280):
+    """`dualdistill train` under `torchrun --nproc_per_node 2` (gloo on CPU); the finished process."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "dualdistill.cli.main", "train", "--teacher-url", teacher_url,
+        "--pairs", str(pairs), "--student", str(student), "--output-dir", str(out),
+    ] + [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUALDISTILL_")}
+    env |= {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root / "client"), str(root / "server")])}
+    done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done

@@ -3,15 +3,8 @@ its own shard, the shards are disjoint and cover the epoch once, and both ranks 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 from dualdistill.trainer.logs import read_metrics
-from tests.client.trainer.fixtures import TEACHER, TOP_K
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.client.trainer.fixtures import TEACHER, TOP_K, torchrun_train
 
 
 def test_two_cpu_ranks_train_disjoint_shards_to_identical_weights(tmp_path, tiny_server, student_dir, pair_files):
@@ -22,15 +15,7 @@ def test_two_cpu_ranks_train_disjoint_shards_to_identical_weights(tmp_path, tiny
         "learning_rate": 3e-3, "device": "cpu", "progress": "false", "plots": "true",
         "eval_pairs": str(eval_pairs), "eval_every": 2, "eval_max_new_tokens": 4, "save_every": 2,
     }  # fmt: skip
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "dualdistill.cli.main", "train", "--teacher-url", tiny_server.http_url,
-        "--pairs", str(train_pairs), "--student", str(student_dir), "--output-dir", str(out),
-    ] + [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DUALDISTILL_")}
-    env |= {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "client"), str(ROOT / "server")])}
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=280)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    torchrun_train(tiny_server.http_url, train_pairs, student_dir, out, settings)
 
     records = read_metrics(out)
     steps = [r for r in records if r["kind"] == "train"]
