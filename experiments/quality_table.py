@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "results" / "quality_table")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "quality_table.png")
     parser.add_argument("--report-only", action="store_true", help="aggregate the finished runs and stop")
+    parser.add_argument("--data-only", action="store_true", help="make (or finish) the data stage and stop")
     args = parser.parse_args(argv)
     config = study_config(args.size, **({"task": args.task} if args.task else {}))
     import torch
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                   "train_pairs": sum(1 for line in data.train_pairs.open() if line.strip())}  # fmt: skip
     facts_path.write_text(json.dumps(data_facts) + "\n")
     print(f"data ready in {data_facts['data_seconds']:.0f} s: {data_facts['train_pairs']} training pairs", flush=True)
+    if args.data_only:
+        service_cm.__exit__(None, None, None)
+        return 0
     try:
         with TeacherClient(service.http_url, timeout=GENERATE_TIMEOUT) as client:
             while True:
