@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -29,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from experiments.quality.config import METHODS, StudyConfig, study_config  # noqa: E402
-from experiments.quality.report import markdown, pick_lrs, plot, summarize  # noqa: E402
+from experiments.quality.report import differences, differences_markdown, markdown, pick_lrs, plot, summarize  # noqa: E402
 from experiments.quality.runs import run_name, run_one  # noqa: E402
 
 
@@ -79,6 +80,7 @@ def report(config: StudyConfig, runs_dir: Path, data_facts: dict, wall: float, o
     records = load_records(runs_dir)
     picked = pick_lrs(records, config.learning_rates)
     table = summarize(records, list(config.methods), picked, config.pass_k)
+    diffs = differences(records, list(config.methods), picked, config.pass_k, against="dpd")
     prompts = data_facts.get("prompts")
     teacher = {"acc": bootstrap_ci(prompts["test"]["teacher_scores"]).to_dict()} if prompts else None
     task_check = {}  # the task's bar: teacher greedy >= 0.6, SFT student <= 0.3, on val + test (>= 200 queries)
@@ -97,6 +99,7 @@ def report(config: StudyConfig, runs_dir: Path, data_facts: dict, wall: float, o
                     "note": "2 CPU cores shared with other jobs"},  # fmt: skip
         "config": config.to_dict(), "data": {k: v for k, v in data_facts.items() if k != "prompts"},
         "task_check": task_check, "teacher": teacher, "picked_lr": picked, "val_sweep": sweep, "table": table,
+        "dpd_minus": diffs,
         "runs_finished": len(records), "runs_missing": missing, "wall_seconds": wall,
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +111,8 @@ def report(config: StudyConfig, runs_dir: Path, data_facts: dict, wall: float, o
     for name, summary in pairs.items():
         text += f"- pairs `{name}`: kept {summary.get('kept')} of {summary.get('total')}, dropped {summary.get('dropped_by_reason')}\n"
     text += "\n" + (markdown(table, teacher, config.pass_k) if teacher else "(no test results yet)\n")
+    text += ("\nPaired differences, full DPD minus each method (the same test queries resampled together, each side"
+             " averaged over its seeds; bold: the 95% interval excludes 0):\n\n" + differences_markdown(diffs, config.pass_k))
     text += "\nValidation accuracy of the learning-rate sweep (seed 0):\n\n" + "".join(
         f"- {k}: {v:.3f}\n" for k, v in sorted(sweep.items())
     )
@@ -129,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "quality_table.png")
     parser.add_argument("--report-only", action="store_true", help="aggregate the finished runs and stop")
     parser.add_argument("--data-only", action="store_true", help="make (or finish) the data stage and stop")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs trained at once, each a process with its own teacher service (default 1)")  # fmt: skip
     args = parser.parse_args(argv)
     config = study_config(args.size, **({"task": args.task} if args.task else {}))
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     import torch
 
     from dualdistill.client import TeacherClient
@@ -147,13 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     service_factory = partial(run_service, log_path=args.runs_dir / "service.log", threads=config.threads,
                               extra_args=["--log-level", "warning", "--device", config.device])  # fmt: skip
     data, service_cm, service = make_data(config, data_dir, service_factory, args.teacher_dir, args.student_dir)
-    data_facts = {"pairs": data.pair_summaries, "prompts": data.prompts, "data_seconds": time.perf_counter() - began,
+    data_seconds = time.perf_counter() - began
+    if facts_path.is_file():  # made by an earlier (or the first worker's) run: keep its data stage time
+        data_seconds = json.loads(facts_path.read_text()).get("data_seconds", data_seconds)
+    data_facts = {"pairs": data.pair_summaries, "prompts": data.prompts, "data_seconds": data_seconds,
                   "train_pairs": sum(1 for line in data.train_pairs.open() if line.strip())}  # fmt: skip
-    facts_path.write_text(json.dumps(data_facts) + "\n")
+    if not facts_path.is_file():
+        facts_path.write_text(json.dumps(data_facts) + "\n")
     print(f"data ready in {data_facts['data_seconds']:.0f} s: {data_facts['train_pairs']} training pairs", flush=True)
     if args.data_only:
         service_cm.__exit__(None, None, None)
         return 0
+    # the other workers: the same command with --workers 1, once the data exist (they find it cached)
+    argv = [a for a in (sys.argv[1:] if argv is None else argv)]
+    helpers = [_spawn_worker(argv, args.runs_dir / f"worker-{i}.log") for i in range(1, args.workers)]
     try:
         with TeacherClient(service.http_url, timeout=GENERATE_TIMEOUT) as client:
             while True:
@@ -161,11 +177,20 @@ def main(argv: list[str] | None = None) -> int:
                 todo = [p for p in planned_runs(config, picked) if not _finished(args.runs_dir, *p)]
                 if not todo:
                     break
-                method, lr, seed, test = todo[0]
-                run_one(config, data, args.runs_dir, method, lr, seed, test=test, client=client)
+                mine = next((p for p in todo if claim(args.runs_dir, run_name(*p[:3]))), None)
+                if mine is None:  # every open run is another worker's, or waits for a learning-rate pick
+                    time.sleep(10)
+                    continue
+                method, lr, seed, test = mine
+                try:
+                    run_one(config, data, args.runs_dir, method, lr, seed, test=test, client=client)
+                finally:
+                    release(args.runs_dir, run_name(method, lr, seed))
                 report(config, args.runs_dir, data_facts, time.perf_counter() - began, args.results, args.plot)
     finally:
         service_cm.__exit__(None, None, None)
+        for proc in helpers:
+            proc.wait()
     print(report(config, args.runs_dir, data_facts, time.perf_counter() - began, args.results, args.plot))
     print(f"study wall time {(time.perf_counter() - began) / 60:.1f} min")
     return 0
@@ -191,6 +216,64 @@ def partial_facts(data_dir: Path) -> dict:
                 facts["pairs"][name if done else f"{name} (in progress)"] = {
                     "kept": n_kept, "total": n_kept + sum(reasons.values()), "dropped_by_reason": dict(reasons)}
     return facts
+
+
+def _claim_path(runs_dir: Path, name: str) -> Path:
+    return runs_dir / "claims" / f"{name}.pid"
+
+
+def claim(runs_dir: Path, name: str) -> bool:
+    """Take run `name` for this process (a file created exclusively, holding our pid); False when a live
+    process holds it. A claim left by a dead process (a killed worker) is taken over."""
+    path = _claim_path(runs_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            holder = int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return False  # being written right now
+        if holder == os.getpid():
+            return True
+        if holder and _alive(holder):
+            return False
+        path.unlink(missing_ok=True)
+        return claim(runs_dir, name)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def release(runs_dir: Path, name: str) -> None:
+    _claim_path(runs_dir, name).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _spawn_worker(argv: list[str], log: Path):
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:  # drop our --workers N
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            rest.append(a)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *rest, "--workers", "1"],
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
 
 
 def _finished(runs_dir: Path, method: str, lr: float | None, seed: int, test: bool) -> bool:

@@ -91,10 +91,10 @@ def measure_test(config: StudyConfig, data: StudyData, model_dir: Path, client: 
     """Per-query arrays of every test metric (lists, for JSON)."""
     from dualdistill.protocol.params import LogitsParams
     from dualdistill.study.estimators import pass_at_k
-    from dualdistill.study.measure import answers, pair_scores, sample_kl, teacher_logprob
+    from dualdistill.study.measure import answers, own_sample_kl, pair_scores, sample_kl, teacher_logprob
     from dualdistill.tasks.registry import verifier
     from dualdistill.trainer.data import load_pairs
-    from dualdistill.trainer.teacher import CaptureTeacher
+    from dualdistill.trainer.teacher import CaptureTeacher, LiveTeacher
 
     model, tokenizer, pad = _load(model_dir, config.device)
     test, verify = data.prompts["test"], verifier(config.task)
@@ -117,13 +117,16 @@ def measure_test(config: StudyConfig, data: StudyData, model_dir: Path, client: 
         return [np.asarray(r.token_logprobs, dtype=np.float64) for r in rows]
 
     judged = teacher_logprob(score, test["prompt_ids"], found.greedy_ids)
+    # the model's own region: its fresh samples (the pass@k ones) scored by the live teacher
+    live = LiveTeacher(client, TEACHER, params=LogitsParams(top_k=config.top_k))
+    own = own_sample_kl(model, test["prompt_ids"], found.sample_ids, live.fetch, pad_id=pad)
     out: dict[str, Any] = {
         "correct": correct,
         f"pass@{config.pass_k}": [pass_at_k(config.pass_k, int(c), config.pass_k) for c in right],
         "answer_tokens": [len(g) for g in found.greedy_ids],
         "examples": found.greedy_text[:5],
     }
-    out.update({k: np.asarray(v).tolist() for k, v in {**kl, **prefs, **judged}.items()})
+    out.update({k: np.asarray(v).tolist() for k, v in {**kl, **own, **prefs, **judged}.items()})
     return out
 
 

@@ -14,8 +14,9 @@ import pytest
 
 from dualdistill.study.bootstrap import bootstrap_ci
 from experiments.quality.config import study_config
-from experiments.quality.report import pick_lrs, summarize
-from experiments.quality_table import missing_runs
+from dualdistill.study.bootstrap import paired_difference
+from experiments.quality.report import differences, pick_lrs, summarize
+from experiments.quality_table import claim, missing_runs, release
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +26,8 @@ def record(method, lr, seed, val, correct=None, kl=(1.0, 1.0)):
     if correct is not None:
         n = len(correct)
         r["test"] = {"correct": correct, "pass@4": correct, "kl_teacher_sum": [kl[0]] * n, "kl_teacher_tokens": [2] * n,
-                     "kl_student_sum": [kl[1]] * n, "kl_student_tokens": [1] * n, "teacher_logprob_sum": [-1.0] * n,
+                     "kl_student_sum": [kl[1]] * n, "kl_student_tokens": [1] * n, "kl_own_sum": [kl[1]] * n,
+                     "kl_own_tokens": [3] * n, "teacher_logprob_sum": [-1.0] * n,
                      "teacher_logprob_tokens": [1] * n, "pref_correct": correct, "reward_margin": [0.1] * n}  # fmt: skip
     return r
 
@@ -51,6 +53,35 @@ def test_summary_averages_seeds_per_query_then_bootstraps_queries():
     assert row["acc"]["seed_values"] == [0.75, 0.5]
 
 
+def test_differences_pair_the_same_queries_and_flag_only_intervals_that_exclude_zero():
+    records = [record("dpd", 1e-4, 0, [1], correct=[1, 1, 1, 1, 1, 1, 1, 0]),
+               record("dpd", 1e-4, 1, [1], correct=[1, 1, 1, 1, 1, 1, 0, 1]),
+               record("dpo", 3e-4, 0, [1], correct=[0, 0, 0, 0, 0, 0, 0, 0]),
+               record("kd-pos", 1e-4, 0, [1], correct=[1, 1, 1, 1, 1, 1, 1, 1])]  # fmt: skip
+    picked = {"dpd": 1e-4, "dpo": 3e-4, "kd-pos": 1e-4}
+    diffs = differences(records, ["dpd", "dpo", "kd-pos"], picked, pass_k=4, resamples=300)
+    assert set(diffs) == {"dpo", "kd-pos"}
+    dpd = np.array([1, 1, 1, 1, 1, 1, 0.5, 0.5])  # seeds averaged per query first
+    want = paired_difference(dpd, np.zeros(8), resamples=300, seed=0)
+    assert diffs["dpo"]["acc"]["value"] == pytest.approx(0.875) and diffs["dpo"]["acc"]["low"] == pytest.approx(want.low)
+    assert diffs["dpo"]["acc"]["separates"] is True  # 0.875 better on every resample
+    assert diffs["kd-pos"]["acc"]["separates"] is False  # -0.125: the interval reaches 0
+    assert diffs["dpo"]["kl_own_samples"]["value"] == pytest.approx(0.0)
+
+
+def test_a_run_is_claimed_by_one_live_process_and_a_dead_holder_is_taken_over(tmp_path):
+    assert claim(tmp_path, "dpd-lr0.0001-seed0")
+    assert claim(tmp_path, "dpd-lr0.0001-seed0")  # ours already
+    held = tmp_path / "claims" / "dpo-lr0.0001-seed0.pid"
+    held.write_text(str(os.getppid()))  # a live process (our parent) holds it
+    assert not claim(tmp_path, "dpo-lr0.0001-seed0")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    held.write_text(dead.stdout.strip())  # a finished process: its claim is stale
+    assert claim(tmp_path, "dpo-lr0.0001-seed0") and held.read_text() == str(os.getpid())
+    release(tmp_path, "dpo-lr0.0001-seed0")
+    assert not held.exists()
+
+
 def test_missing_runs_name_every_unfinished_piece():
     config = study_config("tiny", learning_rates=(1e-3, 1e-2), seeds=(0, 1), methods=("sft", "dpd"))
     records = [record("sft", None, 0, [0], correct=[0]), record("dpd", 1e-3, 0, [1]), record("dpd", 1e-2, 0, [0])]
@@ -69,7 +100,7 @@ def test_the_study_runs_end_to_end_at_tiny_size(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "client"), str(ROOT / "server"), str(ROOT)])}
     command = [sys.executable, str(ROOT / "experiments" / "quality_table.py"), "--size", "tiny", "--runs-dir",
                str(tmp_path / "runs"), "--teacher-dir", str(teacher), "--student-dir", str(student),
-               "--results", str(results), "--plot", str(tmp_path / "out" / "plot.png")]  # fmt: skip
+               "--results", str(results), "--plot", str(tmp_path / "out" / "plot.png"), "--workers", "2"]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     facts = json.loads(results.with_suffix(".json").read_text())
@@ -77,3 +108,5 @@ def test_the_study_runs_end_to_end_at_tiny_size(tmp_path):
     assert set(facts["table"]) == set(study_config("tiny").methods)
     assert all(len(row["seeds"]) == 2 for row in facts["table"].values() if row["lr"] is not None)
     assert (tmp_path / "out" / "plot.png").is_file()
+    assert "dpo" in facts["dpd_minus"] and "kl_own_samples" in facts["dpd_minus"]["dpo"]
+    assert not list((tmp_path / "runs" / "claims").glob("*.pid"))  # every claim released

@@ -3,8 +3,10 @@ per query: bootstrap.py turns them into intervals).
 
     answers(model, prompts)            greedy answers and k samples per query      -> verifier accuracy, pass@k
     sample_kl(model, samples, rows)    forward KL(teacher || student) per token, summed per sequence, on
-                                       held-out teacher samples (chosen) AND held-out student samples
-                                       (rejected: the student's own region, which L_neg aims at)
+                                       held-out teacher samples (chosen) AND held-out SFT-student samples
+                                       (rejected: a fixed sample of the students' region, the same for every run)
+    own_sample_kl(model, prompts, samples, rows)   the same KL on the measured model's OWN fresh samples
+                                       (its on-policy region, which L_neg aims at; it moves with the model)
     pair_scores(model, pairs, rows)    per pair: log p(chosen) > log p(rejected), and the DPO reward margin
                                        beta * ((log p(c) - log ref(c)) - (log p(r) - log ref(r)))
     teacher_logprob(score, prompts, answers)   sum and count of the teacher's token log-probs of the
@@ -31,6 +33,7 @@ class Answers:
     greedy_ids: list[list[int]]  # per query, generated ids up to and including the first EOS
     greedy_text: list[str]
     sample_text: list[list[str]]  # per query, k samples
+    sample_ids: list[list[list[int]]]  # per query, k samples' generated ids (up to and including the first EOS)
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +63,7 @@ def answers(
     eos = tokenizer.eos_token_id
     greedy_ids: list[list[int]] = []
     sample_text: list[list[str]] = []
+    sample_ids: list[list[list[int]]] = []
     common = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "eos_token_id": eos}
     for begin in range(0, len(prompts), batch_size):
         ids, mask = (t.to(model.device) for t in _left_pad(prompts[begin : begin + batch_size], pad_id))
@@ -70,10 +74,14 @@ def answers(
             torch.manual_seed(seed + begin)
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
                                  top_k=0, top_p=1.0, num_return_sequences=samples, **common)  # fmt: skip
-            rows = [tokenizer.decode(_cut(r[width:], eos), skip_special_tokens=True) for r in out.tolist()]
+            cut = [_cut(r[width:], eos) for r in out.tolist()]
+            sample_ids += [cut[i : i + samples] for i in range(0, len(cut), samples)]
+            rows = [tokenizer.decode(r, skip_special_tokens=True) for r in cut]
             sample_text += [rows[i : i + samples] for i in range(0, len(rows), samples)]
     text = [tokenizer.decode(g, skip_special_tokens=True) for g in greedy_ids]
-    return Answers(greedy_ids, text, sample_text if samples else [[] for _ in prompts])
+    if not samples:
+        sample_text, sample_ids = [[] for _ in prompts], [[] for _ in prompts]
+    return Answers(greedy_ids, text, sample_text, sample_ids)
 
 
 def _per_row_kl(logits: torch.Tensor, teacher: TeacherLogits, mask: torch.Tensor) -> tuple[list[float], list[int]]:
@@ -108,6 +116,28 @@ def sample_kl(
             out[f"kl_{side}_sum"] += sums
             out[f"kl_{side}_tokens"] += counts
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def own_sample_kl(
+    model, prompts: Sequence[Sequence[int]], samples: Sequence[Sequence[Sequence[int]]],
+    fetch: Callable[[Sequence[PairExample]], FetchedTeacher], *, batch_size: int = 16, pad_id: int = 0,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per query: forward KL(teacher || model) summed over the tokens of the model's own samples of that
+    query (its first two, or its only one) and their count: {"kl_own_sum", "kl_own_tokens"}.
+
+    samples[q] are the model's fresh samples' generated ids (`Answers.sample_ids`); `fetch` returns the
+    teacher's rows for pairs (e.g. `LiveTeacher.fetch`): each query's two samples travel as one pair's
+    chosen and rejected sides, so both are scored in one call. A query without samples counts 0 tokens."""
+    sums, counts = np.zeros(len(prompts)), np.zeros(len(prompts))
+    index = [q for q, s in enumerate(samples) if len(s) > 0 and all(len(x) > 0 for x in s[:2])]
+    pairs = [PairExample(id=f"own-{q}", prompt_ids=tuple(prompts[q]), chosen_ids=tuple(samples[q][0]),
+                         rejected_ids=tuple(samples[q][min(1, len(samples[q]) - 1)])) for q in index]  # fmt: skip
+    if pairs:
+        kl = sample_kl(model, pairs, fetch, batch_size=batch_size, pad_id=pad_id)
+        two = np.array([len(samples[q]) > 1 for q in index])  # one sample: its row was scored twice, count once
+        sums[index] = kl["kl_teacher_sum"] + np.where(two, kl["kl_student_sum"], 0.0)
+        counts[index] = kl["kl_teacher_tokens"] + np.where(two, kl["kl_student_tokens"], 0.0)
+    return {"kl_own_sum": sums, "kl_own_tokens": counts}
 
 
 @torch.no_grad()

@@ -102,19 +102,38 @@ def weights_sha256(model: Any) -> str:
 
 
 class _StepTotals:
-    """Example-weighted sums of one step's metrics on this rank, kept on the device until `reduce`."""
+    """One step's metrics on this rank, kept on the device until `reduce`.
 
-    def __init__(self) -> None:
+    "loss" is the optimised step loss L_step (`trainer.normalize`): the sum of the micro-batches' shares.
+    With token-level KD ("token" reduction), "pos" and "neg" are token means over the step's response
+    tokens, as L_step weighs them; every other metric is a mean over the step's pairs."""
+
+    def __init__(self, token_kd: bool) -> None:
+        self.token_kd = token_kd
         self.sums: dict[str, torch.Tensor] = {}
+        self.totals: dict[str, torch.Tensor] = {}  # sums not divided by the step's pairs
         self.examples = 0
         self.ids: list[str] = []
 
-    def add(self, out: Any, examples: list[str]) -> None:
+    def _accumulate(self, into: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+        value = value.detach().to(torch.float64)
+        into[key] = into[key] + value if key in into else value
+
+    def add(self, out: Any, examples: list[str], step_loss: torch.Tensor) -> None:
+        """out: the micro-batch's DPDLossOutput; step_loss: its share of L_step (without DDP's factor)."""
         n = len(examples)
         terms = {"dpo": out.dpo, "pos": out.pos, "neg": out.neg}
         for key, value in {**out.metrics, **terms}.items():
-            weighted = value.detach().to(torch.float64) * n
-            self.sums[key] = self.sums[key] + weighted if key in self.sums else weighted
+            if key == "loss" or (self.token_kd and key in ("pos", "neg")):
+                continue
+            self._accumulate(self.sums, key, value * n)
+        self._accumulate(self.totals, "loss", step_loss)
+        if self.token_kd:
+            for side in ("pos", "neg"):
+                tokens = out.metrics.get(f"kd_{side}/tokens")
+                tokens = torch.zeros((), device=out.dpo.device) if tokens is None or n == 0 else tokens
+                self._accumulate(self.totals, f"{side}_sum", terms[side] * tokens)
+                self._accumulate(self.totals, f"{side}_tokens", tokens)
         self.examples += n
         self.ids.extend(examples)
 
@@ -122,10 +141,11 @@ class _StepTotals:
         self, session: Session, grad_norm: torch.Tensor | None
     ) -> tuple[dict[str, Any], list[list[str]]]:
         """Means over the step's examples on all ranks, and the gradient norm: the step's one host sync."""
-        keys = list(self.sums)
+        keys, total_keys = list(self.sums), list(self.totals)
         device = session.device
         values = torch.stack(
             [self.sums[k] for k in keys]
+            + [self.totals[k] for k in total_keys]
             + [torch.tensor(float(self.examples), dtype=torch.float64, device=device)]
         )
         values = dd.sum_over_ranks(
@@ -136,9 +156,14 @@ class _StepTotals:
             if grad_norm is None
             else grad_norm.detach().to(torch.float64).reshape(1)
         )
-        *sums, n, norm_value = torch.cat([values, norm]).tolist()
+        *summed, n, norm_value = torch.cat([values, norm]).tolist()
         n = max(n, 1e-12)
-        metrics: dict[str, Any] = {k: v / n for k, v in zip(keys, sums, strict=True)}
+        metrics: dict[str, Any] = {k: v / n for k, v in zip(keys, summed[: len(keys)], strict=True)}
+        totals = dict(zip(total_keys, summed[len(keys) :], strict=True))
+        metrics["loss"] = totals["loss"]
+        if self.token_kd:
+            for side in ("pos", "neg"):
+                metrics[side] = totals[f"{side}_sum"] / max(totals[f"{side}_tokens"], 1.0)
         metrics["grad_norm"] = None if grad_norm is None else norm_value
         return metrics, dd.all_gather_objects(self.ids, session.info)
 
@@ -175,9 +200,10 @@ def _run(session: Session, on_step: StepHook | None) -> TrainResult:
         depth=cfg.prefetch_depth,
     )
     record: dict[str, Any] = {}
+    token_kd = session.loss_config.kd_reduction == "token"
     eval_metrics: dict[str, float] | None = None
     seen, step = 0, session.start_step
-    totals = _StepTotals()
+    totals = _StepTotals(token_kd)
     try:
         for mb, fetched in prefetcher:
             batch = collate([examples[i] for i in mb.indices], session.pad_id)
@@ -187,8 +213,9 @@ def _run(session: Session, on_step: StepHook | None) -> TrainResult:
             with parallel.gradient_sync(wrapped, last):
                 out = pair_loss(session, wrapped, batch, fetched)
                 pairs = 0 if mb.filler else batch.num_pairs
-                step_share(out, session.loss_config, pairs, counts, info.world_size).backward()
-            totals.add(out, [] if mb.filler else [e.id for e in batch.examples])
+                share = step_share(out, session.loss_config, pairs, counts, info.world_size)
+                share.backward()
+            totals.add(out, [] if mb.filler else [e.id for e in batch.examples], share / info.world_size)
             if not last:
                 continue
             step = mb.step
@@ -196,7 +223,7 @@ def _run(session: Session, on_step: StepHook | None) -> TrainResult:
                 session, model, mb, totals, prefetcher, verifier, log, eval_metrics
             )
             seen += record["examples"]
-            totals = _StepTotals()
+            totals = _StepTotals(token_kd)
             progress.update({k: record[k] for k in ("loss", "dpo", "pos", "neg") if k in record})
             if on_step is not None:
                 on_step(step, record)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dualdistill.protocol.results import SequenceLogits
-from dualdistill.study.measure import _cut, answers, pair_scores, sample_kl, teacher_logprob
+from dualdistill.study.measure import _cut, answers, own_sample_kl, pair_scores, sample_kl, teacher_logprob
 from dualdistill.trainer.data import PairExample
 from dualdistill.trainer.teacher import FetchedTeacher
 
@@ -75,6 +75,23 @@ def test_sample_kl_equals_the_full_vocabulary_kl_per_sequence(models):
     np.testing.assert_allclose(got["kl_student_sum"], want_s, rtol=1e-4)
     np.testing.assert_array_equal(got["kl_teacher_tokens"], [len(e.chosen_ids) for e in pairs])
     np.testing.assert_array_equal(got["kl_student_tokens"], [len(e.rejected_ids) for e in pairs])
+
+
+def test_own_sample_kl_sums_the_full_vocabulary_kl_over_each_querys_own_samples(models):
+    teacher, student, _ = models
+    rng = np.random.default_rng(3)
+    vocab = teacher.config.vocab_size
+    prompts = [tuple(int(t) for t in rng.integers(3, vocab, n)) for n in (3, 5, 2)]
+    samples = [[[int(t) for t in rng.integers(3, vocab, n)] for n in lens] for lens in ((4, 2), (3,), ())]
+
+    def fetch(part):
+        return FetchedTeacher(chosen=[full_rows(teacher, e.prompt_ids, e.chosen_ids) for e in part],
+                              rejected=[full_rows(teacher, e.prompt_ids, e.rejected_ids) for e in part])  # fmt: skip
+
+    got = own_sample_kl(student, prompts, samples, fetch, batch_size=2)
+    want = [sum(plain_kl_sum(teacher, student, p, s) for s in ss) for p, ss in zip(prompts, samples, strict=True)]
+    np.testing.assert_allclose(got["kl_own_sum"], want, rtol=1e-4)  # one sample counted once, none: 0
+    np.testing.assert_array_equal(got["kl_own_tokens"], [6, 3, 0])
 
 
 @torch.no_grad()

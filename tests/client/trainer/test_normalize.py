@@ -57,10 +57,20 @@ def assert_same_updates(runs: dict[str, Path], init: dict[str, torch.Tensor]) ->
             torch.testing.assert_close(value, reference[key], rtol=1e-4, atol=1e-6, msg=f"{name}: {key}")
 
 
+def logged_step(run_dir: Path) -> dict:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return next(r for r in lines if r.get("kind") == "train")
+
+
 def test_accumulation_gives_the_same_update(tmp_path, student_dir, pair_files, capture_dir):
     pairs = four_pairs(pair_files, tmp_path)
     runs = single_process_runs(tmp_path, student_dir, pairs, f"capture:{capture_dir}")
     assert_same_updates(runs, load_weights(student_dir))
+    # the logged step loss is the optimised L_step, whatever the split (its KD terms token means)
+    one, two = logged_step(tmp_path / "1x4"), logged_step(tmp_path / "2x2")
+    for key in ("loss", "dpo", "pos", "neg"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    assert one["loss"] == pytest.approx(one["dpo"] + one["pos"] + one["neg"], rel=1e-5)  # dpd: weights 1
 
 
 @pytest.mark.slow  # torchrun with 2 gloo ranks: about a minute on 2 shared cores
