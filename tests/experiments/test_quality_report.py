@@ -91,6 +91,7 @@ def test_missing_runs_name_every_unfinished_piece():
 
 
 @pytest.mark.slow  # the whole pipeline on tiny models with a real service: minutes on 2 shared cores
+@pytest.mark.timeout(1200)  # 2 workers; 3.5 min measured at load 4, more on a busier machine
 def test_the_study_runs_end_to_end_at_tiny_size(tmp_path):
     from tests.fixtures.tiny_model import build_tiny_model
 
