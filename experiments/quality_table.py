@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report(config, args.runs_dir, partial_facts(data_dir), 0.0, args.results, args.plot))
         return 0
     service_factory = partial(run_service, log_path=args.runs_dir / "service.log", threads=config.threads,
-                              extra_args=["--log-level", "warning", "--device", config.device])  # fmt: skip
+                              extra_args=["--log-level", "warning", "--device", config.device,
+                                          "--engine", config.engine])  # fmt: skip
     data, service_cm, service = make_data(config, data_dir, service_factory, args.teacher_dir, args.student_dir)
     data_seconds = time.perf_counter() - began
     if facts_path.is_file():  # made by an earlier (or the first worker's) run: keep its data stage time

@@ -53,6 +53,9 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     pass_k: int = 4  # samples per test query for pass@k (temperature 1)
     device: str = "cpu"
+    # the teacher service's engine for the pairs, the capture and the live scoring: vLLM batches the
+    # concurrent generation requests (measured 6x the hf engine's tokens/s on these CPUs, docs/benchmarks.md)
+    engine: str = "vllm"
     threads: int = 1  # torch intra-op threads: 1 is fastest on a shared machine
     methods: tuple[str, ...] = tuple(METHODS)
     data_seed: int = 0
@@ -64,6 +67,8 @@ class StudyConfig:
             raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
         if self.min_train_pairs < 1 or self.test_queries < 1 or self.val_queries < 1:
             raise ValueError("min_train_pairs, val_queries and test_queries must be >= 1")
+        if self.engine not in ("hf", "vllm"):
+            raise ValueError(f"engine must be hf or vllm, got {self.engine!r}")
         if not self.learning_rates or not self.seeds:
             raise ValueError("learning_rates and seeds must not be empty")
 
@@ -82,7 +87,7 @@ SIZES: dict[str, StudyConfig] = {
     "tiny": StudyConfig(
         size="tiny", keep_every=1, max_new_tokens=6, sft_queries=4, sft_steps=2, sft_batch_size=2, train_queries=6,
         min_train_pairs=1, val_queries=3, test_queries=4, pair_samples=2, top_k=8, steps=2, batch_size=2,
-        warmup_steps=0, learning_rates=(1e-3,), seeds=(0, 1), pass_k=2, pair_margin=-math.inf,
+        warmup_steps=0, learning_rates=(1e-3,), seeds=(0, 1), pass_k=2, pair_margin=-math.inf, engine="hf",
     ),  # fmt: skip
 }
 
