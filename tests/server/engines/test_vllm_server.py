@@ -150,3 +150,27 @@ def test_a_model_vllm_cannot_load_exits_1_with_its_error(head64_dir: Path, tmp_p
     errors = [line["msg"] for line in lines if line.get("level") == "error"]
     assert any("vLLM could not start model 'tiny'" in message for message in errors), done.stderr[-3000:]
     assert "dualdistill serving" not in done.stdout
+
+
+@pytest.mark.slow  # two vLLM engines start (about a minute on 2 busy cores)
+def test_two_models_under_concurrent_requests(head64_dir: Path) -> None:
+    """Two served models are two engines in one process: their steps must take turns (at once they
+    corrupted memory and killed the server)."""
+    with start_server({"tiny": head64_dir, "twin": head64_dir}, *SERVER_ARGS, "--engine", "vllm",
+                      ready_timeout=2 * READY_TIMEOUT) as server:  # fmt: skip
+
+        def call(i: int) -> httpx.Response:
+            model = ("tiny", "twin")[i % 2]
+            if i % 3 == 0:
+                return httpx.post(server.http_url + "/v1/logits", timeout=120,
+                                  json={"model": model, "sequences": SEQUENCES, "top_k": 5, "format": "json"})  # fmt: skip
+            body = {"model": model, "prompts": [{"token_ids": [1, 50, 60 + i]}], "max_new_tokens": 12,
+                    "temperature": 0.7, "n": 2, "seed": i}  # fmt: skip
+            return httpx.post(server.http_url + "/v1/generate", json=body, timeout=120)
+
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(call, range(36)))
+        assert [r.status_code for r in responses] == [200] * 36, [r.text[:200] for r in responses if r.status_code != 200]
+        assert server.process.poll() is None, server.log_tail()
+        tiny, twin = (_logits(server, model=m).json()["results"][0]["top_logprobs"] for m in ("tiny", "twin"))
+        np.testing.assert_allclose(tiny, twin, atol=1e-5)  # the same weights give the same rows
