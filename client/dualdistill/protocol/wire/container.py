@@ -136,8 +136,9 @@ class Streams:
         return decode_uints(symbols, nbits, extra)
 
 
-def uint_streams(values: np.ndarray) -> list[bytes]:
-    """The two streams (symbols, extra bits) of an integer stream pair; values in [0, 2**32)."""
+def uint_streams(values: np.ndarray | list[np.ndarray]) -> list[bytes]:
+    """The two streams (symbols, extra bits) of an integer stream pair; values in [0, 2**32), as one array
+    or a list of arrays taken as one sequence."""
     return list(encode_uints(values))
 
 

@@ -27,22 +27,25 @@ from dualdistill.protocol.wire.errors import WireFormatError
 
 DIRECT = 16  # values below this are their own symbol
 NUM_SYMBOLS = DIRECT + 4 * (32 - 4)  # 128: every value < 2**32
-CHUNK = 1 << 14  # values per vectorised step (temporaries of ~128 KiB)
+CHUNK = 1 << 16  # values per vectorised step (temporaries of ~128 KiB)
 
 _U64 = np.uint64
 _ONE, _63 = np.uint64(1), np.uint64(63)
 
 
-def to_symbols(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(V,) integers in [0, 2**32) -> symbols (V,) uint8, extra (V,) uint64, extra_bits (V,) int64."""
-    x = np.asarray(values).astype(np.uint64, copy=False)
+def to_symbols(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(V,) integers in [0, 2**32) -> (symbols (V,) uint8, and for the values >= DIRECT only (the others
+    carry no extra bits): their indices (B,) int64, extra (B,) uint64, extra_bits (B,) uint64)."""
+    x = np.asarray(values)
+    symbols = x.astype(np.uint8)  # right for the values below DIRECT; the others are overwritten
+    at = np.flatnonzero(x >= DIRECT)
+    big = x[at].astype(np.uint64)
     # floor(log2 x) from the float64 exponent field (exact: integers < 2**53 are exact in float64).
-    msb = (x.astype(np.float64).view(np.uint64) >> _U64(52)).astype(np.int64) - 1023
-    big = x >= DIRECT
-    nbits = (msb - 2) * big
-    lead = x >> nbits.astype(np.uint64)  # 0b1tt for big values: the leading one and the two bits below
-    symbols = np.where(big, 4 * msb - 4 + lead.astype(np.int64), x.astype(np.int64)).astype(np.uint8)
-    return symbols, x - (lead << nbits.astype(np.uint64)), nbits
+    msb = (big.astype(np.float64).view(np.uint64) >> _U64(52)) - _U64(1023)
+    nbits = msb - _U64(2)
+    lead = big >> nbits  # 0b1tt: the leading one and the two bits below
+    symbols[at] = (msb * _U64(4) - _U64(4) + lead).astype(np.uint8)
+    return symbols, at, big - (lead << nbits), nbits
 
 
 def from_symbols(symbols: np.ndarray, extra: np.ndarray, nbits: np.ndarray) -> np.ndarray:
@@ -66,17 +69,17 @@ _EXTRA_BITS = np.array([0] * DIRECT + [s // 4 - 2 for s in range(DIRECT, 256)], 
 
 def _bit_offsets(nbits: np.ndarray, start_bit: int) -> tuple[np.ndarray, np.ndarray]:
     """(word index, bit position from the word's MSB) of each field's first bit in 64-bit words."""
-    offset = np.cumsum(nbits, dtype=np.int64) - nbits + start_bit
+    offset = np.cumsum(nbits, dtype=np.int64) - nbits.astype(np.int64) + start_bit
     return offset >> 6, (offset & 63).astype(np.uint64)
 
 
 def _place(words: np.ndarray, values: np.ndarray, nbits: np.ndarray, start_bit: int) -> None:
-    """OR fields (values' low nbits, MSB first) into `words` starting at bit `start_bit`."""
+    """OR fields (values' low nbits, MSB first; 1 <= nbits <= 63) into `words` from bit `start_bit` on."""
     word, pos = _bit_offsets(nbits, start_bit)
     # The field top-aligned in 64 bits, then split at the word boundary: `head` stays in its word,
-    # `tail` (non-zero only if the field crosses the boundary) goes to the next word. Double shifts
-    # keep every shift count below 64 (n = 0 and pos = 0 would otherwise shift by 64).
-    top = (values.astype(np.uint64) << (_63 - nbits.astype(np.uint64))) << _ONE
+    # `tail` (non-zero only if the field crosses the boundary) goes to the next word. The double shift
+    # keeps the count below 64 at pos = 0.
+    top = values << (_U64(64) - nbits.astype(np.uint64))
     head = top >> pos
     tail = (top << (_63 - pos)) << _ONE
     # Fields are in offset order, so each word's fields are contiguous; their bits are disjoint, so a
@@ -86,27 +89,41 @@ def _place(words: np.ndarray, values: np.ndarray, nbits: np.ndarray, start_bit: 
     words[word[starts] + 1] += np.add.reduceat(tail, starts)
 
 
-def encode_uints(values: np.ndarray) -> tuple[bytes, bytes]:
-    """(V,) integers in [0, 2**32) -> (symbol bytes (V,), packed extra bits).
+def _pairs(values: np.ndarray, nbits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fields joined two by two (an odd last one with an empty field): the same bit string in half as
+    many fields, none of them empty. Only for fields whose pairs fit in 63 bits."""
+    if len(values) % 2:
+        values, nbits = np.append(values, _U64(0)), np.append(nbits, _U64(0))
+    return (values[0::2] << nbits[1::2]) | values[1::2], nbits[0::2] + nbits[1::2]
 
-    Works in chunks of CHUNK values: the temporaries then stay small enough to be reused from the
+
+def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
+    """(V,) integers in [0, 2**32), or a list of arrays taken as one sequence -> (symbol bytes (V,),
+    packed extra bits).
+
+    Works in chunks of CHUNK values, so the temporaries stay small enough to be reused from the
     allocator's free lists and the CPU cache (whole-array temporaries cost more in page faults than in
-    arithmetic). This is a loop per chunk, not per row or entry.
+    arithmetic); a loop per chunk, not per value. Only values >= DIRECT have extra bits; their fields
+    are joined in pairs while a pair fits in 63 bits (fewer, wider fields to place).
     """
-    x = np.asarray(values).astype(np.uint64, copy=False)
-    symbols = np.empty(len(x), dtype=np.uint8)
-    parts = []
-    for lo in range(0, len(x), CHUNK):
-        symbols[lo : lo + CHUNK], extra, nbits = to_symbols(x[lo : lo + CHUNK])
-        parts.append((extra, nbits, int(nbits.sum())))
-    total = sum(bits for _, _, bits in parts)
+    arrays = values if isinstance(values, list) else [values]
+    chunks = [np.asarray(a)[lo : lo + CHUNK] for a in arrays for lo in range(0, len(a), CHUNK)]
+    symbols, fields, total = [], [], 0
+    for chunk in chunks:
+        chunk_symbols, _, extra, nbits = to_symbols(chunk)
+        symbols.append(chunk_symbols)
+        if len(nbits):
+            top = int(nbits.max())
+            while len(nbits) > 1 and 2 * top <= 63:
+                (extra, nbits), top = _pairs(extra, nbits), 2 * top
+            bits = int(nbits.sum())
+            fields.append((extra, nbits, total))
+            total += bits
     words = np.zeros(total // 64 + 2, dtype=np.uint64)
-    start = 0
-    for extra, nbits, bits in parts:
-        if bits:
-            _place(words, extra, nbits, start)
-        start += bits
-    return symbols.tobytes(), words.astype(">u8").tobytes()[: (total + 7) // 8]
+    for extra, nbits, start in fields:
+        _place(words, extra, nbits, start)
+    symbol_bytes = b"".join(s.tobytes() for s in symbols) if len(symbols) != 1 else symbols[0].tobytes()
+    return symbol_bytes, words.astype(">u8").tobytes()[: (total + 7) // 8]
 
 
 def decode_uints(symbol_bytes: bytes, nbits: np.ndarray, extra_bytes: bytes) -> np.ndarray:

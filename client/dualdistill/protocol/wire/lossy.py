@@ -27,7 +27,7 @@ import numpy as np
 from dualdistill.protocol.wire.container import variant_offsets
 from dualdistill.protocol.wire.errors import WireFormatError
 from dualdistill.protocol.wire.quantize import dequantize, quantize
-from dualdistill.protocol.wire.ragged import row_offsets, row_starts, segment_cumsum, within_row_order
+from dualdistill.protocol.wire.ragged import row_offsets, row_starts, segment_cumsum, sort_within_rows
 
 # The variant's own streams in payload order: integer stream pairs ("uint") or plain bytes.
 STREAMS = (
@@ -44,25 +44,40 @@ _CAP = 7  # a step symbol holds sizes and drops below this; larger ones continue
 def encode_entries(
     row_lengths: np.ndarray, keys: np.ndarray, logprobs: np.ndarray, levels: int, n_dict: int
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """One block of rows -> (permutation (N,), key_codes (N,), {name in STREAMS: values})."""
+    """Rows -> (permutation (N,), key_codes (N,), {name in STREAMS: values}): `encode_levels` of the
+    logprobs' levels at M = levels, with the permutation."""
+    return encode_levels(row_lengths, keys, quantize(logprobs, levels), levels, n_dict, with_order=True)
+
+
+def encode_levels(
+    row_lengths: np.ndarray, keys: np.ndarray, level: np.ndarray, levels: int, n_dict: int, with_order: bool
+) -> tuple[np.ndarray | None, np.ndarray, dict[str, np.ndarray]]:
+    """Rows of (key, level) entries -> (the permutation into the sent order (N,) if `with_order`, else
+    None; key_codes (N,); {name in STREAMS: values}). Shapes: (R,) row_lengths, (N,) keys < n_dict and
+    levels < `levels`. Raises ValueError if a row holds one key twice at one level (ids repeated in a row).
+    """
     n = len(keys)
-    level = quantize(logprobs, levels)
-    perm = within_row_order(row_lengths, levels - 1 - level, keys, max(n_dict, 1))
-    level, keys = level[perm], keys[perm]
-    in_group = row_starts(row_lengths, n)
-    in_group[1:] |= level[1:] != level[:-1]  # now True at every group's first entry
+    # Sent order: level descending (= rank ascending), key ascending.
+    rank, keys, perm = sort_within_rows(row_lengths, levels - 1 - level, levels, keys, max(n_dict, 1), with_order)
+    starts = row_starts(row_lengths, n)
+    in_group = starts.copy()
+    in_group[1:] |= rank[1:] != rank[:-1]  # now True at every group's first entry
     group_at = np.flatnonzero(in_group)
-    group_row = np.searchsorted(row_offsets(row_lengths), group_at, side="right") - 1
-    first_of_row = np.r_[True, group_row[1:] != group_row[:-1]] if len(group_at) else np.zeros(0, bool)
+    first_of_row = starts[group_at]
     last_of_row = np.r_[first_of_row[1:], True] if len(group_at) else first_of_row
-    group_level = level[group_at]
+    group_rank = rank[group_at]
     codes = keys.copy()
     codes[1:] = np.where(in_group[1:], keys[1:], keys[1:] - keys[:-1] - 1)
+    if n and int(codes.min()) < 0:
+        raise ValueError("top_ids repeat an id within a row; the lossy variant needs distinct ids per row")
+    groups_so_far = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(in_group, out=groups_so_far[1:])
+    offsets = row_offsets(row_lengths)
     values = {
-        "groups_per_row": np.bincount(group_row, minlength=len(row_lengths)),
-        "group_sizes": (np.diff(np.r_[group_at, n]) - 1)[~last_of_row],
-        "first_levels": group_level[first_of_row],
-        "level_drops": (group_level[:-1] - group_level[1:] - 1)[~first_of_row[1:]],
+        "groups_per_row": groups_so_far[offsets[1:]] - groups_so_far[offsets[:-1]],
+        "group_sizes": (np.diff(group_at, append=n) - 1)[~last_of_row],
+        "first_levels": levels - 1 - group_rank[first_of_row],
+        "level_drops": (group_rank[1:] - group_rank[:-1] - 1)[~first_of_row[1:]],
     }
     return perm, codes, values
 

@@ -1,0 +1,139 @@
+"""Wire encoder speed: CPU microseconds per returned position of `wire.encode`, against the encoder as it
+was before its speed-up (tests/client/wire/reference_encoder.py, a frozen copy), in the same process.
+
+    python bench/wire_encode_speed.py [--rounds N] [--quick]
+
+One response of B sequences x (T - start) positions at k entries per position, as the service returns
+it for B = 32, T = 64, start = 8, k = 128: over the tiny test model's 320-id vocabulary and over a
+49,152-id one (SmolLM2's size; tests/client/wire/synthetic.py's realistic rows). Each round encodes the
+response once with each encoder, alternating which goes first; the figures are the median [IQR] over
+rounds of CPU time (time.thread_time) per position, and of the per-round ratio old / new. Both encoders
+must write the same bytes (checked before timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from bench.common import (
+    Section,
+    add_output_args,
+    command_line,
+    fmt,
+    header,
+    machine_info,
+    markdown_table,
+    ratio_summary,
+    summarize,
+)
+
+BATCH, SEQ_LEN, START, TOP_K = 32, 64, 8, 128
+
+
+def tiny_vocab_response(vocab: int = 320, seed: int = 0) -> list:
+    """B sequences of top-k rows of a log-softmax over Gaussian logits (the tiny random model's shape)."""
+    from dualdistill.protocol.results import SequenceLogits
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(BATCH):
+        logits = rng.normal(0.0, 2.0, (SEQ_LEN - START, vocab))
+        logprobs = (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).astype(np.float32)
+        top = np.argsort(-logprobs, axis=1, kind="stable")[:, :TOP_K]
+        values = np.take_along_axis(logprobs, top, 1)
+        tail = np.log1p(-np.minimum(np.exp(values.astype(np.float64)).sum(axis=1), 1 - 1e-7))
+        out.append(SequenceLogits.from_dense(top, values, logprobs[:, 0], tail))
+    return out
+
+
+def measure(rounds: int) -> list[dict]:
+    from dualdistill.protocol import wire
+    from tests.client.wire import reference_encoder
+    from tests.client.wire.synthetic import teacher_response
+
+    inputs = {
+        "vocab 320": tiny_vocab_response(),
+        "vocab 49152": teacher_response(BATCH, SEQ_LEN - START, k=TOP_K, vocab=49152, seed=1),
+    }
+    rows = []
+    for name, results in inputs.items():
+        positions = sum(r.num_rows for r in results)
+        for lossless in (False, True):
+            encoders = {"old": reference_encoder.encode, "new": wire.encode}
+            payload = wire.encode(results, lossless=lossless)
+            if payload != reference_encoder.encode(results, lossless=lossless):
+                raise RuntimeError(f"{name}, lossless={lossless}: the encoders wrote different bytes")
+            times = {"old": [], "new": []}
+            for r in range(rounds + 1):
+                for label in ("old", "new") if r % 2 else ("new", "old"):
+                    begin = time.thread_time()
+                    encoders[label](results, lossless=lossless)
+                    if r:  # round 0 warms both up
+                        times[label].append((time.thread_time() - begin) / positions * 1e6)
+            rows.append(
+                {"input": name, "variant": "lossless" if lossless else "lossy", "positions": positions,
+                 "bytes_per_position": len(payload) / positions, **times}  # fmt: skip
+            )
+            print(f"[wire_encode_speed] {name} {rows[-1]['variant']} done", file=sys.stderr)
+    return rows
+
+
+def render(rows: list[dict], args: argparse.Namespace, info: dict, argv: list[str], load: tuple) -> str:
+    lines = [header("Wire encoder speed", command_line("bench/wire_encode_speed.py", argv), info)]
+    lines.append(
+        f"`wire.encode` of one response of {BATCH} sequences x {SEQ_LEN - START} positions at k = {TOP_K} "
+        "(the service bench's shape), against the encoder before its speed-up (a frozen copy in "
+        "tests/client/wire/reference_encoder.py) in the same process; both write the same bytes (checked). "
+        f"CPU µs per position, median [IQR] over {args.rounds} rounds, and the per-round ratio old / new.\n"
+    )
+    table = [
+        [r["input"], r["variant"], f"{r['bytes_per_position']:.1f}", fmt(summarize(r["old"])),
+         fmt(summarize(r["new"])), fmt(ratio_summary(r["old"], r["new"]))]  # fmt: skip
+        for r in rows
+    ]
+    lines.append(markdown_table(["input", "variant", "bytes/position", "old µs/pos", "new µs/pos", "old / new"], table))
+    lines.append(
+        f"\n1-minute load average before / after: {load[0]:.1f} / {load[1]:.1f} on {info['cores']} cores "
+        "(the machine was shared: absolute times are inflated, the same-run ratios much less).\n"
+    )
+    return "\n".join(lines)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds per case (default 21, quick 5)")
+    p.add_argument("--quick", action="store_true", help="5 rounds")
+    add_output_args(p)
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (5 if args.quick else 21)
+    return args
+
+
+def run(argv: list[str]) -> Section:
+    args = parse(argv)
+    info = machine_info()
+    before = os.getloadavg()[0]
+    rows = measure(args.rounds)
+    load = (before, os.getloadavg()[0])
+    data = {"machine": info, "argv": argv, "rows": rows, "load": load}
+    return Section("wire_encode_speed", "Wire encoder speed", render(rows, args, info, argv, load), data)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    section = run(argv)
+    section.save(parse(argv).results_dir)
+    print(section.markdown)
+
+
+if __name__ == "__main__":
+    main()

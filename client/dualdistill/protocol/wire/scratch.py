@@ -1,0 +1,39 @@
+"""Per-thread scratch arrays for the encoder's full-size temporaries, kept between calls.
+
+A fresh multi-megabyte numpy array is mapped and zero-filled by the kernel page by page when it is first
+written, and glibc hands large freed blocks back to the kernel; the quantizer's few full-size arrays
+(one float64 per entry each) then cost thousands of page faults per payload, more than their arithmetic
+(docs/benchmarks.md, "Wire encoder speed"). The encoder writes them into these buffers instead; per-entry
+work that needs no full-size array runs in cache-sized blocks (BLOCK).
+
+`array(name, n, dtype)` returns a view that stays valid until the next request for the same name on
+the same thread; nothing an encoder returns to its caller may alias one.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+BLOCK = 1 << 16  # entries per block of block-wise work: its float64 temporaries are 64 KiB
+_KEEP_BYTES = 64 << 20  # larger buffers are handed out once and not kept (memory held per thread)
+_local = threading.local()
+
+
+def array(name: str, n: int, dtype) -> np.ndarray:
+    """(n,) array of `dtype`, contents undefined, reused for `name` by later calls on this thread."""
+    dtype = np.dtype(dtype)
+    nbytes = n * dtype.itemsize
+    pool = _local.__dict__.setdefault("pool", {})
+    buffer = pool.get(name)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = np.empty(max(nbytes, 1), dtype=np.uint8)
+        if nbytes <= _KEEP_BYTES:
+            pool[name] = buffer
+    return buffer[:nbytes].view(dtype)
+
+
+def blocks(n: int) -> list[slice]:
+    """[0, n) cut into slices of BLOCK entries."""
+    return [slice(lo, min(lo + BLOCK, n)) for lo in range(0, n, BLOCK)]
