@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dualdistill.protocol.results import SequenceLogits
-from dualdistill.protocol.wire import container, dictionary
+from dualdistill.protocol.wire import container, dictionary, scratch
 from dualdistill.protocol.wire import lossless as lossless_entries
 from dualdistill.protocol.wire import lossy as lossy_entries
 from dualdistill.protocol.wire.container import FLAG_COUNTS, LOSSLESS, LOSSY, Header, Stream, uint_streams
@@ -46,7 +46,7 @@ def encode(
     """Serialise one response's sequences. Lossless: bit-exact. Lossy: logprobs quantized (quantize.py)
     for a mean KL(exact || decoded) of about `target_kl` nats per row; ids, counts, token and tail
     logprobs stay exact and rows come back sorted by decoded logprob (ties by key)."""
-    seq_rows, row_lengths, ids, logprobs, token, tail, counts = _flatten(results, lossless)
+    seq_rows, row_lengths, ids, logprobs, token, tail, counts = _flatten(results, lossless, in_scratch=True)
     key_to_id, key_classes, keys = dictionary.build(ids)
     n_rows, n_entries, n_dict = len(row_lengths), len(ids), len(key_to_id)
     quant, level = (0, None) if lossless else quantize_for_target(logprobs, n_rows, target_kl)
@@ -188,8 +188,9 @@ def _decode_blocks(row_lengths, codes, values, quant, n_dict) -> tuple[np.ndarra
     return keys, logprobs
 
 
-def _flatten(results: Sequence[SequenceLogits], lossless: bool):
-    """Concatenate sequences; validate what the format cannot carry."""
+def _flatten(results: Sequence[SequenceLogits], lossless: bool, in_scratch: bool = False):
+    """Concatenate sequences; validate what the format cannot carry. `in_scratch`: the per-entry ids and
+    logprobs are written into this thread's scratch buffers (scratch.py), valid until the next call."""
     results = list(results)
     for i, r in enumerate(results):
         if not isinstance(r, SequenceLogits):
@@ -200,8 +201,9 @@ def _flatten(results: Sequence[SequenceLogits], lossless: bool):
             "all sequences of one response must be in the same mode (counts present in all or none)"
         )
     seq_rows = np.array([r.num_rows for r in results], dtype=np.int64)
-    row_lengths, ids = _concat(results, "row_lengths", np.int64), _concat(results, "top_ids", np.int64)
-    logprobs = _concat(results, "top_logprobs", np.float32)
+    row_lengths = _concat(results, "row_lengths", np.int64)
+    ids = _concat(results, "top_ids", np.int64, "flat.ids" if in_scratch else None)
+    logprobs = _concat(results, "top_logprobs", np.float32, "flat.logprobs" if in_scratch else None)
     token, tail = (
         _concat(results, "token_logprobs", np.float32),
         _concat(results, "tail_logprobs", np.float32),
@@ -230,10 +232,16 @@ def _flatten(results: Sequence[SequenceLogits], lossless: bool):
     return seq_rows, row_lengths, ids, logprobs, token, tail, counts
 
 
-def _concat(results: list[SequenceLogits], name: str, dtype) -> np.ndarray:
-    """One array of all sequences' `name`, cast while it is copied (one pass)."""
+def _concat(results: list[SequenceLogits], name: str, dtype, scratch_name: str | None = None) -> np.ndarray:
+    """One array of all sequences' `name`, cast while it is copied (one pass); into a scratch buffer if
+    `scratch_name` is given."""
     parts = [np.ravel(getattr(r, name)) for r in results]
-    return np.concatenate(parts, dtype=dtype, casting="unsafe") if parts else np.zeros(0, dtype=dtype)
+    if not parts:
+        return np.zeros(0, dtype=dtype)
+    if scratch_name is None:
+        return np.concatenate(parts, dtype=dtype, casting="unsafe")
+    out = scratch.array(scratch_name, sum(len(p) for p in parts), dtype)
+    return np.concatenate(parts, out=out, casting="unsafe")
 
 
 def _structure(header: Header, streams: container.Streams) -> tuple[np.ndarray, np.ndarray]:

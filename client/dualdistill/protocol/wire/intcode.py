@@ -27,25 +27,25 @@ from dualdistill.protocol.wire.errors import WireFormatError
 
 DIRECT = 16  # values below this are their own symbol
 NUM_SYMBOLS = DIRECT + 4 * (32 - 4)  # 128: every value < 2**32
-CHUNK = 1 << 16  # values per vectorised step (temporaries of ~128 KiB)
+CHUNK = 1 << 16  # values per vectorised step (temporaries of <= 512 KiB)
 
 _U64 = np.uint64
 _ONE, _63 = np.uint64(1), np.uint64(63)
 
 
-def to_symbols(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(V,) integers in [0, 2**32) -> (symbols (V,) uint8, and for the values >= DIRECT only (the others
-    carry no extra bits): their indices (B,) int64, extra (B,) uint64, extra_bits (B,) uint64)."""
+def to_symbols(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(V,) integers in [0, 2**32) -> symbols (V,) uint8, extra (V,) uint64, extra_bits (V,) uint64
+    (0 for the values below DIRECT). Values below 2**16 (almost all of them) are looked up in tables."""
     x = np.asarray(values)
-    symbols = x.astype(np.uint8)  # right for the values below DIRECT; the others are overwritten
-    at = np.flatnonzero(x >= DIRECT)
-    big = x[at].astype(np.uint64)
+    if x.size and int(x.max()) < len(_SYMBOL_OF):
+        return _SYMBOL_OF.take(x), (x & _EXTRA_MASK_OF.take(x)).astype(np.uint64), _NBITS_OF.take(x)
+    x = x.astype(np.uint64)
     # floor(log2 x) from the float64 exponent field (exact: integers < 2**53 are exact in float64).
-    msb = (big.astype(np.float64).view(np.uint64) >> _U64(52)) - _U64(1023)
-    nbits = msb - _U64(2)
-    lead = big >> nbits  # 0b1tt: the leading one and the two bits below
-    symbols[at] = (msb * _U64(4) - _U64(4) + lead).astype(np.uint8)
-    return symbols, at, big - (lead << nbits), nbits
+    msb = (np.maximum(x, _U64(DIRECT)).astype(np.float64).view(np.uint64) >> _U64(52)) - _U64(1023)
+    nbits = np.where(x >= _U64(DIRECT), msb - _U64(2), _U64(0))
+    lead = x >> nbits  # 0b1tt for x >= DIRECT: the leading one and the two bits below; x itself below
+    symbols = np.where(x >= _U64(DIRECT), msb * _U64(4) - _U64(4) + lead, x).astype(np.uint8)
+    return symbols, x - (lead << nbits), nbits
 
 
 def from_symbols(symbols: np.ndarray, extra: np.ndarray, nbits: np.ndarray) -> np.ndarray:
@@ -67,6 +67,20 @@ def symbol_extra_bits(symbols: np.ndarray) -> np.ndarray:
 _EXTRA_BITS = np.array([0] * DIRECT + [s // 4 - 2 for s in range(DIRECT, 256)], dtype=np.int8)
 
 
+def _tables(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Symbol, extra-bit count and extra-bit mask of every value below `size` (a power of 2)."""
+    x = np.arange(size, dtype=np.uint64)
+    msb = np.zeros(size, dtype=np.int64)
+    msb[1:] = np.floor(np.log2(np.arange(1, size))).astype(np.int64)  # exact for integers < 2**16
+    nbits = np.where(x >= DIRECT, msb - 2, 0)
+    lead = (x >> nbits.astype(np.uint64)).astype(np.int64)
+    symbols = np.where(x >= DIRECT, 4 * msb - 4 + lead, x.astype(np.int64))
+    return symbols.astype(np.uint8), nbits.astype(np.uint8), ((1 << nbits) - 1).astype(np.uint16)
+
+
+_SYMBOL_OF, _NBITS_OF, _EXTRA_MASK_OF = _tables(1 << 16)
+
+
 def _bit_offsets(nbits: np.ndarray, start_bit: int) -> tuple[np.ndarray, np.ndarray]:
     """(word index, bit position from the word's MSB) of each field's first bit in 64-bit words."""
     offset = np.cumsum(nbits, dtype=np.int64) - nbits.astype(np.int64) + start_bit
@@ -74,27 +88,31 @@ def _bit_offsets(nbits: np.ndarray, start_bit: int) -> tuple[np.ndarray, np.ndar
 
 
 def _place(words: np.ndarray, values: np.ndarray, nbits: np.ndarray, start_bit: int) -> None:
-    """OR fields (values' low nbits, MSB first; 1 <= nbits <= 63) into `words` from bit `start_bit` on."""
+    """OR fields (values' low nbits, MSB first; 0 <= nbits <= 63) into `words` from bit `start_bit` on."""
     word, pos = _bit_offsets(nbits, start_bit)
     # The field top-aligned in 64 bits, then split at the word boundary: `head` stays in its word,
-    # `tail` (non-zero only if the field crosses the boundary) goes to the next word. The double shift
-    # keeps the count below 64 at pos = 0.
-    top = values << (_U64(64) - nbits.astype(np.uint64))
+    # `tail` (non-zero only if the field crosses the boundary) goes to the next word. Double shifts
+    # keep every shift count below 64 (n = 0 and pos = 0 would otherwise shift by 64).
+    top = (values << (_63 - nbits.astype(np.uint64))) << _ONE
     head = top >> pos
     tail = (top << (_63 - pos)) << _ONE
     # Fields are in offset order, so each word's fields are contiguous; their bits are disjoint, so a
     # sum is an OR (also with the previous chunk's last word, hence += rather than =).
-    starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]])
+    new_word = np.empty(len(word), dtype=bool)
+    new_word[0] = True
+    np.not_equal(word[1:], word[:-1], out=new_word[1:])
+    starts = np.flatnonzero(new_word)
     words[word[starts]] += np.add.reduceat(head, starts)
     words[word[starts] + 1] += np.add.reduceat(tail, starts)
 
 
 def _pairs(values: np.ndarray, nbits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fields joined two by two (an odd last one with an empty field): the same bit string in half as
-    many fields, none of them empty. Only for fields whose pairs fit in 63 bits."""
+    many fields, (values, nbits) as uint64. Only for fields whose pairs fit in 63 bits."""
     if len(values) % 2:
-        values, nbits = np.append(values, _U64(0)), np.append(nbits, _U64(0))
-    return (values[0::2] << nbits[1::2]) | values[1::2], nbits[0::2] + nbits[1::2]
+        values, nbits = np.append(values, values.dtype.type(0)), np.append(nbits, nbits.dtype.type(0))
+    right = nbits[1::2].astype(np.uint64)
+    return (values[0::2] << right) | values[1::2], nbits[0::2] + right
 
 
 def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
@@ -103,17 +121,17 @@ def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
 
     Works in chunks of CHUNK values, so the temporaries stay small enough to be reused from the
     allocator's free lists and the CPU cache (whole-array temporaries cost more in page faults than in
-    arithmetic); a loop per chunk, not per value. Only values >= DIRECT have extra bits; their fields
-    are joined in pairs while a pair fits in 63 bits (fewer, wider fields to place).
+    arithmetic); a loop per chunk, not per value. The values' extra-bit fields (empty below DIRECT)
+    are joined in pairs while a pair fits in 63 bits: fewer, wider fields to place.
     """
     arrays = values if isinstance(values, list) else [values]
     chunks = [np.asarray(a)[lo : lo + CHUNK] for a in arrays for lo in range(0, len(a), CHUNK)]
     symbols, fields, total = [], [], 0
     for chunk in chunks:
-        chunk_symbols, _, extra, nbits = to_symbols(chunk)
+        chunk_symbols, extra, nbits = to_symbols(chunk)
         symbols.append(chunk_symbols)
-        if len(nbits):
-            top = int(nbits.max())
+        top = int(nbits.max())
+        if top:
             while len(nbits) > 1 and 2 * top <= 63:
                 (extra, nbits), top = _pairs(extra, nbits), 2 * top
             bits = int(nbits.sum())

@@ -38,6 +38,7 @@ STREAMS = (
     ("drop_overflow", "uint"),
 )
 OFFSETS = variant_offsets(STREAMS)  # stream index of each, as the payload lays them out
+_KEY_MAX = (1 << 31) - 1  # keys index distinct int32 ids
 _CAP = 7  # a step symbol holds sizes and drops below this; larger ones continue in an overflow stream
 
 
@@ -57,35 +58,52 @@ def encode_levels(
     levels < `levels`. Raises ValueError if a row holds one key twice at one level (ids repeated in a row).
     """
     n = len(keys)
-    # Sent order: level descending (= rank ascending), key ascending.
+    # Sent order: level descending (= rank ascending), key ascending. Unsigned from here on.
     rank, keys, perm = sort_within_rows(row_lengths, levels - 1 - level, levels, keys, max(n_dict, 1), with_order)
     starts = row_starts(row_lengths, n)
-    in_group = starts.copy()
-    in_group[1:] |= rank[1:] != rank[:-1]  # now True at every group's first entry
+    in_group = np.empty(n, dtype=bool)  # True at every group's first entry
+    in_group[:1] = True
+    np.not_equal(rank[1:], rank[:-1], out=in_group[1:])
+    in_group |= starts
     group_at = np.flatnonzero(in_group)
     first_of_row = starts[group_at]
-    last_of_row = np.r_[first_of_row[1:], True] if len(group_at) else first_of_row
+    inner = ~first_of_row[1:]  # groups (after the first) that continue a row
     group_rank = rank[group_at]
-    codes = keys.copy()
-    codes[1:] = np.where(in_group[1:], keys[1:], keys[1:] - keys[:-1] - 1)
-    if n and int(codes.min()) < 0:
+    codes = np.empty_like(keys)
+    codes[:1] = keys[:1]
+    np.subtract(keys[1:], keys[:-1], out=codes[1:])
+    codes -= 1
+    np.copyto(codes, keys, where=in_group)
+    # Keys ascend within a group; a repeated key wraps below zero, i.e. above every key (< 2**31).
+    if n and int(codes.max()) > _KEY_MAX:
         raise ValueError("top_ids repeat an id within a row; the lossy variant needs distinct ids per row")
-    groups_so_far = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(in_group, out=groups_so_far[1:])
-    offsets = row_offsets(row_lengths)
     values = {
-        "groups_per_row": groups_so_far[offsets[1:]] - groups_so_far[offsets[:-1]],
-        "group_sizes": (np.diff(group_at, append=n) - 1)[~last_of_row],
-        "first_levels": levels - 1 - group_rank[first_of_row],
-        "level_drops": (group_rank[1:] - group_rank[:-1] - 1)[~first_of_row[1:]],
+        "groups_per_row": _count_per_row(row_lengths, in_group),
+        "group_sizes": (np.diff(group_at) - 1)[inner],
+        "first_levels": (levels - 1) - group_rank[first_of_row],
+        "level_drops": (np.diff(group_rank) - 1)[inner],
     }
     return perm, codes, values
+
+
+def _count_per_row(row_lengths: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(R,) int64 number of True entries of `mask` (N,) in each row."""
+    rows, n = len(row_lengths), len(mask)
+    if rows and n == rows * int(row_lengths.max()):  # uniform rows (all as long as the longest)
+        return np.count_nonzero(mask.reshape(rows, -1), axis=1) if n else np.zeros(rows, dtype=np.int64)
+    out = np.zeros(rows, dtype=np.int64)
+    nonempty = row_lengths > 0
+    if n:
+        out[nonempty] = np.add.reduceat(mask, row_offsets(row_lengths)[:-1][nonempty], dtype=np.int64)
+    return out
 
 
 def split_steps(values: dict[str, np.ndarray]) -> dict[str, np.ndarray | bytes]:
     """group_sizes + level_drops -> group_steps (bytes), size_overflow, drop_overflow."""
     a, b = values["group_sizes"], values["level_drops"]
-    steps = (np.minimum(a, _CAP) * 8 + np.minimum(b, _CAP)).astype(np.uint8)
+    steps = np.minimum(a, _CAP).astype(np.uint8)
+    steps <<= 3
+    steps |= np.minimum(b, _CAP).astype(np.uint8)
     return {
         "group_steps": steps.tobytes(),
         "size_overflow": a[a >= _CAP] - _CAP,

@@ -72,7 +72,7 @@ def sort_within_rows(
     with_order: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Each row's entries sorted by (primary, secondary) ascending, rows in place:
-    (primary sorted (N,) int64, secondary sorted (N,) int64, the permutation (N,) int64 or None).
+    (primary sorted (N,), secondary sorted (N,), both uint32 or uint64; the permutation (N,) int64 or None).
 
     Keys are non-negative ints below their spans. Both keys (and, `with_order`, the entry's position as
     the last key, so equal pairs keep their order) are packed into one unsigned integer per entry and
@@ -82,8 +82,8 @@ def sort_within_rows(
     """
     n, rows = len(primary), len(row_lengths)
     if n == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, (empty if with_order else None)
+        empty = np.zeros(0, dtype=np.uint32)
+        return empty, empty, (np.zeros(0, dtype=np.int64) if with_order else None)
     longest = int(row_lengths.max())
     uniform = rows > 0 and n == rows * longest
     pos_bits = (longest - 1).bit_length() if with_order else 0
@@ -93,7 +93,7 @@ def sort_within_rows(
     width = row_bits + p_bits + s_bits + pos_bits
     if width > 64:
         order = within_row_order(row_lengths, primary, secondary, secondary_span)
-        return primary[order], secondary[order], order
+        return primary[order].astype(np.uint64), secondary[order].astype(np.uint64), order
     dtype = np.uint32 if width <= 32 else np.uint64
     packed = primary.astype(dtype) << dtype(s_bits + pos_bits)
     packed |= secondary.astype(dtype) << dtype(pos_bits)
@@ -111,6 +111,8 @@ def sort_within_rows(
     order = None
     if with_order:
         order = (packed & dtype((1 << pos_bits) - 1)).astype(np.int64) + np.repeat(first, row_lengths)
-    sorted_secondary = ((packed >> dtype(pos_bits)) & dtype((1 << s_bits) - 1)).astype(np.int64)
-    sorted_primary = ((packed >> dtype(s_bits + pos_bits)) & dtype((1 << p_bits) - 1)).astype(np.int64)
+    sorted_secondary = (packed >> dtype(pos_bits)) & dtype((1 << s_bits) - 1)
+    sorted_primary = packed >> dtype(s_bits + pos_bits)
+    if not uniform:
+        sorted_primary &= dtype((1 << p_bits) - 1)  # drop the row
     return sorted_primary, sorted_secondary, order

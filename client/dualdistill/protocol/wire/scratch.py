@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-BLOCK = 1 << 16  # entries per block of block-wise work: its float64 temporaries are 64 KiB
+BLOCK = 1 << 16  # entries per block of block-wise work (float64 temporaries of 512 KiB)
 _KEEP_BYTES = 64 << 20  # larger buffers are handed out once and not kept (memory held per thread)
 _local = threading.local()
 
