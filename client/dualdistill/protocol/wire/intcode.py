@@ -34,11 +34,12 @@ _ONE, _63 = np.uint64(1), np.uint64(63)
 
 
 def to_symbols(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(V,) integers in [0, 2**32) -> symbols (V,) uint8, extra (V,) uint64, extra_bits (V,) uint64
-    (0 for the values below DIRECT). Values below 2**16 (almost all of them) are looked up in tables."""
+    """(V,) integers in [0, 2**32) -> symbols (V,) uint8, extra (V,) and extra_bits (V,) (0 for the values
+    below DIRECT): uint32 and uint8 if all values are below 2**16 (looked up in tables), else uint64."""
     x = np.asarray(values)
     if x.size and int(x.max()) < len(_SYMBOL_OF):
-        return _SYMBOL_OF.take(x), (x & _EXTRA_MASK_OF.take(x)).astype(np.uint64), _NBITS_OF.take(x)
+        at = x.astype(np.intp, copy=False)
+        return _SYMBOL_OF.take(at), at.astype(np.uint32) & _EXTRA_MASK_OF.take(at), _NBITS_OF.take(at)
     x = x.astype(np.uint64)
     # floor(log2 x) from the float64 exponent field (exact: integers < 2**53 are exact in float64).
     msb = (np.maximum(x, _U64(DIRECT)).astype(np.float64).view(np.uint64) >> _U64(52)) - _U64(1023)
@@ -108,10 +109,11 @@ def _place(words: np.ndarray, values: np.ndarray, nbits: np.ndarray, start_bit: 
 
 def _pairs(values: np.ndarray, nbits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fields joined two by two (an odd last one with an empty field): the same bit string in half as
-    many fields, (values, nbits) as uint64. Only for fields whose pairs fit in 63 bits."""
+    many fields, (values, nbits) in the values' dtype. Only for fields whose pairs fit in that dtype
+    (and in 63 bits)."""
     if len(values) % 2:
         values, nbits = np.append(values, values.dtype.type(0)), np.append(nbits, nbits.dtype.type(0))
-    right = nbits[1::2].astype(np.uint64)
+    right = nbits[1::2].astype(values.dtype)
     return (values[0::2] << right) | values[1::2], nbits[0::2] + right
 
 
@@ -133,6 +135,8 @@ def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
         top = int(nbits.max())
         if top:
             while len(nbits) > 1 and 2 * top <= 63:
+                if 2 * top > 8 * extra.itemsize:
+                    extra = extra.astype(np.uint64)
                 (extra, nbits), top = _pairs(extra, nbits), 2 * top
             bits = int(nbits.sum())
             fields.append((extra, nbits, total))

@@ -17,6 +17,7 @@ the exact data and takes the smallest M whose mean KL is at most the target.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -28,6 +29,7 @@ MAX_LEVELS = 1 << 20
 _CALIBRATION_STEPS = 2  # rescalings of M by the KL measured on a subsample
 _SAMPLE_ENTRIES = 1 << 14  # subsample size for the rescalings
 _BUMP_STEPS = 80  # increases of M (by >= 1%) while the KL on all entries is above target
+_CACHED_LEVELS = 1 << 14  # `_decoded` keeps the per-level tables of M up to this (<= 256 KiB each)
 _ROOT_SLACK = 1e-12  # relative margin of `_Entries.levels` around sqrt(exp(x)) ~ exp(x / 2)
 
 
@@ -94,6 +96,22 @@ class _Entries:
         return self._level
 
 
+def _decoded(levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(log q, q) per level (M,) float64, as a decoder reads them (float32 logprobs); read-only, cached
+    for the M of ordinary payloads (they repeat from one payload to the next)."""
+    return _decoded_cached(levels) if levels <= _CACHED_LEVELS else _decoded_values(levels)
+
+
+def _decoded_values(levels: int) -> tuple[np.ndarray, np.ndarray]:
+    log_q = dequantize(np.arange(levels), levels).astype(np.float64)
+    q = np.exp(log_q)
+    log_q.flags.writeable = q.flags.writeable = False
+    return log_q, q
+
+
+_decoded_cached = functools.lru_cache(maxsize=64)(_decoded_values)
+
+
 def _kl_of(entries: _Entries, n_rows: float):
     """A function M -> (mean over rows of KL(exact || quantized) over the entries (tails are exact),
     the entries' levels at M): KL = sum_e [p_e (ln p_e - ln q_e) - p_e + q_e] / n_rows,
@@ -102,10 +120,10 @@ def _kl_of(entries: _Entries, n_rows: float):
 
     def kl(levels: int) -> tuple[float, np.ndarray]:
         level = entries.levels(levels)
-        log_q = dequantize(np.arange(levels), levels).astype(np.float64)  # per level, as decoded (float32)
+        log_q, q = _decoded(levels)
         mass = np.bincount(level, weights=entries.p, minlength=levels)
         count = np.bincount(level, minlength=levels)
-        value = entries.constant - float(mass @ log_q) + float(count @ np.exp(log_q))
+        value = entries.constant - float(mass @ log_q) + float(count @ q)
         return value / max(n_rows, 1e-300), level
 
     return kl
