@@ -37,6 +37,7 @@ from bench.common import (
 )
 
 BATCH, SEQ_LEN, START, TOP_K = 32, 64, 8, 128
+GOAL_SPEEDUP = 3.0  # "several times faster": old / new CPU per position, lossy, both vocabularies
 
 
 def tiny_vocab_response(vocab: int = 320, seed: int = 0) -> list:
@@ -101,11 +102,27 @@ def render(rows: list[dict], args: argparse.Namespace, info: dict, argv: list[st
         for r in rows
     ]
     lines.append(markdown_table(["input", "variant", "bytes/position", "old µs/pos", "new µs/pos", "old / new"], table))
+    goal = goal_row(rows)
+    lines.append(f"\nGoal ({goal['goal']}): {'met' if goal['met'] else 'not met'} — {goal['measured']}.")
     lines.append(
         f"\n1-minute load average before / after: {load[0]:.1f} / {load[1]:.1f} on {info['cores']} cores "
         "(the machine was shared: absolute times are inflated, the same-run ratios much less).\n"
     )
     return "\n".join(lines)
+
+
+def goal_row(rows: list[dict]) -> dict:
+    lossy = [r for r in rows if r["variant"] == "lossy"]
+    ratios = {r["input"]: ratio_summary(r["old"], r["new"]).median for r in lossy}
+    return {
+        "item": "wire encoder speed (cpu)",
+        "goal": f"lossy k={TOP_K}: old / new CPU per position >= {GOAL_SPEEDUP:g}x, same bytes",
+        "measured": ", ".join(
+            f"{name}: {ratios[name]:.2f}x ({summarize(r['new']).median:.1f} us/pos)" for name, r in
+            ((r["input"], r) for r in lossy)
+        ),
+        "met": all(v >= GOAL_SPEEDUP for v in ratios.values()),
+    }
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -124,7 +141,7 @@ def run(argv: list[str]) -> Section:
     before = os.getloadavg()[0]
     rows = measure(args.rounds)
     load = (before, os.getloadavg()[0])
-    data = {"machine": info, "argv": argv, "rows": rows, "load": load}
+    data = {"machine": info, "argv": argv, "rows": rows, "load": load, "goals": [goal_row(rows)]}
     return Section("wire_encode_speed", "Wire encoder speed", render(rows, args, info, argv, load), data)
 
 

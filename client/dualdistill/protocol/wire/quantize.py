@@ -30,6 +30,7 @@ _CALIBRATION_STEPS = 2  # rescalings of M by the KL measured on a subsample
 _SAMPLE_ENTRIES = 1 << 14  # subsample size for the rescalings
 _BUMP_STEPS = 80  # increases of M (by >= 1%) while the KL on all entries is above target
 _CACHED_LEVELS = 1 << 14  # `_decoded` keeps the per-level tables of M up to this (<= 256 KiB each)
+_EXP_UNDERFLOW = -740.0  # exp(x) > 0 in float64 for every x above this (it underflows to 0 below ~-745.1)
 _ROOT_SLACK = 1e-12  # relative margin of `_Entries.levels` around sqrt(exp(x)) ~ exp(x / 2)
 
 
@@ -76,7 +77,10 @@ class _Entries:
             log_p = logprobs[b].astype(np.float64)
             p = np.exp(log_p, out=self.p[b])
             np.sqrt(p, out=self.approx_root[b])
-            np.multiply(p, np.where(p > 0, log_p, 0.0), out=plogp[b])
+            if log_p.size and log_p.min() > _EXP_UNDERFLOW:  # every p > 0 (the usual case)
+                np.multiply(p, log_p, out=plogp[b])
+            else:  # p = 0 entries (-inf, or exp underflow) contribute 0 here, not 0 * -inf = nan
+                np.multiply(p, np.where(p > 0, log_p, 0.0), out=plogp[b])
         # Sums over the whole arrays (numpy's pairwise order), as a plain (p * ...).sum() - p.sum().
         self.constant = float(plogp.sum() - self.p.sum())  # p = 0 entries contribute q only
 

@@ -17,7 +17,7 @@ import threading
 import numpy as np
 
 BLOCK = 1 << 16  # entries per block of block-wise work (float64 temporaries of 512 KiB)
-_KEEP_BYTES = 64 << 20  # larger buffers are handed out once and not kept (memory held per thread)
+_KEEP_BYTES = 16 << 20  # larger buffers are handed out once, not kept: a thread holds <= ~5 of this size
 _local = threading.local()
 
 
