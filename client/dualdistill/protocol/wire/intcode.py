@@ -29,6 +29,7 @@ DIRECT = 16  # values below this are their own symbol
 NUM_SYMBOLS = DIRECT + 4 * (32 - 4)  # 128: every value < 2**32
 CHUNK = 1 << 16  # values per vectorised step (temporaries of <= 512 KiB)
 
+_PAIRING_MIN = 1 << 10  # extra-bit fields are joined in pairs while at least this many are left
 _U64 = np.uint64
 _ONE, _63 = np.uint64(1), np.uint64(63)
 
@@ -134,7 +135,7 @@ def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
         symbols.append(chunk_symbols)
         top = int(nbits.max())
         if top:
-            while len(nbits) > 1 and 2 * top <= 63:
+            while len(nbits) >= _PAIRING_MIN and 2 * top <= 63:
                 if 2 * top > 8 * extra.itemsize:
                     extra = extra.astype(np.uint64)
                 (extra, nbits), top = _pairs(extra, nbits), 2 * top

@@ -69,11 +69,12 @@ def encode_levels(
     first_of_row = starts[group_at]
     inner = ~first_of_row[1:]  # groups (after the first) that continue a row
     group_rank = rank[group_at]
-    codes = np.empty_like(keys)
-    codes[:1] = keys[:1]
-    np.subtract(keys[1:], keys[:-1], out=codes[1:])
-    codes -= 1
-    np.copyto(codes, keys, where=in_group)
+    # codes = key - (previous key + 1) inside a group, the key itself at a group's start
+    before = np.empty_like(keys)
+    before[:1] = 0
+    np.add(keys[:-1], 1, out=before[1:])
+    before *= ~in_group
+    codes = keys - before
     # Keys ascend within a group; a repeated key wraps below zero, i.e. above every key (< 2**31).
     if n and int(codes.max()) > _KEY_MAX:
         raise ValueError("top_ids repeat an id within a row; the lossy variant needs distinct ids per row")
