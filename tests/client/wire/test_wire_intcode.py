@@ -68,6 +68,14 @@ def test_long_small_value_streams_match_the_reference(top):
     assert intcode.encode_uints([values[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]) == expected
 
 
+@pytest.mark.parametrize("n", [0, 1, 7, intcode._SMALL, intcode._SMALL + 1])
+def test_short_streams_match_the_reference(n):
+    """Short streams are packed another way (a bit matrix); all widths up to 29 bits."""
+    rng = np.random.default_rng(n)
+    values = (rng.integers(0, 2**32, n, dtype=np.uint64) >> rng.integers(0, 33, n).astype(np.uint64)).tolist()
+    assert intcode.encode_uints(np.array(values, dtype=np.uint64)) == reference_encode(values)
+
+
 def test_symbol_table():
     assert intcode.NUM_SYMBOLS == 128
     assert intcode.encode_uints(np.array([2**32 - 1], dtype=np.uint64))[0] == bytes([127])

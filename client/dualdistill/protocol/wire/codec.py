@@ -235,7 +235,9 @@ def _flatten(results: Sequence[SequenceLogits], lossless: bool, in_scratch: bool
 def _concat(results: list[SequenceLogits], name: str, dtype, scratch_name: str | None = None) -> np.ndarray:
     """One array of all sequences' `name`, cast while it is copied (one pass); into a scratch buffer if
     `scratch_name` is given."""
-    parts = [np.ravel(getattr(r, name)) for r in results]
+    parts = [getattr(r, name) for r in results]  # 1-D arrays as SequenceLogits makes them
+    if not all(type(p) is np.ndarray and p.ndim == 1 for p in parts):  # set to something else since
+        parts = [np.ravel(p) for p in parts]
     if not parts:
         return np.zeros(0, dtype=dtype)
     if scratch_name is None:

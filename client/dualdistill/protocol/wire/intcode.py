@@ -29,6 +29,7 @@ DIRECT = 16  # values below this are their own symbol
 NUM_SYMBOLS = DIRECT + 4 * (32 - 4)  # 128: every value < 2**32
 CHUNK = 1 << 16  # values per vectorised step (temporaries of <= 512 KiB)
 
+_SMALL = 1 << 8  # streams up to this many values are packed through a bit matrix (fewer numpy calls)
 _PAIRING_MIN = 1 << 10  # extra-bit fields are joined in pairs while at least this many are left
 _U64 = np.uint64
 _ONE, _63 = np.uint64(1), np.uint64(63)
@@ -118,6 +119,17 @@ def _pairs(values: np.ndarray, nbits: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return (values[0::2] << right) | values[1::2], nbits[0::2] + right
 
 
+def _small_extra_bits(extra: np.ndarray, nbits: np.ndarray) -> bytes:
+    """The packed extra-bit string of a short stream (few numpy calls: a bit matrix, then packbits)."""
+    width = int(nbits.max(initial=0))
+    if width == 0:
+        return b""
+    shifts = np.arange(width - 1, -1, -1, dtype=np.uint64)
+    bits = (extra.astype(np.uint64)[:, None] >> shifts) & _ONE  # (V, width), most significant first
+    used = shifts < nbits.astype(np.uint64)[:, None]  # a field's own nbits low bits
+    return np.packbits(bits[used].astype(np.uint8)).tobytes()
+
+
 def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
     """(V,) integers in [0, 2**32), or a list of arrays taken as one sequence -> (symbol bytes (V,),
     packed extra bits).
@@ -128,6 +140,9 @@ def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
     are joined in pairs while a pair fits in 63 bits: fewer, wider fields to place.
     """
     arrays = values if isinstance(values, list) else [values]
+    if len(arrays) == 1 and len(arrays[0]) <= _SMALL:
+        symbols, extra, nbits = to_symbols(arrays[0])
+        return symbols.tobytes(), _small_extra_bits(extra, nbits)
     chunks = [np.asarray(a)[lo : lo + CHUNK] for a in arrays for lo in range(0, len(a), CHUNK)]
     symbols, fields, total = [], [], 0
     for chunk in chunks:
