@@ -88,7 +88,40 @@ def measure(rounds: int) -> list[dict]:
     return rows
 
 
-def render(rows: list[dict], args: argparse.Namespace, info: dict, argv: list[str], load: tuple) -> str:
+def stage_times(rounds: int) -> dict[str, list[float]]:
+    """CPU µs per position of each stage of the new lossy encoder on the vocab-320 response, each stage
+    run alone on the previous stage's output (`codec.encode` runs them in this order)."""
+    from dualdistill.protocol.wire import codec, container, dictionary
+    from dualdistill.protocol.wire.quantize import DEFAULT_TARGET_KL, quantize_for_target
+
+    results = tiny_vocab_response()
+    seq_rows, row_lengths, ids, logprobs, *_ = codec._flatten(results, False)
+    key_to_id, _, keys = dictionary.build(ids)
+    quant, level = quantize_for_target(logprobs, len(row_lengths), DEFAULT_TARGET_KL)
+    level = level.copy()  # out of the scratch buffer the next quantizer call reuses
+    parts = codec._encode_blocks(row_lengths, keys, level, quant, len(key_to_id), None)
+    uint_names = ("key_codes", "groups_per_row", "first_levels", "size_overflow", "drop_overflow")
+    streams = [s for name in uint_names for s in container.uint_streams(parts[name])]
+    stages = {
+        "flatten and validate": lambda: codec._flatten(results, False, in_scratch=True),
+        "id dictionary": lambda: dictionary.build(ids),
+        "quantizer (exp, KL search, levels)": lambda: quantize_for_target(logprobs, len(row_lengths), DEFAULT_TARGET_KL),
+        "tie groups and key codes": lambda: codec._encode_blocks(row_lengths, keys, level, quant, len(key_to_id), None),
+        "integer streams (symbols, extra bits)": lambda: [container.uint_streams(parts[n]) for n in uint_names],
+        "zstd of those streams": lambda: [container._compressor().compress(s) for s in streams if s],
+        "whole wire.encode": lambda: codec.encode(results),
+    }
+    positions = len(row_lengths)
+    times = {name: [] for name in stages}
+    for _ in range(rounds + 1):
+        for name, fn in stages.items():
+            begin = time.thread_time()
+            fn()
+            times[name].append((time.thread_time() - begin) / positions * 1e6)
+    return {name: values[1:] for name, values in times.items()}
+
+
+def render(rows: list[dict], stages: dict, args: argparse.Namespace, info: dict, argv: list[str], load: tuple) -> str:
     lines = [header("Wire encoder speed", command_line("bench/wire_encode_speed.py", argv), info)]
     lines.append(
         f"`wire.encode` of one response of {BATCH} sequences x {SEQ_LEN - START} positions at k = {TOP_K} "
@@ -102,6 +135,11 @@ def render(rows: list[dict], args: argparse.Namespace, info: dict, argv: list[st
         for r in rows
     ]
     lines.append(markdown_table(["input", "variant", "bytes/position", "old µs/pos", "new µs/pos", "old / new"], table))
+    lines.append(
+        f"\nWhere the new encoder's time goes (vocab 320, lossy; each stage alone on the previous one's output, "
+        f"CPU µs per position, median [IQR] over {args.rounds} rounds):\n"
+    )
+    lines.append(markdown_table(["stage", "µs/pos"], [[k, fmt(summarize(v))] for k, v in stages.items()]))
     goal = goal_row(rows)
     lines.append(f"\nGoal ({goal['goal']}): {'met' if goal['met'] else 'not met'} — {goal['measured']}.")
     lines.append(
@@ -140,9 +178,11 @@ def run(argv: list[str]) -> Section:
     info = machine_info()
     before = os.getloadavg()[0]
     rows = measure(args.rounds)
+    stages = stage_times(args.rounds)
     load = (before, os.getloadavg()[0])
-    data = {"machine": info, "argv": argv, "rows": rows, "load": load, "goals": [goal_row(rows)]}
-    return Section("wire_encode_speed", "Wire encoder speed", render(rows, args, info, argv, load), data)
+    data = {"machine": info, "argv": argv, "rows": rows, "stages": stages, "load": load, "goals": [goal_row(rows)]}
+    markdown = render(rows, stages, args, info, argv, load)
+    return Section("wire_encode_speed", "Wire encoder speed", markdown, data)
 
 
 def main(argv: list[str] | None = None) -> None:
