@@ -95,8 +95,12 @@ def sort_within_rows(
         order = within_row_order(row_lengths, primary, secondary, secondary_span)
         return primary[order].astype(np.uint64), secondary[order].astype(np.uint64), order
     dtype = np.uint32 if width <= 32 else np.uint64
-    packed = primary.astype(dtype) << dtype(s_bits + pos_bits)
-    packed |= secondary.astype(dtype) << dtype(pos_bits)
+    packed = primary.astype(dtype)
+    packed <<= dtype(s_bits + pos_bits)
+    if pos_bits:
+        packed |= secondary.astype(dtype) << dtype(pos_bits)
+    else:
+        np.bitwise_or(packed, secondary, out=packed, casting="unsafe")
     if uniform:  # (R, k) rows: positions broadcast along a row, one sort per row
         if pos_bits:
             packed.reshape(rows, longest)[:] |= np.arange(longest, dtype=dtype)
@@ -111,7 +115,7 @@ def sort_within_rows(
     order = None
     if with_order:
         order = (packed & dtype((1 << pos_bits) - 1)).astype(np.int64) + np.repeat(first, row_lengths)
-    sorted_secondary = (packed >> dtype(pos_bits)) & dtype((1 << s_bits) - 1)
+    sorted_secondary = (packed >> dtype(pos_bits) if pos_bits else packed) & dtype((1 << s_bits) - 1)
     sorted_primary = packed >> dtype(s_bits + pos_bits)
     if not uniform:
         sorted_primary &= dtype((1 << p_bits) - 1)  # drop the row
