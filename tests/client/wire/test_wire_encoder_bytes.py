@@ -118,3 +118,15 @@ def test_realistic_teacher_rows_encode_to_the_reference_bytes(target_kl):
     results = teacher_response(sequences=6, rows=64, k=128, seed=5)
     _assert_same_bytes(results, target_kl=target_kl)
     _assert_same_bytes(results, lossless=True)
+
+
+def test_threads_encoding_at_once_write_the_same_bytes():
+    """Scratch buffers and the zstd compressor are per thread: concurrent encodes of different responses
+    must not see each other's temporaries."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    responses = [_response(seed, 320, 128, [150, 120], seed % 2 == 1, "plain", "sorted", 320) for seed in range(6)]
+    expected = [reference_encoder.encode(r) for r in responses]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for _ in range(3):
+            assert list(pool.map(wire.encode, responses)) == expected
