@@ -69,7 +69,7 @@ def encode(
 
 
 def _encode_blocks(row_lengths, keys, values, quant, n_dict, counts) -> dict[str, list]:
-    """Row-local coding block by block (cache-sized temporaries, no full-size ones): {stream: its parts
+    """Row-local coding block by block (block-sized temporaries, no full-size ones): {stream: its parts
     in order}, for the key codes, the counts in the sent order and the variant's streams. `values`: the
     logprobs (lossless, quant == 0) or their levels at M = quant (lossy)."""
     parts = defaultdict(list)
