@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,11 @@ def tiny_vocab_response(vocab: int = 320, seed: int = 0) -> list:
     return out
 
 
+def _page_faults() -> int:
+    """Minor page faults of this process so far (a fresh page of a new array costs one)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def measure(rounds: int) -> list[dict]:
     from dualdistill.protocol import wire
     from tests.client.wire import reference_encoder
@@ -74,16 +80,18 @@ def measure(rounds: int) -> list[dict]:
             payload = wire.encode(results, lossless=lossless)
             if payload != reference_encoder.encode(results, lossless=lossless):
                 raise RuntimeError(f"{name}, lossless={lossless}: the encoders wrote different bytes")
-            times = {"old": [], "new": []}
+            times, faults = {"old": [], "new": []}, {"old": [], "new": []}
             for r in range(rounds + 1):
                 for label in ("old", "new") if r % 2 else ("new", "old"):
-                    begin = time.thread_time()
+                    faulted, begin = _page_faults(), time.thread_time()
                     encoders[label](results, lossless=lossless)
                     if r:  # round 0 warms both up
                         times[label].append((time.thread_time() - begin) / positions * 1e6)
+                        faults[label].append(_page_faults() - faulted)
             rows.append(
                 {"input": name, "variant": "lossless" if lossless else "lossy", "positions": positions,
-                 "bytes_per_position": len(payload) / positions, **times}  # fmt: skip
+                 "bytes_per_position": len(payload) / positions, **times,
+                 "faults_old": faults["old"], "faults_new": faults["new"]}  # fmt: skip
             )
             print(f"[wire_encode_speed] {name} {rows[-1]['variant']} done", file=sys.stderr)
     return rows
@@ -128,14 +136,17 @@ def render(rows: list[dict], stages: dict, args: argparse.Namespace, info: dict,
         f"`wire.encode` of one response of {BATCH} sequences x {SEQ_LEN - START} positions at k = {TOP_K} "
         "(the service bench's shape), against the encoder before its speed-up (a frozen copy in "
         "tests/client/wire/reference_encoder.py) in the same process; both write the same bytes (checked). "
-        f"CPU µs per position, median [IQR] over {args.rounds} rounds, and the per-round ratio old / new.\n"
+        f"CPU µs per position, median [IQR] over {args.rounds} rounds, the per-round ratio old / new, and the "
+        "median minor page faults per call.\n"
     )
     table = [
         [r["input"], r["variant"], f"{r['bytes_per_position']:.1f}", fmt(summarize(r["old"])),
-         fmt(summarize(r["new"])), fmt(ratio_summary(r["old"], r["new"]))]  # fmt: skip
+         fmt(summarize(r["new"])), fmt(ratio_summary(r["old"], r["new"])),
+         f"{summarize(r['faults_old']).median:.0f} / {summarize(r['faults_new']).median:.0f}"]  # fmt: skip
         for r in rows
     ]
-    lines.append(markdown_table(["input", "variant", "bytes/position", "old µs/pos", "new µs/pos", "old / new"], table))
+    headers = ["input", "variant", "bytes/position", "old µs/pos", "new µs/pos", "old / new", "page faults old / new"]
+    lines.append(markdown_table(headers, table))
     lines.append(
         f"\nWhere the new encoder's time goes (vocab 320, lossy; each stage alone on the previous one's output, "
         f"CPU µs per position, median [IQR] over {args.rounds} rounds):\n"

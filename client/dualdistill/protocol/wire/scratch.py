@@ -1,10 +1,10 @@
 """Per-thread scratch arrays for the encoder's full-size temporaries, kept between calls.
 
-A fresh multi-megabyte numpy array is mapped and zero-filled by the kernel page by page when it is first
-written, and glibc hands large freed blocks back to the kernel; the quantizer's few full-size arrays
-(one float64 per entry each) then cost thousands of page faults per payload, more than their arithmetic
-(docs/benchmarks.md, "Wire encoder speed"). The encoder writes them into these buffers instead; per-entry
-work that needs no full-size array runs in cache-sized blocks (BLOCK).
+A fresh multi-megabyte numpy array may be mapped and zero-filled by the kernel page by page when it is
+first written (glibc hands large freed blocks back to the kernel), so depending on the allocator's state
+the quantizer's few full-size arrays (one float64 per entry each) can cost a page fault per 4 KiB on
+every payload. The encoder writes them into these buffers instead; per-entry work that needs no
+full-size array runs in blocks (BLOCK).
 
 `array(name, n, dtype)` returns a view that stays valid until the next request for the same name on
 the same thread; nothing an encoder returns to its caller may alias one.
