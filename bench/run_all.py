@@ -37,6 +37,7 @@ SECTIONS = [
     ),
     ("fsdp_memory", "bench/fsdp_memory.py --steps 2", "Sharded students"),
     ("wire", "bench/wire.py", "Wire size and fidelity"),
+    ("wire_encode_speed", "bench/wire_encode_speed.py", "Wire encoder speed"),
     ("service_overhead", "bench/service_overhead.py", "Service overhead"),
     ("many_students", "bench/many_students.py", "Many students"),
     ("trainer_stall", "bench/trainer_stall.py", "Trainer stall"),

@@ -54,6 +54,28 @@ def test_round_trip_across_chunks_and_word_boundaries():
     assert reference_encode(values.tolist()) == (symbols, extra)
 
 
+@pytest.mark.parametrize("top", [16, 300, 1 << 16])
+def test_long_small_value_streams_match_the_reference(top):
+    """Values below 2**16 take the table path, and long streams join their extra-bit fields in pairs; an
+    odd count, mostly-empty fields and a list of arrays (one sequence) must give the same bytes."""
+    rng = np.random.default_rng(top)
+    values = rng.integers(0, top, 2 * intcode.CHUNK + 4099)
+    values[rng.random(len(values)) < 0.5] = 3  # runs of fields without extra bits
+    expected = reference_encode(values.tolist())
+    assert intcode.encode_uints(values) == expected
+    assert intcode.encode_uints(values.astype(np.uint32)) == expected
+    cuts = [0, 5, 1000, intcode.CHUNK + 7, len(values)]
+    assert intcode.encode_uints([values[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]) == expected
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, intcode._SMALL, intcode._SMALL + 1])
+def test_short_streams_match_the_reference(n):
+    """Short streams are packed another way (a bit matrix); all widths up to 29 bits."""
+    rng = np.random.default_rng(n)
+    values = (rng.integers(0, 2**32, n, dtype=np.uint64) >> rng.integers(0, 33, n).astype(np.uint64)).tolist()
+    assert intcode.encode_uints(np.array(values, dtype=np.uint64)) == reference_encode(values)
+
+
 def test_symbol_table():
     assert intcode.NUM_SYMBOLS == 128
     assert intcode.encode_uints(np.array([2**32 - 1], dtype=np.uint64))[0] == bytes([127])

@@ -197,6 +197,14 @@ def test_invalid_inputs_are_refused_by_the_encoder():
         wire.encode([good, SequenceLogits([1], [4], [-0.5], [-1], [-2], counts=[3])])
     with pytest.raises(ValueError, match="NaN"):
         wire.encode([SequenceLogits([1], [4], [np.nan], [-1], [-2])])
+    for value in (np.inf, 100.0):  # not log-probabilities; lossless keeps them
+        bad = SequenceLogits([2], [4, 5], [-1.0, value], [-1], [-2])
+        with pytest.raises(ValueError, match=r"\+inf or values above 64"):
+            wire.encode([bad])
+        assert wire.decode(wire.encode([bad], lossless=True))[0].equals(bad)
+    repeated = SequenceLogits([3], [7, 2, 7], [-0.5, -1.0, -0.5], [-1], [-2])  # id 7 twice at one level
+    with pytest.raises(ValueError, match="repeat an id within a row"):
+        wire.encode([repeated])
     with pytest.raises(ValueError, match="target_kl"):
         wire.encode([good], target_kl=0.0)
     good.top_ids = np.array([1], dtype=np.int32)  # mutated after construction

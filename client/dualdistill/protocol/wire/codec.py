@@ -1,8 +1,8 @@
 """`encode` / `decode`: all sequences of one response in one self-describing payload.
 
 Call tree:
-    encode -> _flatten -> dictionary.build -> _encode_blocks -> (lossy | lossless).encode_entries
-           -> container.pack
+    encode -> _flatten -> dictionary.build -> quantize_for_target (lossy)
+           -> _encode_blocks -> (lossy.encode_levels | lossless.encode_entries) -> container.pack
     decode -> container.unpack -> _structure -> _dictionary -> _decode_blocks
            -> (lossy | lossless).decode_entries -> _split
 
@@ -18,22 +18,26 @@ Stream layout (index: content); integer streams are pairs (symbols, extra bits),
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
 
 from dualdistill.protocol.results import SequenceLogits
-from dualdistill.protocol.wire import container, dictionary
+from dualdistill.protocol.wire import container, dictionary, scratch
 from dualdistill.protocol.wire import lossless as lossless_entries
 from dualdistill.protocol.wire import lossy as lossy_entries
 from dualdistill.protocol.wire.container import FLAG_COUNTS, LOSSLESS, LOSSY, Header, Stream, uint_streams
 from dualdistill.protocol.wire.errors import WireFormatError
-from dualdistill.protocol.wire.quantize import DEFAULT_TARGET_KL, choose_levels
+from dualdistill.protocol.wire.quantize import DEFAULT_TARGET_KL, quantize_for_target
 from dualdistill.protocol.wire.ragged import row_blocks, row_offsets, segment_cumsum
 
 DEFAULT_MAX_ENTRIES = 1 << 27  # decode refuses payloads declaring more rows/entries (~1.6 GB decoded)
-BLOCK_ENTRIES = 1 << 14  # row-local work runs on blocks of about this many entries (cache-sized)
+BLOCK_ENTRIES = 1 << 16  # row-local work runs on blocks of about this many entries (cache-sized)
 _INT32_MAX = (1 << 31) - 1
+# Lossy top_logprobs above this are refused: log-probabilities are <= 0 (rounding may leave one a hair
+# above), and far larger values are not log-probabilities (exp() of them overflows the quantizer's sums).
+_MAX_LOSSY_LOGPROB = 64.0
 
 
 def encode(
@@ -42,30 +46,50 @@ def encode(
     """Serialise one response's sequences. Lossless: bit-exact. Lossy: logprobs quantized (quantize.py)
     for a mean KL(exact || decoded) of about `target_kl` nats per row; ids, counts, token and tail
     logprobs stay exact and rows come back sorted by decoded logprob (ties by key)."""
-    seq_rows, row_lengths, ids, logprobs, token, tail, counts = _flatten(results, lossless)
+    seq_rows, row_lengths, ids, logprobs, token, tail, counts = _flatten(results, lossless, in_scratch=True)
     key_to_id, key_classes, keys = dictionary.build(ids)
     n_rows, n_entries, n_dict = len(row_lengths), len(ids), len(key_to_id)
-    quant = 0 if lossless else choose_levels(logprobs, n_rows, target_kl)
-    codes, values, perm = _encode_blocks(row_lengths, keys, logprobs, quant, n_dict)
-    if counts is not None and perm is not None:
-        counts = counts[perm]
+    quant, level = (0, None) if lossless else quantize_for_target(logprobs, n_rows, target_kl)
+    parts = _encode_blocks(row_lengths, keys, logprobs if lossless else level, quant, n_dict, counts)
     streams = [
         *uint_streams(seq_rows),
         *uint_streams(row_lengths),
         *(part for values in dictionary.to_streams(key_to_id, key_classes) for part in uint_streams(values)),
-        *uint_streams(codes),
+        *uint_streams(parts["key_codes"]),
         _planes(token),
         _planes(tail),
-        *(uint_streams(counts) if counts is not None else [b"", b""]),
+        *(uint_streams(parts["counts"]) if counts is not None else [b"", b""]),
     ]
     assert len(streams) == Stream.VARIANT, "the common streams must be laid out as container.Stream says"
-    if not lossless:
-        values.update(lossy_entries.split_steps(values))
     for name, kind in lossless_entries.STREAMS if lossless else lossy_entries.STREAMS:
-        streams += uint_streams(values[name]) if kind == "uint" else [values[name]]
+        streams += uint_streams(parts[name]) if kind == "uint" else [b"".join(parts[name])]
     flags = FLAG_COUNTS if counts is not None else 0
     header = Header(LOSSLESS if lossless else LOSSY, flags, len(seq_rows), n_rows, n_entries, n_dict, quant)
     return container.pack(header, streams)
+
+
+def _encode_blocks(row_lengths, keys, values, quant, n_dict, counts) -> dict[str, list]:
+    """Row-local coding block by block (block-sized temporaries, no full-size ones): {stream: its parts
+    in order}, for the key codes, the counts in the sent order and the variant's streams. `values`: the
+    logprobs (lossless, quant == 0) or their levels at M = quant (lossy)."""
+    parts = defaultdict(list)
+    offsets = row_offsets(row_lengths)
+    for r0, r1 in row_blocks(row_lengths, BLOCK_ENTRIES):
+        e0, e1 = offsets[r0], offsets[r1]
+        lengths = row_lengths[r0:r1]
+        if quant == 0:
+            block, codes, perm = lossless_entries.encode_entries(lengths, values[e0:e1]), keys[e0:e1], None
+        else:
+            perm, codes, block = lossy_entries.encode_levels(
+                lengths, keys[e0:e1], values[e0:e1], quant, n_dict, with_order=counts is not None
+            )
+            block.update(lossy_entries.split_steps(block))
+        parts["key_codes"].append(codes)
+        if counts is not None:
+            parts["counts"].append(counts[e0:e1] if perm is None else counts[e0:e1][perm])
+        for name, part in block.items():
+            parts[name].append(part)
+    return parts
 
 
 def decode(payload: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> list[SequenceLogits]:
@@ -124,27 +148,6 @@ def _variant_values(
     }
 
 
-def _encode_blocks(row_lengths, keys, logprobs, quant, n_dict):
-    """Row-local coding block by block: (codes (N,), {stream: values}, permutation or None if lossless)."""
-    codes, parts, perms = [], [], []
-    offsets = row_offsets(row_lengths)
-    for r0, r1 in row_blocks(row_lengths, BLOCK_ENTRIES):
-        e0, e1 = offsets[r0], offsets[r1]
-        lengths = row_lengths[r0:r1]
-        if quant == 0:
-            parts.append(lossless_entries.encode_entries(lengths, logprobs[e0:e1]))
-            codes.append(keys[e0:e1])
-        else:
-            perm, code, values = lossy_entries.encode_entries(
-                lengths, keys[e0:e1], logprobs[e0:e1], quant, n_dict
-            )
-            parts.append(values)
-            codes.append(code)
-            perms.append(perm + e0)
-    values = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    return np.concatenate(codes), values, (np.concatenate(perms) if perms else None)
-
-
 def _decode_blocks(row_lengths, codes, values, quant, n_dict) -> tuple[np.ndarray, np.ndarray]:
     """Per row block: (keys (N,) int64, logprobs (N,) float32); quant == 0 means lossless."""
     keys = np.empty(len(codes), dtype=np.int64)
@@ -185,8 +188,9 @@ def _decode_blocks(row_lengths, codes, values, quant, n_dict) -> tuple[np.ndarra
     return keys, logprobs
 
 
-def _flatten(results: Sequence[SequenceLogits], lossless: bool):
-    """Concatenate sequences; validate what the format cannot carry."""
+def _flatten(results: Sequence[SequenceLogits], lossless: bool, in_scratch: bool = False):
+    """Concatenate sequences; validate what the format cannot carry. `in_scratch`: the per-entry ids and
+    logprobs are written into this thread's scratch buffers (scratch.py), valid until the next call."""
     results = list(results)
     for i, r in enumerate(results):
         if not isinstance(r, SequenceLogits):
@@ -197,8 +201,9 @@ def _flatten(results: Sequence[SequenceLogits], lossless: bool):
             "all sequences of one response must be in the same mode (counts present in all or none)"
         )
     seq_rows = np.array([r.num_rows for r in results], dtype=np.int64)
-    row_lengths, ids = _concat(results, "row_lengths", np.int64), _concat(results, "top_ids", np.int64)
-    logprobs = _concat(results, "top_logprobs", np.float32)
+    row_lengths = _concat(results, "row_lengths", np.int64)
+    ids = _concat(results, "top_ids", np.int64, "flat.ids" if in_scratch else None)
+    logprobs = _concat(results, "top_logprobs", np.float32, "flat.logprobs" if in_scratch else None)
     token, tail = (
         _concat(results, "token_logprobs", np.float32),
         _concat(results, "tail_logprobs", np.float32),
@@ -219,14 +224,26 @@ def _flatten(results: Sequence[SequenceLogits], lossless: bool):
     for name, arr in (("row_lengths", row_lengths), ("top_ids", ids), ("counts", counts)):
         if arr is not None and arr.size and int(arr.min()) < 0:
             raise ValueError(f"{name} must be non-negative")
-    if not lossless and np.isnan(logprobs).any():
-        raise ValueError("top_logprobs contain NaN; the lossy variant cannot quantize them (use lossless)")
+    if not lossless and logprobs.size and not float(logprobs.max()) <= _MAX_LOSSY_LOGPROB:  # NaN fails too
+        raise ValueError(
+            f"top_logprobs contain NaN, +inf or values above {_MAX_LOSSY_LOGPROB:g}; the lossy variant cannot "
+            "quantize them (log-probabilities are <= 0; use lossless for arbitrary floats)"
+        )
     return seq_rows, row_lengths, ids, logprobs, token, tail, counts
 
 
-def _concat(results: list[SequenceLogits], name: str, dtype) -> np.ndarray:
-    parts = [np.asarray(getattr(r, name), dtype=dtype).reshape(-1) for r in results]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+def _concat(results: list[SequenceLogits], name: str, dtype, scratch_name: str | None = None) -> np.ndarray:
+    """One array of all sequences' `name`, cast while it is copied (one pass); into a scratch buffer if
+    `scratch_name` is given."""
+    parts = [getattr(r, name) for r in results]  # 1-D arrays as SequenceLogits makes them
+    if not all(type(p) is np.ndarray and p.ndim == 1 for p in parts):  # set to something else since
+        parts = [np.ravel(p) for p in parts]
+    if not parts:
+        return np.zeros(0, dtype=dtype)
+    if scratch_name is None:
+        return np.concatenate(parts, dtype=dtype, casting="unsafe")
+    out = scratch.array(scratch_name, sum(len(p) for p in parts), dtype)
+    return np.concatenate(parts, out=out, casting="unsafe")
 
 
 def _structure(header: Header, streams: container.Streams) -> tuple[np.ndarray, np.ndarray]:

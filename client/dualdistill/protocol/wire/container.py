@@ -12,6 +12,7 @@ decompressed, so a hostile payload cannot make the decoder allocate more than th
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
@@ -36,6 +37,7 @@ MAX_WINDOW = 1 << 27  # decoder refuses zstd frames asking for a larger window (
 _HEADER = struct.Struct("<4sBBBBIIIIII")
 _ENTRY = struct.Struct("<BII")  # codec, raw_len, stored_len
 _CRC = struct.Struct("<I")
+_local = threading.local()  # per-thread zstd compressor
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
         raise ValueError(
             f"variant {header.variant} has {STREAM_COUNTS[header.variant]} streams, got {len(streams)}"
         )
-    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=False)
+    cctx = _compressor()
     directory, bodies = [], []
     for raw in streams:
         packed = cctx.compress(raw) if raw else b""
@@ -100,6 +102,17 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
     )
     out = b"".join([head, *directory, *bodies])
     return out + _CRC.pack(zlib.crc32(out))
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """This thread's compressor (a ZstdCompressor is not thread-safe; making one per payload costs more
+    than compressing the small streams)."""
+    cctx = getattr(_local, "compressor", None)
+    if cctx is None:
+        cctx = _local.compressor = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL, write_content_size=True, write_checksum=False
+        )
+    return cctx
 
 
 class Streams:
@@ -136,8 +149,9 @@ class Streams:
         return decode_uints(symbols, nbits, extra)
 
 
-def uint_streams(values: np.ndarray) -> list[bytes]:
-    """The two streams (symbols, extra bits) of an integer stream pair; values in [0, 2**32)."""
+def uint_streams(values: np.ndarray | list[np.ndarray]) -> list[bytes]:
+    """The two streams (symbols, extra bits) of an integer stream pair; values in [0, 2**32), as one array
+    or a list of arrays taken as one sequence."""
     return list(encode_uints(values))
 
 

@@ -28,7 +28,8 @@ def count_class(counts: np.ndarray) -> np.ndarray:
 
 
 def build(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N,) non-negative ids -> (key_to_id (U,) int64, classes of the keys (U,) int64, keys (N,) int64)."""
+    """(N,) non-negative ids -> (key_to_id (U,) int64, classes of the keys (U,) int64, keys (N,) int32 or
+    int64)."""
     ids = ids.astype(np.int64, copy=False)
     if ids.size == 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -45,9 +46,9 @@ def build(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     key_of = np.empty(len(distinct), dtype=np.int64)
     key_of[order] = np.arange(len(distinct))
     if inverse is None:
-        table = np.zeros(top + 1, dtype=np.int64)
+        table = np.zeros(top + 1, dtype=np.int32)  # keys < number of distinct int32 ids
         table[distinct] = key_of
-        keys = table[ids]
+        keys = table.take(ids)
     else:
         keys = key_of[inverse.reshape(-1)]
     return distinct[order], classes[order], keys

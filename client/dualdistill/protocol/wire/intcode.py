@@ -27,22 +27,28 @@ from dualdistill.protocol.wire.errors import WireFormatError
 
 DIRECT = 16  # values below this are their own symbol
 NUM_SYMBOLS = DIRECT + 4 * (32 - 4)  # 128: every value < 2**32
-CHUNK = 1 << 14  # values per vectorised step (temporaries of ~128 KiB)
+CHUNK = 1 << 16  # values per vectorised step (temporaries of <= 512 KiB)
 
+_SMALL = 1 << 8  # streams up to this many values are packed through a bit matrix (fewer numpy calls)
+_PAIRING_MIN = 1 << 10  # extra-bit fields are joined in pairs while at least this many are left
 _U64 = np.uint64
 _ONE, _63 = np.uint64(1), np.uint64(63)
 
 
 def to_symbols(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(V,) integers in [0, 2**32) -> symbols (V,) uint8, extra (V,) uint64, extra_bits (V,) int64."""
-    x = np.asarray(values).astype(np.uint64, copy=False)
+    """(V,) integers in [0, 2**32) -> symbols (V,) uint8, extra (V,) and extra_bits (V,) (0 for the values
+    below DIRECT): uint32 and uint8 if all values are below 2**16 (looked up in tables), else uint64."""
+    x = np.asarray(values)
+    if x.size and int(x.max()) < len(_SYMBOL_OF):
+        at = x.astype(np.intp, copy=False)
+        return _SYMBOL_OF.take(at), at.astype(np.uint32) & _EXTRA_MASK_OF.take(at), _NBITS_OF.take(at)
+    x = x.astype(np.uint64)
     # floor(log2 x) from the float64 exponent field (exact: integers < 2**53 are exact in float64).
-    msb = (x.astype(np.float64).view(np.uint64) >> _U64(52)).astype(np.int64) - 1023
-    big = x >= DIRECT
-    nbits = (msb - 2) * big
-    lead = x >> nbits.astype(np.uint64)  # 0b1tt for big values: the leading one and the two bits below
-    symbols = np.where(big, 4 * msb - 4 + lead.astype(np.int64), x.astype(np.int64)).astype(np.uint8)
-    return symbols, x - (lead << nbits.astype(np.uint64)), nbits
+    msb = (np.maximum(x, _U64(DIRECT)).astype(np.float64).view(np.uint64) >> _U64(52)) - _U64(1023)
+    nbits = np.where(x >= _U64(DIRECT), msb - _U64(2), _U64(0))
+    lead = x >> nbits  # 0b1tt for x >= DIRECT: the leading one and the two bits below; x itself below
+    symbols = np.where(x >= _U64(DIRECT), msb * _U64(4) - _U64(4) + lead, x).astype(np.uint8)
+    return symbols, x - (lead << nbits), nbits
 
 
 def from_symbols(symbols: np.ndarray, extra: np.ndarray, nbits: np.ndarray) -> np.ndarray:
@@ -64,49 +70,98 @@ def symbol_extra_bits(symbols: np.ndarray) -> np.ndarray:
 _EXTRA_BITS = np.array([0] * DIRECT + [s // 4 - 2 for s in range(DIRECT, 256)], dtype=np.int8)
 
 
+def _tables(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Symbol, extra-bit count and extra-bit mask of every value below `size` (a power of 2)."""
+    x = np.arange(size, dtype=np.uint64)
+    msb = np.zeros(size, dtype=np.int64)
+    msb[1:] = np.floor(np.log2(np.arange(1, size))).astype(np.int64)  # exact for integers < 2**16
+    nbits = np.where(x >= DIRECT, msb - 2, 0)
+    lead = (x >> nbits.astype(np.uint64)).astype(np.int64)
+    symbols = np.where(x >= DIRECT, 4 * msb - 4 + lead, x.astype(np.int64))
+    return symbols.astype(np.uint8), nbits.astype(np.uint8), ((1 << nbits) - 1).astype(np.uint16)
+
+
+_SYMBOL_OF, _NBITS_OF, _EXTRA_MASK_OF = _tables(1 << 16)
+
+
 def _bit_offsets(nbits: np.ndarray, start_bit: int) -> tuple[np.ndarray, np.ndarray]:
     """(word index, bit position from the word's MSB) of each field's first bit in 64-bit words."""
-    offset = np.cumsum(nbits, dtype=np.int64) - nbits + start_bit
+    offset = np.cumsum(nbits, dtype=np.int64) - nbits.astype(np.int64) + start_bit
     return offset >> 6, (offset & 63).astype(np.uint64)
 
 
 def _place(words: np.ndarray, values: np.ndarray, nbits: np.ndarray, start_bit: int) -> None:
-    """OR fields (values' low nbits, MSB first) into `words` starting at bit `start_bit`."""
+    """OR fields (values' low nbits, MSB first; 0 <= nbits <= 63) into `words` from bit `start_bit` on."""
     word, pos = _bit_offsets(nbits, start_bit)
     # The field top-aligned in 64 bits, then split at the word boundary: `head` stays in its word,
     # `tail` (non-zero only if the field crosses the boundary) goes to the next word. Double shifts
     # keep every shift count below 64 (n = 0 and pos = 0 would otherwise shift by 64).
-    top = (values.astype(np.uint64) << (_63 - nbits.astype(np.uint64))) << _ONE
+    top = (values << (_63 - nbits.astype(np.uint64))) << _ONE
     head = top >> pos
     tail = (top << (_63 - pos)) << _ONE
     # Fields are in offset order, so each word's fields are contiguous; their bits are disjoint, so a
     # sum is an OR (also with the previous chunk's last word, hence += rather than =).
-    starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]])
+    new_word = np.empty(len(word), dtype=bool)
+    new_word[0] = True
+    np.not_equal(word[1:], word[:-1], out=new_word[1:])
+    starts = np.flatnonzero(new_word)
     words[word[starts]] += np.add.reduceat(head, starts)
     words[word[starts] + 1] += np.add.reduceat(tail, starts)
 
 
-def encode_uints(values: np.ndarray) -> tuple[bytes, bytes]:
-    """(V,) integers in [0, 2**32) -> (symbol bytes (V,), packed extra bits).
+def _pairs(values: np.ndarray, nbits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fields joined two by two (an odd last one with an empty field): the same bit string in half as
+    many fields, (values, nbits) in the values' dtype. Only for fields whose pairs fit in that dtype
+    (and in 63 bits)."""
+    if len(values) % 2:
+        values, nbits = np.append(values, values.dtype.type(0)), np.append(nbits, nbits.dtype.type(0))
+    right = nbits[1::2].astype(values.dtype)
+    return (values[0::2] << right) | values[1::2], nbits[0::2] + right
 
-    Works in chunks of CHUNK values: the temporaries then stay small enough to be reused from the
+
+def _small_extra_bits(extra: np.ndarray, nbits: np.ndarray) -> bytes:
+    """The packed extra-bit string of a short stream (few numpy calls: a bit matrix, then packbits)."""
+    width = int(nbits.max(initial=0))
+    if width == 0:
+        return b""
+    shifts = np.arange(width - 1, -1, -1, dtype=np.uint64)
+    bits = (extra.astype(np.uint64)[:, None] >> shifts) & _ONE  # (V, width), most significant first
+    used = shifts < nbits.astype(np.uint64)[:, None]  # a field's own nbits low bits
+    return np.packbits(bits[used].astype(np.uint8)).tobytes()
+
+
+def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
+    """(V,) integers in [0, 2**32), or a list of arrays taken as one sequence -> (symbol bytes (V,),
+    packed extra bits).
+
+    Works in chunks of CHUNK values, so the temporaries stay small enough to be reused from the
     allocator's free lists and the CPU cache (whole-array temporaries cost more in page faults than in
-    arithmetic). This is a loop per chunk, not per row or entry.
+    arithmetic); a loop per chunk, not per value. The values' extra-bit fields (empty below DIRECT)
+    are joined in pairs while a pair fits in 63 bits: fewer, wider fields to place.
     """
-    x = np.asarray(values).astype(np.uint64, copy=False)
-    symbols = np.empty(len(x), dtype=np.uint8)
-    parts = []
-    for lo in range(0, len(x), CHUNK):
-        symbols[lo : lo + CHUNK], extra, nbits = to_symbols(x[lo : lo + CHUNK])
-        parts.append((extra, nbits, int(nbits.sum())))
-    total = sum(bits for _, _, bits in parts)
+    arrays = values if isinstance(values, list) else [values]
+    if len(arrays) == 1 and len(arrays[0]) <= _SMALL:
+        symbols, extra, nbits = to_symbols(arrays[0])
+        return symbols.tobytes(), _small_extra_bits(extra, nbits)
+    chunks = [np.asarray(a)[lo : lo + CHUNK] for a in arrays for lo in range(0, len(a), CHUNK)]
+    symbols, fields, total = [], [], 0
+    for chunk in chunks:
+        chunk_symbols, extra, nbits = to_symbols(chunk)
+        symbols.append(chunk_symbols)
+        top = int(nbits.max())
+        if top:
+            while len(nbits) >= _PAIRING_MIN and 2 * top <= 63:
+                if 2 * top > 8 * extra.itemsize:
+                    extra = extra.astype(np.uint64)
+                (extra, nbits), top = _pairs(extra, nbits), 2 * top
+            bits = int(nbits.sum())
+            fields.append((extra, nbits, total))
+            total += bits
     words = np.zeros(total // 64 + 2, dtype=np.uint64)
-    start = 0
-    for extra, nbits, bits in parts:
-        if bits:
-            _place(words, extra, nbits, start)
-        start += bits
-    return symbols.tobytes(), words.astype(">u8").tobytes()[: (total + 7) // 8]
+    for extra, nbits, start in fields:
+        _place(words, extra, nbits, start)
+    symbol_bytes = b"".join(s.tobytes() for s in symbols) if len(symbols) != 1 else symbols[0].tobytes()
+    return symbol_bytes, words.astype(">u8").tobytes()[: (total + 7) // 8]
 
 
 def decode_uints(symbol_bytes: bytes, nbits: np.ndarray, extra_bytes: bytes) -> np.ndarray:

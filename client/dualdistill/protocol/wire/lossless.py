@@ -42,7 +42,11 @@ def encode_entries(row_lengths: np.ndarray, logprobs: np.ndarray) -> dict[str, n
     """One block of rows -> {"first_values": (R_nonempty,) u of each row's first entry,
     "value_drops": (N - R_nonempty,) u[e-1] - u[e] mod 2**32 for the other entries}."""
     u = ordered_bits(logprobs)
-    starts = row_starts(row_lengths, len(u))
+    rows, n = len(row_lengths), len(u)
+    if n and n == rows * int(row_lengths.max()):  # uniform rows: (R, k) views, no masks
+        u = u.reshape(rows, -1)
+        return {"first_values": u[:, 0], "value_drops": (u[:, :-1] - u[:, 1:]).reshape(-1)}
+    starts = row_starts(row_lengths, n)
     return {"first_values": u[starts], "value_drops": (u[:-1] - u[1:])[~starts[1:]]}
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from dualdistill.protocol.wire.container import variant_offsets
 from dualdistill.protocol.wire.errors import WireFormatError
 from dualdistill.protocol.wire.quantize import dequantize, quantize
-from dualdistill.protocol.wire.ragged import row_offsets, row_starts, segment_cumsum, within_row_order
+from dualdistill.protocol.wire.ragged import row_offsets, row_starts, segment_cumsum, sort_within_rows
 
 # The variant's own streams in payload order: integer stream pairs ("uint") or plain bytes.
 STREAMS = (
@@ -38,39 +38,73 @@ STREAMS = (
     ("drop_overflow", "uint"),
 )
 OFFSETS = variant_offsets(STREAMS)  # stream index of each, as the payload lays them out
+_KEY_MAX = (1 << 31) - 1  # keys index distinct int32 ids
 _CAP = 7  # a step symbol holds sizes and drops below this; larger ones continue in an overflow stream
 
 
 def encode_entries(
     row_lengths: np.ndarray, keys: np.ndarray, logprobs: np.ndarray, levels: int, n_dict: int
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """One block of rows -> (permutation (N,), key_codes (N,), {name in STREAMS: values})."""
+    """Rows -> (permutation (N,), key_codes (N,), {name in STREAMS: values}): `encode_levels` of the
+    logprobs' levels at M = levels, with the permutation."""
+    return encode_levels(row_lengths, keys, quantize(logprobs, levels), levels, n_dict, with_order=True)
+
+
+def encode_levels(
+    row_lengths: np.ndarray, keys: np.ndarray, level: np.ndarray, levels: int, n_dict: int, with_order: bool
+) -> tuple[np.ndarray | None, np.ndarray, dict[str, np.ndarray]]:
+    """Rows of (key, level) entries -> (the permutation into the sent order (N,) if `with_order`, else
+    None; key_codes (N,); {name in STREAMS: values}). Shapes: (R,) row_lengths, (N,) keys < n_dict and
+    levels < `levels`. Raises ValueError if a row holds one key twice at one level (ids repeated in a row).
+    """
     n = len(keys)
-    level = quantize(logprobs, levels)
-    perm = within_row_order(row_lengths, levels - 1 - level, keys, max(n_dict, 1))
-    level, keys = level[perm], keys[perm]
-    in_group = row_starts(row_lengths, n)
-    in_group[1:] |= level[1:] != level[:-1]  # now True at every group's first entry
+    # Sent order: level descending (= rank ascending), key ascending. Unsigned from here on.
+    rank, keys, perm = sort_within_rows(row_lengths, levels - 1 - level, levels, keys, max(n_dict, 1), with_order)
+    starts = row_starts(row_lengths, n)
+    in_group = np.empty(n, dtype=bool)  # True at every group's first entry
+    in_group[:1] = True
+    np.not_equal(rank[1:], rank[:-1], out=in_group[1:])
+    in_group |= starts
     group_at = np.flatnonzero(in_group)
-    group_row = np.searchsorted(row_offsets(row_lengths), group_at, side="right") - 1
-    first_of_row = np.r_[True, group_row[1:] != group_row[:-1]] if len(group_at) else np.zeros(0, bool)
-    last_of_row = np.r_[first_of_row[1:], True] if len(group_at) else first_of_row
-    group_level = level[group_at]
-    codes = keys.copy()
-    codes[1:] = np.where(in_group[1:], keys[1:], keys[1:] - keys[:-1] - 1)
+    first_of_row = starts[group_at]
+    inner = ~first_of_row[1:]  # groups (after the first) that continue a row
+    group_rank = rank[group_at]
+    # codes = key - (previous key + 1) inside a group, the key itself at a group's start
+    before = np.empty_like(keys)
+    before[:1] = 0
+    np.add(keys[:-1], 1, out=before[1:])
+    before *= ~in_group
+    codes = keys - before
+    # Keys ascend within a group; a repeated key wraps below zero, i.e. above every key (< 2**31).
+    if n and int(codes.max()) > _KEY_MAX:
+        raise ValueError("top_ids repeat an id within a row; the lossy variant needs distinct ids per row")
     values = {
-        "groups_per_row": np.bincount(group_row, minlength=len(row_lengths)),
-        "group_sizes": (np.diff(np.r_[group_at, n]) - 1)[~last_of_row],
-        "first_levels": group_level[first_of_row],
-        "level_drops": (group_level[:-1] - group_level[1:] - 1)[~first_of_row[1:]],
+        "groups_per_row": _count_per_row(row_lengths, in_group),
+        "group_sizes": (np.diff(group_at) - 1)[inner],
+        "first_levels": (levels - 1) - group_rank[first_of_row],
+        "level_drops": (np.diff(group_rank) - 1)[inner],
     }
     return perm, codes, values
+
+
+def _count_per_row(row_lengths: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(R,) int64 number of True entries of `mask` (N,) in each row."""
+    rows, n = len(row_lengths), len(mask)
+    if rows and n == rows * int(row_lengths.max()):  # uniform rows (all as long as the longest)
+        return np.count_nonzero(mask.reshape(rows, -1), axis=1) if n else np.zeros(rows, dtype=np.int64)
+    out = np.zeros(rows, dtype=np.int64)
+    nonempty = row_lengths > 0
+    if n:
+        out[nonempty] = np.add.reduceat(mask, row_offsets(row_lengths)[:-1][nonempty], dtype=np.int64)
+    return out
 
 
 def split_steps(values: dict[str, np.ndarray]) -> dict[str, np.ndarray | bytes]:
     """group_sizes + level_drops -> group_steps (bytes), size_overflow, drop_overflow."""
     a, b = values["group_sizes"], values["level_drops"]
-    steps = (np.minimum(a, _CAP) * 8 + np.minimum(b, _CAP)).astype(np.uint8)
+    steps = np.minimum(a, _CAP).astype(np.uint8)
+    steps <<= 3
+    steps |= np.minimum(b, _CAP).astype(np.uint8)
     return {
         "group_steps": steps.tobytes(),
         "size_overflow": a[a >= _CAP] - _CAP,
