@@ -259,8 +259,8 @@ class Batcher:
 
     def _select_batch(self) -> list[_Entry]:
         """Requests in fair order while batch size x longest <= max_batch_tokens: the first one always
-        (as much of it as fits, at least one sequence), every later one only whole and only if it keeps
-        the longest sequence within MAX_LONGEST_GROWTH x the first's."""
+        (as much of it as fits, at least one sequence), every later one only whole and only if it does
+        not raise the batch's longest sequence so far more than MAX_LONGEST_GROWTH x."""
         batch: list[_Entry] = []
         longest = 0
         for request in self._fair_order():
