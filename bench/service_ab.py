@@ -100,7 +100,8 @@ def fairness(roots: dict[str, Path], model_dir: Path, rounds: int, seconds: floa
             with serve(roots[side], model_dir) as (http_url, _):
                 report = run_load(http_url, clients=64, seconds=seconds)
             out[side].append({"p50_ms": report.p50_ms, "p99_ms": report.p99_ms, "rps": report.throughput_rps,
-                              "load": os.getloadavg()[0], "statuses": report.statuses})  # fmt: skip
+                              "load": os.getloadavg()[0], "statuses": report.statuses,
+                              "unexpected": report.unexpected[:3]})  # fmt: skip
             print(f"[service_ab] fairness {side} round {rnd}: {out[side][-1]}", file=sys.stderr)
     return out
 
