@@ -57,10 +57,11 @@ from ..metrics import Metrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # A request joins a batch only if its longest sequence is at most this many times the batch's longest so
-# far: every sequence of a forward is padded to its longest, so one long request would make the others
-# pay its length. (Short requests joining a long batch pay only their own padding, which the token budget
-# bounds.)
-MAX_LONGEST_GROWTH = 2
+# far: every sequence of a forward is padded to its longest, so one much longer request would make the
+# others pay its length. (Short requests joining a long batch pay only their own padding, which the token
+# budget bounds.) Loose on purpose: a bound of 2 would split the loadgen's mix of 16-96 tokens into more,
+# smaller forwards.
+MAX_LONGEST_GROWTH = 8
 
 
 @dataclass(eq=False)
