@@ -86,7 +86,7 @@ def cpu_per_position(
     return out
 
 
-def _curl_seconds(url: str, body: bytes, requests: int) -> list[float]:
+def curl_seconds(url: str, body: bytes, requests: int) -> list[float]:
     """time_total of each of `requests` POSTs that one curl invocation sends on one connection."""
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         f.write(body)
@@ -125,7 +125,7 @@ def added_latency(
                 seconds[variant].append(time.perf_counter() - begin)
     body = {"model": model, "sequences": [{"token_ids": rng.integers(0, vocab, seq_len).tolist(), "start": start}],
             "top_k": top_k, "format": "binary"}  # fmt: skip
-    seconds["curl-http"] = _curl_seconds(http_url + "/v1/logits", json.dumps(body).encode(), reps + 1)[1:]
+    seconds["curl-http"] = curl_seconds(http_url + "/v1/logits", json.dumps(body).encode(), reps + 1)[1:]
     base = summarize(seconds["in-process"]).median
     return {v: {"seconds": s, "added_ms": (summarize(s).median - base) * 1000} for v, s in seconds.items()}
 

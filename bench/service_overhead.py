@@ -267,7 +267,9 @@ def reading(records: list[dict], anchor: dict, device: str) -> str:
     out.append(
         "\nWhere the model's own call takes milliseconds (tiny), the service's own costs dominate and the ratio "
         "goal is far from met. Per request: the HTTP stack (h11, the ASGI middleware, routing, parsing) or gRPC's, "
-        "and the hops to the model's worker thread and to the encoding thread. Per returned entry: the binary "
+        "the hop to the model's worker thread and back (and to an encoding thread and back when other requests "
+        "are in flight or the response holds over 8192 top-k entries), and the binary encoder's fixed cost per "
+        "call. Per returned entry: the binary "
         "encoder (`wire.encode`: quantizer, id dictionary, integer streams, zstd), which now costs more than the "
         "post-processing and the JSON body (stage profile below). Where the forward takes hundreds of "
         "milliseconds or more (SmolLM2 on this CPU), the same costs are a few percent and the ratios sit around "

@@ -133,7 +133,8 @@ def test_batches_group_similar_lengths_within_the_token_budget(tiny_model) -> No
         await batcher.close()
 
     _run(main())
-    # Oldest first (10) with its nearest lengths while size x longest <= 400; then 200 with 190.
+    # First come first (10); 200 would more than double the longest (padding), so it is passed over for 12;
+    # 190 likewise; the next forward starts with 200 and takes 190 (2 x 200 <= 400).
     assert spy.forwards == [[12, 10], [200, 190]]  # each forward in canonical order: longest first
     assert all(len(f) * max(f) <= 400 for f in spy.forwards)
 

@@ -1,9 +1,9 @@
 """Dynamic batcher: one per model, coalescing concurrent requests' sequences into padded forwards.
 
-    request A ─┐  (key, LogitsTask) per sequence      ┌─ forward 1: [a0, b1, c0]   (similar lengths)
-    request B ─┼─> pending (FIFO, token-bounded) ─────┤
-    request C ─┘       │ identical key in flight?     └─ forward 2: [b0, a1]
-                       └─> join it (dedupe)              all on the model's single worker thread
+    request A ─┐  (key, LogitsTask) per sequence            ┌─ forward 1: [a0, a1, b0]  (whole requests,
+    request B ─┼─> pending (token-bounded) ─> fair order ────┤                            fair order)
+    request C ─┘       │ identical key in flight?            └─ forward 2: [c0, c1]
+                       └─> join it (dedupe)                     all on the model's single worker thread
 
 Policy, and why (learned from TRL's `_logprob_batcher`, whose queue was unbounded, whose batches split
 by request parameters, whose cancelled requests still ran, and whose one bad request failed its batch):
@@ -14,9 +14,18 @@ by request parameters, whose cancelled requests still ran, and whose one bad req
   tokens already fill `max_batch_tokens`. The server's default wait is 0: a request that finds the model
   idle starts at once (a fill window would add its length to every call of an idle server), and the
   sequences that arrive while a forward runs form the next batch, so batches still grow with the load.
-  It is built around the oldest sequence (so nothing starves) from its neighbours in length order (first shorter, then longer ones) while
-  `batch size x longest <= max_batch_tokens`: similar lengths share a batch, so padding stays small.
-  A sequence longer than the budget runs alone. The batch then runs in a canonical order.
+- Which sequences a batch takes is fair between tenants and between requests (`_fair_order`): requests
+  are served in arrival order within a tenant, and tenants take turns by the tokens they were served
+  (the least-served tenant with something pending goes next; one that had nothing pending starts level
+  with the others, with neither credit nor debt). The batch takes requests in that order while
+  `batch size x longest <= max_batch_tokens`: the first request always (split over forwards if it is
+  larger than the budget), every later one only whole (a request does not wait one extra forward for
+  its last sequences) and only if it keeps the batch's longest sequence within MAX_LONGEST_GROWTH x
+  (padding). A request passed over is ahead of its tenant's later ones next time, so it waits at most
+  one forward per older request of its tenant (and per turn of the other tenants). The former policy
+  (the oldest sequence plus its neighbours in length) packed tighter, but let young sequences of a
+  popular length overtake old ones again and again, which under load spread the latencies. The batch
+  then runs in a canonical order.
 - The queue is bounded by tokens: a request that would overflow it fails as a whole with
   ResourceExhausted (429) before anything is queued.
 - A sequence whose every waiter was cancelled (client gone, deadline passed) is dropped if its forward
@@ -30,9 +39,11 @@ by request parameters, whose cancelled requests still ran, and whose one bad req
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -45,6 +56,12 @@ from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A request joins a batch only if its longest sequence is at most this many times the batch's longest so
+# far: every sequence of a forward is padded to its longest, so one much longer request would make the
+# others pay its length. (Short requests joining a long batch pay only their own padding, which the token
+# budget bounds.) Loose on purpose: a bound of 2 would split the loadgen's mix of 16-96 tokens into more,
+# smaller forwards.
+MAX_LONGEST_GROWTH = 8
 
 
 @dataclass(eq=False)
@@ -56,6 +73,8 @@ class _Entry:
     tokens: int
     future: asyncio.Future
     enqueued_at: float
+    tenant: str = ""  # of the request that queued it (a request joining it later rides along)
+    ticket: int = 0  # that request's arrival number in this batcher
     waiters: int = 1
     started: bool = False
 
@@ -91,6 +110,8 @@ class Batcher:
         self._pending: dict[bytes, _Entry] = {}  # not started, insertion (= arrival) order
         self._in_flight: dict[bytes, _Entry] = {}  # pending or running: the dedupe index
         self._queued_tokens = 0
+        self._tickets = 0  # requests admitted so far: the next request's ticket
+        self._served: dict[str, int] = {}  # tenant -> tokens started, for tenants with sequences pending
         self._wakeup: asyncio.Event | None = None
         self._scheduler: asyncio.Task | None = None
         self._closed = False
@@ -101,12 +122,13 @@ class Batcher:
     def queued_tokens(self) -> int:
         return self._queued_tokens
 
-    async def compute(self, items: list[tuple[bytes, Any]]) -> list[SequenceLogits]:
-        """Results for (key, LogitsTask) items, in order. Raises ResourceExhausted when the queue is full."""
+    async def compute(self, items: list[tuple[bytes, Any]], tenant: str = "") -> list[SequenceLogits]:
+        """Results for (key, LogitsTask) items of one request of `tenant`, in order. Raises
+        ResourceExhausted when the queue is full."""
         if self._closed:
             raise Unavailable(f"model {self.name!r} is shutting down")
         self._ensure_started()
-        entries = self._admit(items)
+        entries = self._admit(items, tenant)
         try:
             return [await asyncio.shield(entry.future) for entry in entries]
         finally:
@@ -140,7 +162,7 @@ class Batcher:
             self._wakeup = asyncio.Event()
             self._scheduler = asyncio.get_running_loop().create_task(self._schedule(), name=f"batcher-{self.name}")
 
-    def _admit(self, items: list[tuple[bytes, Any]]) -> list[_Entry]:
+    def _admit(self, items: list[tuple[bytes, Any]], tenant: str) -> list[_Entry]:
         new_keys: dict[bytes, Any] = {}
         for key, task in items:
             if key not in self._in_flight and key not in new_keys:
@@ -159,13 +181,15 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         now = loop.time()
+        ticket, self._tickets = self._tickets, self._tickets + 1
         entries = []
         for key, task in items:
             entry = self._in_flight.get(key)
             if entry is None:
                 future = loop.create_future()
                 future.add_done_callback(_consume_exception)
-                entry = _Entry(key=key, task=task, tokens=len(task.token_ids), future=future, enqueued_at=now, waiters=0)
+                entry = _Entry(key=key, task=task, tokens=len(task.token_ids), future=future, enqueued_at=now,
+                               tenant=tenant, ticket=ticket, waiters=0)  # fmt: skip
                 self._in_flight[key] = entry
                 self._pending[key] = entry
                 self._queued_tokens += entry.tokens
@@ -198,12 +222,7 @@ class Batcher:
     async def _schedule(self) -> None:
         while True:
             await self._wait_for_batch()
-            batch = self._select_batch()
-            for entry in batch:
-                entry.started = True
-                self._pending.pop(entry.key)
-                self._queued_tokens -= entry.tokens
-            self._metrics.queue_tokens.labels(model=self.name).set(self._queued_tokens)
+            batch = self._take_batch()
             try:
                 await self._execute(batch)
             except Exception:  # never let one batch kill the scheduler
@@ -229,26 +248,66 @@ class Batcher:
             except asyncio.TimeoutError:
                 pass
 
+    def _take_batch(self) -> list[_Entry]:
+        """The next batch (`_select_batch`), taken off the queue and marked started."""
+        batch = self._select_batch()
+        for entry in batch:
+            entry.started = True
+            self._pending.pop(entry.key)
+            self._queued_tokens -= entry.tokens
+        self._metrics.queue_tokens.labels(model=self.name).set(self._queued_tokens)
+        return batch
+
     def _select_batch(self) -> list[_Entry]:
-        """The oldest entry plus its length neighbours, while batch size x longest <= max_batch_tokens."""
-        anchor = next(iter(self._pending.values()))
-        others = [entry for entry in self._pending.values() if entry is not anchor]
-        shorter = sorted((e for e in others if e.tokens <= anchor.tokens), key=lambda e: -e.tokens)
-        longer = sorted((e for e in others if e.tokens > anchor.tokens), key=lambda e: e.tokens)
-        batch, longest = [anchor], anchor.tokens
-        for entry in shorter:
-            if (len(batch) + 1) * longest > self._max_batch_tokens:
-                break
-            batch.append(entry)
-        for entry in longer:
-            if (len(batch) + 1) * entry.tokens > self._max_batch_tokens:
-                break
-            batch.append(entry)
-            longest = entry.tokens
+        """Requests in fair order while batch size x longest <= max_batch_tokens: the first one always
+        (as much of it as fits, at least one sequence), every later one only whole and only if it does
+        not raise the batch's longest sequence so far more than MAX_LONGEST_GROWTH x."""
+        batch: list[_Entry] = []
+        longest = 0
+        for request in self._fair_order():
+            if batch and (len(batch) + 1) * longest > self._max_batch_tokens:
+                break  # full: any further sequence would break the budget
+            if not batch:
+                for entry in request:
+                    if not batch or (len(batch) + 1) * max(longest, entry.tokens) <= self._max_batch_tokens:
+                        batch.append(entry)
+                        longest = max(longest, entry.tokens)
+                continue
+            request_longest = max(longest, *(entry.tokens for entry in request))
+            if (request_longest <= MAX_LONGEST_GROWTH * longest
+                    and (len(batch) + len(request)) * request_longest <= self._max_batch_tokens):  # fmt: skip
+                batch.extend(request)
+                longest = request_longest
+        for entry in batch:
+            self._served[entry.tenant] += entry.tokens
         # A canonical order (longest first, then by key): the same set of sequences always makes the same
         # padded tensor, so its results are bit-identical however the requests arrived. (Different sets
         # agree only to float32 rounding: kernels may block a batch differently.)
         return sorted(batch, key=lambda e: (-e.tokens, e.key))
+
+    def _fair_order(self) -> Iterator[list[_Entry]]:
+        """The pending sequences grouped by request, in the order they are owed the model: each tenant's
+        requests by arrival; between tenants, the one with the fewest tokens served (counting the
+        requests already yielded) goes next, the older request first on a tie. A tenant with nothing
+        pending is forgotten; when it comes back it starts level with the least-served pending tenant."""
+        requests: dict[str, dict[int, list[_Entry]]] = {}
+        for entry in self._pending.values():  # arrival order
+            requests.setdefault(entry.tenant, {}).setdefault(entry.ticket, []).append(entry)
+        for tenant in [t for t in self._served if t not in requests]:
+            del self._served[tenant]
+        floor = min(self._served.values(), default=0)
+        for tenant in requests:
+            self._served.setdefault(tenant, floor)
+        queues = {tenant: deque(by_ticket.values()) for tenant, by_ticket in requests.items()}
+        turns = [(self._served[tenant], queue[0][0].ticket, tenant) for tenant, queue in queues.items()]
+        heapq.heapify(turns)
+        while turns:
+            served, _, tenant = heapq.heappop(turns)
+            request = queues[tenant].popleft()
+            yield request
+            if queues[tenant]:
+                served += sum(entry.tokens for entry in request)
+                heapq.heappush(turns, (served, queues[tenant][0][0].ticket, tenant))
 
     async def _execute(self, batch: list[_Entry]) -> None:
         loop = asyncio.get_running_loop()

@@ -254,7 +254,8 @@ class TeacherService:
         results = await self.cache.lookup(name, keys)
         missing = [i for i, result in enumerate(results) if result is None]
         if missing:
-            computed = await self._batchers[name].compute([(keys[i], tasks[i]) for i in missing])
+            items = [(keys[i], tasks[i]) for i in missing]
+            computed = await self._batchers[name].compute(items, tenant=context.current_tenant())
             for i, result in zip(missing, computed, strict=True):
                 results[i] = result
         return results  # type: ignore[return-value]

@@ -17,6 +17,7 @@ from dualdistill.protocol.v1 import teacher_pb2_grpc
 
 from .. import context
 from ..core import TeacherService
+from ..core.payload import encodes_inline
 from ..errors import ServiceError, to_service_error
 from . import convert
 
@@ -116,4 +117,6 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
         body = await convert.logits_request(message, self._service.config)
         request_id = context.resolve_request_id(body.request_id, adopt=not in_stream)
         result = await self._service.logits(body, request_id=request_id, timeout=rpc_context.time_remaining())
+        if encodes_inline(result, self._service.active_requests):
+            return convert.logits_response(result, body.format)
         return await asyncio.to_thread(convert.logits_response, result, body.format)

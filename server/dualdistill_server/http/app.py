@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from functools import partial
 from types import SimpleNamespace
 from typing import TypeVar
 
@@ -16,7 +17,7 @@ from dualdistill.protocol.formats import BINARY_CONTENT_TYPE
 from .. import context
 from ..config import ServerConfig
 from ..core import TeacherService
-from ..core.payload import binary_payload
+from ..core.payload import binary_payload, encodes_inline
 from ..errors import Cancelled, InvalidArgument
 from ..schemas import GenerateRequest, LogitsRequest
 from .bodies import logits_body_check, parse_body
@@ -113,12 +114,13 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
         timeout = _header_deadline(request)
         result = await _unless_disconnected(request, service.logits(body, request_id=request_id, timeout=timeout))
         # x-request-id: added by RequestMiddleware (the body's id when it is header-safe).
+        encode = logits_json if body.format == "json" else partial(binary_payload, response_format=body.format)
+        inline = encodes_inline(result, service.active_requests)
+        content = encode(result) if inline else await asyncio.to_thread(encode, result)
         if body.format == "json":
-            content = await asyncio.to_thread(logits_json, result)
             return Response(content, media_type="application/json")
-        payload = await asyncio.to_thread(binary_payload, result, body.format)
         headers = {"x-dualdistill-model": result.model, "x-dualdistill-fingerprint": result.fingerprint}
-        return Response(payload, media_type=BINARY_CONTENT_TYPE, headers=headers)
+        return Response(content, media_type=BINARY_CONTENT_TYPE, headers=headers)
 
     @app.post("/v1/generate", summary="Sampled completions for prompts (text, token ids or chat messages)")
     async def generate(request: Request) -> Response:

@@ -1,0 +1,141 @@
+"""Before / after of the service's per-call latency and fairness: two checkouts' servers in one run.
+
+    python bench/service_ab.py --before DIR [--after DIR] [--reps 40] [--rounds 2] [--fairness-seconds 20]
+
+DIR is a checkout of the project (e.g. `git worktree add /tmp/before main`); --after defaults to this
+one. Both servers (`dualdistill serve` from each checkout's own code, tiny model, `--cache none`) run
+side by side, and every measurement alternates between them, so a slow moment of a shared machine moves
+both sides:
+- added latency of a one-sequence call (bench/service_cost.py `added_latency`'s paths: our client over
+  HTTP and gRPC, curl on one kept-alive connection; binary, T = 64, start = 8, top_k = 128), as the
+  median call minus the median in-process call of this process;
+- fairness: this checkout's `tests/reliability/loadgen.py` (64 closed-loop clients) against each
+  server's default settings, `--rounds` runs each in alternating order; p99 / p50 per run.
+Prints a Markdown table; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from bench.common import ROOT, markdown_table, summarize
+from bench.service_cost import curl_seconds
+from tests.fixtures.server_process import SERVING_RE
+
+SEQ_LEN, START, TOP_K = 64, 8, 128
+
+
+@contextlib.contextmanager
+def serve(root: Path, model_dir: Path, *args: str) -> Iterator[tuple[str, str]]:
+    """`dualdistill serve` from `root`'s code; yields (http_url, grpc_target) once it serves."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUALDISTILL_")}
+    env |= {"PYTHONPATH": f"{root}/client{os.pathsep}{root}/server", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "dualdistill.cli.main", "serve", "--host", "127.0.0.1", "--http-port", "0",
+               "--grpc-port", "0", "--model", f"tiny={model_dir}", "--cache", "none", "--log-level", "warning", *args]  # fmt: skip
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            match = SERVING_RE.match(line.strip())
+            if match:
+                break
+        else:
+            raise RuntimeError(f"the server of {root} exited before serving (code {process.wait()})")
+        yield f"http://{match.group(1)}", match.group(2)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def latency(servers: dict[str, tuple[str, str]], model_dir: Path, reps: int) -> dict[str, list[float]]:
+    """Seconds per one-sequence call, per path ("in-process", "<side> client-http", ...)."""
+    from bench.service_overhead import InProcess, client_call
+    from dualdistill import TeacherClient
+
+    anchor = InProcess(model_dir, "cpu", "float32", 1)
+    calls = {"in-process": anchor}
+    for side, (http_url, grpc_target) in servers.items():
+        calls[f"{side} client-http"] = client_call(TeacherClient(http_url, format="binary", timeout=60), "tiny")
+        grpc_client = TeacherClient(grpc_target, transport="grpc", format="binary", timeout=60)
+        calls[f"{side} client-grpc"] = client_call(grpc_client, "tiny")
+    rng = np.random.default_rng(2)
+    seconds: dict[str, list[float]] = {path: [] for path in calls}
+    for rep in range(reps + 1):  # rep 0 warms up
+        order = list(calls) if rep % 2 == 0 else list(reversed(calls))
+        for path in order:
+            sequence = rng.integers(0, 320, (1, SEQ_LEN), dtype=np.int64)
+            begin = time.perf_counter()
+            calls[path](sequence, START, TOP_K)
+            if rep > 0:
+                seconds[path].append(time.perf_counter() - begin)
+    body = json.dumps({"model": "tiny", "top_k": TOP_K, "format": "binary",
+                       "sequences": [{"token_ids": rng.integers(0, 320, SEQ_LEN).tolist(), "start": START}]})  # fmt: skip
+    for chunk in range(4):  # curl: a quarter of the repeats per invocation, alternating sides
+        for side in list(servers) if chunk % 2 == 0 else list(reversed(servers)):
+            url = servers[side][0] + "/v1/logits"
+            seconds.setdefault(f"{side} curl-http", []).extend(curl_seconds(url, body.encode(), reps // 4 + 1)[1:])
+    return seconds
+
+
+def fairness(roots: dict[str, Path], model_dir: Path, rounds: int, seconds: float) -> dict[str, list[dict]]:
+    from tests.reliability.loadgen import run_load
+
+    out: dict[str, list[dict]] = {side: [] for side in roots}
+    for rnd in range(rounds):
+        for side in list(roots) if rnd % 2 == 0 else list(reversed(roots)):
+            with serve(roots[side], model_dir) as (http_url, _):
+                report = run_load(http_url, clients=64, seconds=seconds)
+            out[side].append({"p50_ms": report.p50_ms, "p99_ms": report.p99_ms, "rps": report.throughput_rps,
+                              "load": os.getloadavg()[0], "statuses": report.statuses,
+                              "unexpected": report.unexpected[:3]})  # fmt: skip
+            print(f"[service_ab] fairness {side} round {rnd}: {out[side][-1]}", file=sys.stderr)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", type=Path, required=True, help="a checkout of the code before the change")
+    parser.add_argument("--after", type=Path, default=ROOT, help="the checkout after it (default: this one)")
+    parser.add_argument("--reps", type=int, default=40, help="one-sequence calls per path")
+    parser.add_argument("--rounds", type=int, default=2, help="loadgen runs per side (0: no fairness run)")
+    parser.add_argument("--fairness-seconds", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    roots = {"before": args.before.resolve(), "after": args.after.resolve()}
+    from tests.fixtures.tiny_model import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_model(Path(tmp) / "tiny")
+        with serve(roots["before"], model_dir, "--max-top-k", "256") as before, \
+                serve(roots["after"], model_dir, "--max-top-k", "256") as after:  # fmt: skip
+            seconds = latency({"before": before, "after": after}, model_dir, args.reps)
+        fair = fairness(roots, model_dir, args.rounds, args.fairness_seconds) if args.rounds else {}
+    base = summarize(seconds["in-process"]).median
+    rows = [[path, f"{summarize(s).median * 1000:.2f}", "" if path == "in-process" else
+             f"{(summarize(s).median - base) * 1000:+.2f}"] for path, s in seconds.items()]  # fmt: skip
+    print(f"One-sequence calls (T = {SEQ_LEN}, start = {START}, top_k = {TOP_K}, binary), median of {args.reps}:\n")
+    print(markdown_table(["path", "ms per call", "added ms"], rows))
+    if fair:
+        rows = [[side, ", ".join(f"{r['p99_ms'] / r['p50_ms']:.2f}" for r in runs),
+                 ", ".join(f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}" for r in runs),
+                 ", ".join(f"{r['rps']:.0f}" for r in runs)] for side, runs in fair.items()]  # fmt: skip
+        print(f"\nFairness, 64 loadgen clients, {args.fairness_seconds:g} s per run:\n")
+        print(markdown_table(["server", "p99 / p50 per run", "p50 / p99 ms per run", "req/s per run"], rows))
+    print(f"\n1-minute load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
+
+
+if __name__ == "__main__":
+    main()
