@@ -10,6 +10,12 @@ worker for logits, one thread per generate request), so exactly one thread touch
 that arrive while others run join the next step: vLLM's scheduler batches them token by token, logits
 requests (prompt-only prefills) and generation alike.
 
+Several models in one server are several engines, one step thread each, but vLLM's engines in one process
+share global state (the current vLLM config and forward context, the CPU backend's thread pools): two
+steps at once corrupt memory (the server died with `munmap_chunk(): invalid pointer` under concurrent
+requests to two models). So the process runs one engine call (add_request or step) at a time,
+`_PROCESS_ENGINE_LOCK`; the models take turns step by step.
+
 If a step raises, the engine is dead (vLLM cannot resume after a failed step): every waiting request fails
 with `EngineDead`, later submissions fail at once, and the failure listeners run (the server then stops
 with exit code 1, since a replica that cannot compute must leave the load balancer).
@@ -34,6 +40,8 @@ from dualdistill_server.engines.vllm.prompt_logprobs import PromptLogprobArrays,
 PromptLogprobsAs = Literal["flat", "arrays", "both"]
 
 log = logging.getLogger(__name__)
+
+_PROCESS_ENGINE_LOCK = threading.Lock()  # one vLLM engine call at a time in this process (see the docstring)
 
 
 class EngineDead(RuntimeError):
@@ -129,7 +137,8 @@ class EngineLoop:
                 continue
             try:
                 # vLLM's core knows the request by an id of its own (ours + a random suffix), which it returns
-                core_id = self.engine.add_request(request_id, prompt, params) or request_id
+                with _PROCESS_ENGINE_LOCK:
+                    core_id = self.engine.add_request(request_id, prompt, params) or request_id
             except Exception as exc:  # noqa: BLE001 - a bad request fails alone (e.g. too long)
                 future.set_exception(exc)
                 continue
@@ -139,7 +148,9 @@ class EngineLoop:
             self._core_ids[request_id] = core_id
 
     def _step(self) -> None:
-        for output in self.engine.step():
+        with _PROCESS_ENGINE_LOCK:
+            outputs = self.engine.step()
+        for output in outputs:
             if output.finished:
                 future = self._futures.pop(output.request_id, None)
                 arrays = self.tap.take(self._core_ids.pop(output.request_id, output.request_id))
