@@ -153,8 +153,11 @@ def render(data: dict, args: argparse.Namespace, argv: list[str]) -> str:
         "position carries k + 128 ranks (the tail is summed from them), which the vllm engine reads from vLLM's "
         "tensors with numpy rather than through vLLM's per-entry Python lists (the section \"vLLM engine: CPU "
         "per position\" measures both); what still grows with k, for both engines, is the top-k itself and the "
-        "encoding of more entries per position. For generation the hf engine runs the requests in flight one after another on "
-        "the model's worker thread, while vLLM batches them in its steps (continuous batching)."
+        "encoding of more entries per position. For generation the hf engine runs the requests in flight one "
+        "after another on the model's worker thread, while vLLM batches them in its steps (continuous batching). "
+        "Wall-clock "
+        "rates on the 2 shared cores move with whatever else runs (the spreads show how much); the engine's own "
+        "CPU per position is measured in the next section."
     )
     wire = records.get("agreement_format", "binary (lossy: the top-k logprobs quantised to the KL target, so their "
                        "difference here is the codec's; token and tail logprobs are exact float32)")
