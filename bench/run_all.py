@@ -42,6 +42,7 @@ SECTIONS = [
     ("many_students", "bench/many_students.py", "Many students"),
     ("trainer_stall", "bench/trainer_stall.py", "Trainer stall"),
     ("vllm_engine", "bench/vllm_engine.py", "vLLM engine"),
+    ("vllm_conversion", "bench/vllm_conversion.py", "vLLM engine: CPU per position"),
 ]
 GPU_NOTE = """## GPU (`bench/gpu.sh`)
 

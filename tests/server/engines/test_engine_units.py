@@ -15,8 +15,9 @@ import pytest
 from dualdistill.cli.serve import engine_arg, overrides_from_args
 from dualdistill_server.config import ServerConfig
 from dualdistill_server.engines import check_settings
-from dualdistill_server.engines.vllm.logits import tail_logprobs
+from dualdistill_server.engines.vllm.logits import ranked_top_k, tail_logprobs
 from dualdistill_server.engines.vllm.loop import EngineDead, EngineLoop
+from dualdistill_server.engines.vllm.prompt_logprobs import PromptLogprobsTap
 
 
 def test_engine_arg_values_are_json_when_they_parse() -> None:
@@ -76,6 +77,53 @@ def test_tail_of_a_flat_row_uses_the_resolved_rest() -> None:
     assert np.isneginf(tail_logprobs(ranked[:, :10], 10, 10)).all()  # the row covers the vocab
 
 
+def test_ranked_top_k_sorts_ties_toward_the_lower_id_like_a_full_sort() -> None:
+    rng = np.random.default_rng(0)
+    values = -np.sort(rng.exponential(size=(50, 16)).astype(np.float32), axis=1)[:, ::-1] - 0.1  # descending
+    values = np.ascontiguousarray(values)
+    values[::3, 4:7] = values[::3, 4:5]  # a run of ties in every third row
+    values[1, :] = -np.inf  # a row of -inf ties
+    values[2, 5] = np.nan
+    ids = np.stack([rng.permutation(1000)[:16] for _ in range(50)]).astype(np.int32)
+    got_ids, got_values = ranked_top_k(ids, values)
+    order = np.lexsort((ids, -values), axis=-1)  # the plain full sort: logprob descending, then id
+    np.testing.assert_array_equal(got_ids, np.take_along_axis(ids, order, axis=1))
+    np.testing.assert_array_equal(got_values, np.take_along_axis(values, order, axis=1))
+    assert got_ids.dtype == np.int64 and got_values.dtype == np.float32
+    assert not np.array_equal(got_ids[::3], ids[::3])  # the tied rows did move
+
+
+def _logprobs_tensors(rows: int, width: int, offset: int):
+    import torch
+
+    ids = torch.arange(rows * width, dtype=torch.int32).reshape(rows, width) + offset
+    return SimpleNamespace(logprob_token_ids=ids, logprobs=-ids.float() / 7, selected_token_ranks=ids[:, 0] + 1)
+
+
+def test_the_tap_takes_watched_requests_tensors_before_vllms_output_processor() -> None:
+    chunks = {"a": [_logprobs_tensors(3, 4, 0), _logprobs_tensors(2, 4, 100)], "b": [_logprobs_tensors(2, 4, 9)],
+              "c": [_logprobs_tensors(1, 4, 5)]}
+    steps = [[SimpleNamespace(request_id=r, new_prompt_logprobs_tensors=c[i]) for r, c in chunks.items() if i < len(c)]
+             for i in range(2)]
+    core = SimpleNamespace(get_output=lambda: SimpleNamespace(outputs=steps.pop(0)))
+    tap = PromptLogprobsTap(SimpleNamespace(engine_core=core))
+    assert tap.installed
+    tap.watch("a")
+    tap.watch("b", keep_flat=True)
+    first, second = core.get_output().outputs, core.get_output().outputs
+    assert first[0].new_prompt_logprobs_tensors is None and second[0].new_prompt_logprobs_tensors is None  # a: taken
+    assert first[1].new_prompt_logprobs_tensors is chunks["b"][0]  # b: kept for vLLM's lists as well
+    assert first[2].new_prompt_logprobs_tensors is chunks["c"][0]  # c: not watched, untouched
+    a = tap.take("a")
+    assert a.positions == 5 and a.token_ids.dtype == np.int32
+    np.testing.assert_array_equal(a.token_ids[3:], chunks["a"][1].logprob_token_ids.numpy())  # chunks in order
+    np.testing.assert_array_equal(a.logprobs, -a.token_ids.astype(np.float32) / 7)
+    np.testing.assert_array_equal(a.token_ranks, a.token_ids[:, 0] + 1)
+    assert tap.take("a") is None and tap.take("c") is None  # forgotten once taken; never watched
+    assert tap.take("b").positions == 2
+    assert not PromptLogprobsTap(SimpleNamespace()).installed  # no engine core to wrap: vLLM's lists as before
+
+
 class FakeEngine:
     """add_request / step / has_unfinished_requests of an LLMEngine; each request finishes after 2 steps."""
 
@@ -111,7 +159,7 @@ def test_loop_batches_concurrent_requests_and_fails_a_bad_one_alone() -> None:
     try:
         futures = [loop.submit(f"p{i}", None) for i in range(5)]
         bad = loop.submit("bad", None)
-        assert all(f.result(timeout=5).finished for f in futures)
+        assert all(f.result(timeout=5).output.finished for f in futures)
         with pytest.raises(ValueError, match="too long"):
             bad.result(timeout=5)
         assert engine.seen_together > 1  # requests submitted together ran in the same steps

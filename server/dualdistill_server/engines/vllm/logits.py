@@ -3,8 +3,8 @@
 A logits task is one vLLM request over the sequence's token ids with `prompt_logprobs = top_k + m` (m =
 TAIL_RANKS more ranks than asked, for the tail) and one greedy output token that is thrown away (vLLM must
 generate at least one). vLLM computes, for every prompt position i >= 1, log_softmax(float32(logits[i - 1]))
-and returns, flattened (`flat_logprobs`), 1 + k + m entries per position: the actual token x[i] with its
-rank, then the top k + m in rank order (vllm/logprobs.py, `append_logprobs_for_next_position`). From them:
+and returns 1 + k + m entries per position: the actual token x[i] with its rank, then the top k + m in rank
+order, which reach us as numpy arrays (engines/vllm/prompt_logprobs.py). From them:
 
     token_logprobs[r]  = entry 0 of position start + r
     top ids / logprobs = the first k ranks, re-sorted by (logprob desc, id asc) like the hf engine
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from dualdistill.protocol.results import SequenceLogits
+from dualdistill_server.engines.vllm.prompt_logprobs import PromptLogprobArrays
 from dualdistill_server.models.types import LogitsTask
 
 TAIL_RANKS = 128  # m: ranks fetched beyond top_k to sum the tail from (at most the vocab)
@@ -69,29 +70,39 @@ def tail_logprobs(ranked: np.ndarray, top_k: int, vocab_size: int) -> np.ndarray
         return np.log(probs[:, top_k:].sum(axis=1) + rest)
 
 
-def sequence_logits(output: Any, task: LogitsTask, vocab_size: int) -> SequenceLogits:
-    """One finished RequestOutput of `prompt_logprob_params(fetched_ranks(...))` -> the task's SequenceLogits."""
-    flat = output.prompt_logprobs
-    if flat is None or not hasattr(flat, "start_indices"):
-        raise RuntimeError(f"vLLM returned no flat prompt logprobs (got {type(flat).__name__})")
+def sequence_logits(prompt: PromptLogprobArrays, task: LogitsTask, vocab_size: int) -> SequenceLogits:
+    """A request's prompt logprobs (engines/vllm/prompt_logprobs.py) of `prompt_logprob_params(fetched_ranks(...))`
+    -> the task's SequenceLogits. Rows are numpy throughout: no per-position Python work."""
     k, length = task.params.top_k, len(task.token_ids)
     width = 1 + fetched_ranks(k, vocab_size)
-    first = flat.start_indices[task.start]  # position 0 has no entries, every later one k + 1
-    if len(flat) != length or len(flat.token_ids) - first != (length - task.start) * width:
+    if prompt.positions != length - 1 or prompt.logprobs.shape[1] != width:
         raise RuntimeError(
-            f"vLLM returned prompt logprobs for {len(flat)} positions / {len(flat.token_ids)} entries; expected "
-            f"{length} positions of {width} entries"
+            f"vLLM returned prompt logprobs of shape {prompt.logprobs.shape}; expected ({length - 1}, {width})"
         )
-    ids = np.asarray(flat.token_ids[first:], dtype=np.int64).reshape(-1, width)  # (R, k + 1)
-    values = np.asarray(flat.logprobs[first:], dtype=np.float32).reshape(-1, width)
+    rows = slice(task.start - 1, None)  # row j is position j + 1
+    ids, values = prompt.token_ids[rows], prompt.logprobs[rows]  # (R, 1 + k + m)
     if not np.array_equal(ids[:, 0], task.token_ids[task.start :]):
         raise RuntimeError("vLLM's prompt logprobs are not those of the sequence's tokens")
-    top_ids, top_values = ids[:, 1 : k + 1], values[:, 1 : k + 1]
-    order = np.lexsort((top_ids, -top_values), axis=-1)  # logprob descending, ties toward the lower id
-    top_ids = np.take_along_axis(top_ids, order, axis=1)
-    top_values = np.take_along_axis(top_values, order, axis=1)
+    top_ids, top_values = ranked_top_k(ids[:, 1 : k + 1], values[:, 1 : k + 1])
     tail = tail_logprobs(values[:, 1:], k, vocab_size)
     result = SequenceLogits.from_dense(top_ids, top_values, values[:, 0], tail)
-    if task.token_ranks:  # the actual token's entry comes first with its true 1-based rank over the vocab
-        result.token_ranks = np.asarray(flat.ranks[first:], dtype=np.int64).reshape(-1, width)[:, 0]
+    if task.token_ranks:  # the actual token's true 1-based rank over the vocab
+        result.token_ranks = prompt.token_ranks[rows].astype(np.int64)
     return result
+
+
+def ranked_top_k(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, k) ids / logprobs in vLLM's rank order -> (int64, float32) sorted by (logprob desc, id asc), like hf.
+
+    vLLM's ranks come from torch.topk, by logprob descending with ties in the kernel's order, so only the
+    rows that are not strictly descending (ties, or NaN) are re-sorted: the others' order is already the
+    only one."""
+    ids, values = ids.astype(np.int64), values.astype(np.float32, copy=False)
+    unsorted = (values[:, 1:] >= values[:, :-1]).any(axis=1) | np.isnan(values).any(axis=1)
+    rows = np.flatnonzero(unsorted)
+    if rows.size:
+        order = np.lexsort((ids[rows], -values[rows]), axis=-1)
+        ids[rows] = np.take_along_axis(ids[rows], order, axis=1)
+        values = values.copy()
+        values[rows] = np.take_along_axis(values[rows], order, axis=1)
+    return ids, values

@@ -9,6 +9,10 @@ What vLLM cannot compute exactly is refused before any work (`check_tasks`, a 42
 vLLM's prompt logprobs ignore the sampling temperature ("prompt tokens skip sampling processors",
 vllm/v1/worker/gpu_model_runner.py) and carry only the top-k, so temperature != 1 and mode "sample"
 (which draws from the full distribution) would silently be other numbers.
+
+The prompt logprobs of a logits task reach `sequence_logits` as numpy arrays taken from the engine core's
+tensors (engines/vllm/prompt_logprobs.py), never as vLLM's per-entry Python lists; `prompt_logprobs_as =
+"flat"` takes vLLM's own FlatLogprobs path instead (bench/vllm_conversion.py compares the two).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any
 from dualdistill.protocol.results import SequenceLogits
 from dualdistill_server.engines.vllm.generation import finished_row, plan_rows, row_params
 from dualdistill_server.engines.vllm.logits import fetched_ranks, prompt_logprob_params, sequence_logits
-from dualdistill_server.engines.vllm.loop import EngineLoop
+from dualdistill_server.engines.vllm.loop import EngineLoop, Finished, PromptLogprobsAs
+from dualdistill_server.engines.vllm.prompt_logprobs import PromptLogprobArrays
 from dualdistill_server.errors import InvalidArgument
 from dualdistill_server.models.types import GeneratedCompletion, LogitsTask, ModelInfo
 
@@ -31,6 +36,7 @@ class VllmModel:
     """One model on one vLLM engine. Thread-safe: every call may come from any thread."""
 
     concurrent_generate = True  # the engine batches concurrent generate calls itself
+    prompt_logprobs_as: PromptLogprobsAs = "arrays"  # how logits tasks get their prompt logprobs (module doc)
 
     def __init__(self, name: str, loop: EngineLoop, tokenizer: Any, info: ModelInfo, *, stop_ids: set[int]) -> None:
         self.name = name
@@ -69,11 +75,14 @@ class VllmModel:
             self._loop.submit(
                 TokensPrompt(prompt_token_ids=task.token_ids.tolist()),
                 prompt_logprob_params(fetched_ranks(task.params.top_k, vocab)),
+                prompt_logprobs=self.prompt_logprobs_as,
             )
             for task in tasks
         ]
-        outputs = _results(futures)
-        return [sequence_logits(out, task, self.info.vocab_size) for out, task in zip(outputs, tasks, strict=True)]
+        return [
+            sequence_logits(prompt_arrays(finished, 1 + fetched_ranks(task.params.top_k, vocab)), task, vocab)
+            for finished, task in zip(_results(futures), tasks, strict=True)
+        ]
 
     # -- completions ------------------------------------------------------------------------------------
     def generate(
@@ -93,7 +102,7 @@ class VllmModel:
             )
             for p, budget, row_seed in rows
         ]
-        outputs = _results([f for f in futures if f is not None])
+        outputs = [done.output for done in _results([f for f in futures if f is not None])]
         completions, finished = [], iter(outputs)
         for (p, _, _), future in zip(rows, futures, strict=True):
             ids, reason = ([], "length") if future is None else finished_row(next(finished), self.stop_ids)
@@ -127,6 +136,13 @@ class VllmModel:
 
     def close(self) -> None:
         self._loop.close()
+
+
+def prompt_arrays(finished: Finished, width: int) -> PromptLogprobArrays:
+    """The tapped arrays, or (where the tap did not apply) those read out of vLLM's FlatLogprobs."""
+    if finished.prompt_logprobs is not None:
+        return finished.prompt_logprobs
+    return PromptLogprobArrays.from_flat(finished.output.prompt_logprobs, width)
 
 
 def _results(futures: list[Future]) -> list[Any]:
