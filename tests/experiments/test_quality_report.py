@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualdistill.study.bootstrap import bootstrap_ci
+from dualdistill.study.bootstrap import bootstrap_ci, paired_difference
 from experiments.quality.config import study_config
-from dualdistill.study.bootstrap import paired_difference
 from experiments.quality.report import differences, pick_lrs, summarize
 from experiments.quality_table import claim, missing_runs, release
 
