@@ -79,7 +79,10 @@ def test_ctrl_c_stops_the_demo_and_its_service(tmp_path, demo_models):
     teacher, student = demo_models
     command = [sys.executable, "-m", "dualdistill.cli.main", "demo", "--size", "tiny", "--teacher", str(teacher),
                "--student", str(student), "--workdir", str(tmp_path / "work"), "--no-progress"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    # SIGINT at its default in the child: a runner started in the background (`cmd &`) ignores SIGINT, the
+    # child would inherit that and Python would install no KeyboardInterrupt handler
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     lines: list[str] = []
     server_pid = None
     try:
