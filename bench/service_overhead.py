@@ -24,6 +24,7 @@ cost, fairness, profile (default all).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import sys
@@ -338,12 +339,27 @@ def run(argv: list[str]) -> Section:
     load.append(os.getloadavg()[0])
     data = {"machine": info, "records": records, "cost": cost, "load_average_seen": load, "argv": argv,
             "args": plain_args(args)}
+    if "ratio" not in args.parts:  # keep the last run's ratio table (the long part), marked as such
+        previous = args.results_dir / "service_overhead.json"
+        if previous.is_file():
+            old = json.loads(previous.read_text())
+            if old.get("records"):
+                data["records"] = old["records"]
+                data["ratio_from"] = old.get("ratio_from") or {"date": old["machine"].get("date"), "argv": old.get("argv", [])}
     return section(data, args, argv)
 
 
 def section(data: dict, args: argparse.Namespace, argv: list[str]) -> Section:
     cost = data.get("cost", {})
     md = render(data["records"], cost, args, data["machine"], argv)
+    if data.get("ratio_from"):
+        kept = data["ratio_from"]
+        command = " ".join(["bench/service_overhead.py", *kept.get("argv", [])])
+        note = (f"The positions/s ratio table below was not rerun (`--parts` left out `ratio`): it is kept from the "
+                f"run of {kept.get('date')} (`{command}`); everything else is from this run.")
+        head, sep, rest = md.partition("\n\n")  # after the heading and command line
+        head2, sep2, rest2 = rest.partition("\n\n")
+        md = head + sep + head2 + sep2 + note + "\n\n" + rest2
     if data.get("load_average_seen"):
         seen = ", ".join(f"{x:.1f}" for x in data["load_average_seen"])
         md += (f"\n1-minute load average seen during the run: {seen} on {data['machine']['cores']} cores (the "
