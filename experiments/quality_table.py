@@ -150,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     data_dir = args.runs_dir / "data"
     facts_path = data_dir / "facts.json"
-    if args.report_only:
-        print(report(config, args.runs_dir, partial_facts(data_dir), 0.0, args.results, args.plot))
+    if args.report_only:  # the wall time is the study's, from its last report (0 when there is none)
+        last = args.results.with_suffix(".json")
+        wall = json.loads(last.read_text()).get("wall_seconds", 0.0) if last.is_file() else 0.0
+        print(report(config, args.runs_dir, partial_facts(data_dir), wall, args.results, args.plot))
         return 0
     service_factory = partial(run_service, log_path=args.runs_dir / "service.log", threads=config.threads,
                               extra_args=["--log-level", "warning", "--device", config.device,

@@ -28,6 +28,9 @@ METRICS: dict[str, tuple[str, str | None, str]] = {
 }
 
 
+_ZERO = 1e-9
+
+
 def pick_lrs(records: list[dict], learning_rates: tuple[float, ...]) -> dict[str, float | None]:
     """method -> the learning rate with the best seed-0 validation accuracy (ties: the smaller rate), once
     every rate of the sweep has finished; None until then."""
@@ -103,7 +106,8 @@ def differences(records: list[dict], methods: list[str], picked: dict, pass_k: i
             if a_num is None or b_num is None or a_den.sum() <= 0 or b_den.sum() <= 0:
                 continue
             d = paired_difference(a_num, b_num, a_den, b_den, resamples=resamples, seed=0).to_dict()
-            d["separates"] = bool(d["low"] > 0 or d["high"] < 0)
+            # a bound that is 0 up to float rounding (e.g. 3e-18 from summed 1/128 steps) does not separate
+            d["separates"] = bool(d["low"] > _ZERO or d["high"] < -_ZERO)
             row[name] = d
         if row:
             out[method] = row
