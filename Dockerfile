@@ -92,6 +92,7 @@ EOF
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/cache/huggingface \
+    NUMBA_CACHE_DIR=/cache/numba \
     DUALDISTILL_HOST=0.0.0.0 \
     DUALDISTILL_HTTP_PORT=8000 \
     DUALDISTILL_GRPC_PORT=50051 \

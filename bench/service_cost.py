@@ -241,13 +241,27 @@ def reading(cost: dict) -> str:
         return ""
     stage = profile["us_per_position"]
     binary, json_ = _median(cpu["http-binary"]["us_per_position"]), _median(cpu["http-json"]["us_per_position"])
-    return (
+    text = (
         f"\nReading: per returned position the binary HTTP path adds {binary:.0f} us of server CPU and the JSON "
         f"one {json_:.0f} us. Of the binary path's, `wire.encode` alone takes {stage['wire.encode']:.0f} us "
         f"(stage table; the lossy codec: KL-sized quantizer, id dictionary, integer streams, zstd) and the "
         f"post-processing beyond what the anchor pays a few more (compute_logits - forward = "
         f"{stage['compute_logits'] - stage['forward']:.0f} us includes the top-k and tail the anchor computes "
         f"too). The JSON body takes {stage['JSON body']:.0f} us: orjson writes the numpy arrays without a Python "
-        f"object per entry. The <= {CPU_GOAL_US:g} us goal for binary needs an encoder several times faster "
-        f"that writes the same bytes, which numpy's per-stream passes do not reach.\n"
+        f"object per entry. On the client, `wire.decode` takes {stage.get('wire.decode (client)', float('nan')):.0f} "
+        f"us per position."
     )
+    paths = profile.get("codec_paths")
+    if paths:
+        large = max(paths["numba"]["encode"], key=int)
+        text += (
+            f" The compiled loops make encode {_ratio(paths, 'encode', '1'):.2f}x / "
+            f"{_ratio(paths, 'encode', large):.2f}x and decode {_ratio(paths, 'decode', '1'):.2f}x / "
+            f"{_ratio(paths, 'decode', large):.2f}x faster than numpy alone (B = 1 / B = {large}); what is left of "
+            f"the encoder is numpy's float passes of the KL-sized quantizer, the row sort and zstd."
+        )
+    return text + "\n"
+
+
+def _ratio(paths: dict, op: str, batch: str) -> float:
+    return _median(paths["numpy"][op][batch]) / _median(paths["numba"][op][batch])

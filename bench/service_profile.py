@@ -64,7 +64,10 @@ def profile_stages(directory: Path, *, batch: int, seq_len: int, start: int, top
         "JSON body": lambda: logits_json(body),
         "gRPC JSON": lambda: logits_response(body, "json").SerializeToString(),
     }
+    payload = wire.encode(results)
+    stages["wire.decode (client)"] = lambda: wire.decode(payload)
     us = {name: _median_cpu(fn, reps) / positions * 1e6 for name, fn in stages.items()}
+    paths = codec_paths({1: results[:1], batch: results}, reps=max(reps, 5))
     profiler = cProfile.Profile(time.process_time)  # CPU time, as the stages: wall time would count waits
     profiler.enable()
     for _ in range(reps):
@@ -80,7 +83,39 @@ def profile_stages(directory: Path, *, batch: int, seq_len: int, start: int, top
         for key, value in ranked
     ]  # fmt: skip
     return {"batch": batch, "seq_len": seq_len, "start": start, "top_k": top_k, "reps": reps, "vocab": vocab,
-            "us_per_position": us, "top": entries}  # fmt: skip
+            "us_per_position": us, "top": entries, "codec_paths": paths}  # fmt: skip
+
+
+def codec_paths(responses: dict[int, list], reps: int) -> dict:
+    """CPU ms per call of wire.encode / wire.decode for each {B: results}, with the compiled loops
+    (kernels.py) and with numpy alone, the two alternating within each repeat: {path: {op: {B: [ms]}}}.
+    Empty when numba is not installed."""
+    from dualdistill.protocol import wire
+    from dualdistill.protocol.wire import kernels
+
+    if not kernels.ENABLED:
+        return {}
+    kernels.warm_up()
+    saved, out = kernels.ENABLED, {"numba": {}, "numpy": {}}
+    payloads = {b: wire.encode(r) for b, r in responses.items()}
+    try:
+        for _ in range(reps):
+            for path in out:
+                kernels.ENABLED = path == "numba"
+                for b, results in responses.items():
+                    calls = 20 if b == 1 else 2
+                    for op, fn in (("encode", lambda r=results: wire.encode(r)),
+                                   ("decode", lambda p=payloads[b]: wire.decode(p))):  # fmt: skip
+                        fn()
+                        begin = time.process_time()
+                        for _ in range(calls):
+                            fn()
+                        out[path].setdefault(op, {}).setdefault(str(b), []).append(
+                            (time.process_time() - begin) / calls * 1000
+                        )
+    finally:
+        kernels.ENABLED = saved
+    return out
 
 
 def _where(key: tuple) -> str:
@@ -103,6 +138,7 @@ def render(profile: dict) -> str:
         f"{p['seq_len']}, start = {p['start']}, top_k = {p['top_k']}, vocab {p['vocab']}; median CPU over "
         f"{p['reps']} repeats per returned position):\n",
         markdown_table(["stage", "CPU us/position"], [[k, f"{v:.1f}"] for k, v in p["us_per_position"].items()]),
+        _render_paths(p),
         f"\nTop functions by own time (cProfile, {p['reps']} passes of compute_logits + wire.encode + JSON body):\n",
         markdown_table(
             ["function", "calls per pass", "share of own time", "us/position"],
@@ -111,3 +147,25 @@ def render(profile: dict) -> str:
         ),  # fmt: skip
     ]
     return "\n".join(lines)
+
+
+def _render_paths(p: dict) -> str:
+    from bench.common import markdown_table
+
+    paths = p.get("codec_paths")
+    if not paths:
+        return "\n(numba not installed: no compiled-vs-numpy codec table)\n"
+    rows = []
+    for op in ("encode", "decode"):
+        for b in paths["numba"][op]:
+            fast, slow = np.median(paths["numba"][op][b]), np.median(paths["numpy"][op][b])
+            per_position = int(b) * (p["seq_len"] - p["start"])
+            rows.append([f"wire.{op}", b, f"{slow:.2f}", f"{fast:.2f}", f"{slow / fast:.2f}x",
+                         f"{slow / per_position * 1000:.1f}", f"{fast / per_position * 1000:.1f}"])  # fmt: skip
+    reps = len(paths["numba"]["encode"][next(iter(paths["numba"]["encode"]))])
+    return (
+        f"\nThe codec with numpy alone and with its compiled loops (dualdistill/protocol/wire/kernels.py; the same "
+        f"bytes), on this model's results: CPU ms per call, median of {reps} alternating repeats:\n\n"
+        + markdown_table(["call", "B", "numpy ms", "compiled ms", "speedup", "numpy us/position",
+                          "compiled us/position"], rows)  # fmt: skip
+    )

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 import uvicorn
 from pydantic import ValidationError
 
+from dualdistill.protocol.wire import kernels as wire_kernels
+
 from .cache import open_backend, parse_cache_spec
 from .config import ServerConfig
 from .core import ApiKeys, ResultCache, TeacherService
@@ -140,6 +142,9 @@ def _load_models(config: ServerConfig) -> dict:
         log.info("loaded model %s from %s with engine %s in %.1f s", name, path, config.engine,
                  time.perf_counter() - begin,
                  extra={"model": name, "engine": config.engine, "seconds": round(time.perf_counter() - begin, 3)})
+    seconds = wire_kernels.warm_up()  # before the first request, which would otherwise compile them
+    if seconds:
+        log.info("wire codec kernels ready in %.1f s", seconds, extra={"seconds": round(seconds, 3)})
     return models
 
 

@@ -7,6 +7,7 @@ Three layers of corruption, each deeper than the last:
 3. the raw content of one stream mutated and the payload re-packed with a valid directory and CRC
    (`container.pack`): the semantic checks of the codec itself (counts, ranges, dictionary) must catch
    them, or the payload decodes to well-formed results.
+Each layer runs on both decoder paths: the compiled loops (numba) and plain numpy.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from dualdistill.protocol import wire
 from dualdistill.protocol.results import SequenceLogits
 from dualdistill.protocol.wire import container, intcode
+from tests.fixtures.codec_paths import codec_path  # noqa: F401  (every test on both codec paths)
 
 # A deadline per example is the "never hangs" check: every payload here is a few kB at most.
 FAST = settings(max_examples=150, deadline=5000, suppress_health_check=[HealthCheck.too_slow], database=None)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from dualdistill.protocol import wire
 from dualdistill.protocol.results import SequenceLogits
 from tests.client.wire import reference_decoder
+from tests.client.wire.synthetic import teacher_response
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -210,3 +211,21 @@ def test_invalid_inputs_are_refused_by_the_encoder():
     good.top_ids = np.array([1], dtype=np.int32)  # mutated after construction
     with pytest.raises(ValueError, match="inconsistent"):
         wire.encode([good])
+
+
+def test_sort_keys_wider_than_32_bits_encode():
+    """Top-k rows (one length) whose sort key, level and dictionary key packed together, needs more than
+    32 bits (M at its cap, 2**20 levels, and thousands of distinct ids): the int32 keys are OR-ed into
+    64-bit words (this raised a TypeError before)."""
+    results = teacher_response(sequences=2, rows=64, k=128, seed=1)
+    payload = wire.encode(results, target_kl=1e-12)
+    assert int.from_bytes(payload[24:28], "little") == 1 << 20  # M
+    assert int.from_bytes(payload[20:24], "little") > 1 << 12  # distinct ids: 20 + 13 bits
+    for exact, decoded in zip(results, wire.decode(payload), strict=True):
+        assert np.array_equal(decoded.row_lengths, exact.row_lengths)
+        for r in range(exact.num_rows):
+            rows = slice(128 * r, 128 * (r + 1))
+            order = np.argsort(exact.top_ids[rows])
+            assert np.array_equal(np.sort(decoded.top_ids[rows]), exact.top_ids[rows][order])
+            got = decoded.top_logprobs[rows][np.argsort(decoded.top_ids[rows])]
+            np.testing.assert_allclose(got, exact.top_logprobs[rows][order], atol=1e-2)  # p ~ 1e-7: 2e-3

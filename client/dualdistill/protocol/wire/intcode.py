@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from dualdistill.protocol.wire import kernels
 from dualdistill.protocol.wire.errors import WireFormatError
 
 DIRECT = 16  # values below this are their own symbol
 NUM_SYMBOLS = DIRECT + 4 * (32 - 4)  # 128: every value < 2**32
 CHUNK = 1 << 16  # values per vectorised step (temporaries of <= 512 KiB)
+DECODE_CHUNK = 1 << 14  # the decoder's: its uint64 temporaries (128 KiB) come from the heap, not fresh pages
 
 _SMALL = 1 << 8  # streams up to this many values are packed through a bit matrix (fewer numpy calls)
+_PYTHON_INTS = 1 << 7  # streams up to this many values are coded with Python integers (no numpy steps)
 _PAIRING_MIN = 1 << 10  # extra-bit fields are joined in pairs while at least this many are left
 _U64 = np.uint64
 _ONE, _63 = np.uint64(1), np.uint64(63)
@@ -130,6 +133,27 @@ def _small_extra_bits(extra: np.ndarray, nbits: np.ndarray) -> bytes:
     return np.packbits(bits[used].astype(np.uint8)).tobytes()
 
 
+def _python_encode(values: list[int]) -> tuple[bytes, bytes]:
+    """`encode_uints` of a short stream with Python integers: for a few dozen values, cheaper than any
+    numpy path's fixed number of array steps. The extra bits accumulate in one big integer."""
+    symbols, data, total = bytearray(), 0, 0
+    for x in values:
+        if x < DIRECT:
+            if x < 0:
+                raise ValueError(f"integer stream values must be in [0, 2**32), got {x}")
+            symbols.append(x)
+            continue
+        if x >> 32:
+            raise ValueError(f"integer stream values must be in [0, 2**32), got {x}")
+        top = x.bit_length() - 1
+        n = top - 2
+        symbols.append(DIRECT + 4 * (top - 4) + ((x >> n) & 3))
+        data = (data << n) | (x & ((1 << n) - 1))
+        total += n
+    pad = -total % 8
+    return bytes(symbols), (data << pad).to_bytes((total + pad) // 8, "big")
+
+
 def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
     """(V,) integers in [0, 2**32), or a list of arrays taken as one sequence -> (symbol bytes (V,),
     packed extra bits).
@@ -140,6 +164,14 @@ def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
     are joined in pairs while a pair fits in 63 bits: fewer, wider fields to place.
     """
     arrays = values if isinstance(values, list) else [values]
+    if kernels.ENABLED:  # one compiled pass (kernels.py), the same bytes
+        flat = np.concatenate(arrays) if len(arrays) > 1 else np.asarray(arrays[0])
+        symbols, extra, done = kernels.encode_fields(np.ascontiguousarray(flat, dtype=np.int64))
+        if done < len(flat):
+            raise ValueError(f"integer stream values must be in [0, 2**32), got {int(flat[-done - 1])}")
+        return symbols.tobytes(), extra.tobytes()
+    if len(arrays) == 1 and len(arrays[0]) <= _PYTHON_INTS:
+        return _python_encode(np.asarray(arrays[0]).tolist())
     if len(arrays) == 1 and len(arrays[0]) <= _SMALL:
         symbols, extra, nbits = to_symbols(arrays[0])
         return symbols.tobytes(), _small_extra_bits(extra, nbits)
@@ -167,6 +199,8 @@ def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
 def decode_uints(symbol_bytes: bytes, nbits: np.ndarray, extra_bytes: bytes) -> np.ndarray:
     """Inverse of `encode_uints` given `nbits = symbol_extra_bits(symbols)`: (V,) uint64.
 
+    Values below DIRECT are their symbols; only the others read extra bits (fields in value order, so a
+    cumulative sum over just those values gives each field's bit offset), DECODE_CHUNK at a time.
     Raises WireFormatError if the extra-bit stream's length or padding does not match the symbols.
     """
     symbols = np.frombuffer(symbol_bytes, dtype=np.uint8)
@@ -175,17 +209,42 @@ def decode_uints(symbol_bytes: bytes, nbits: np.ndarray, extra_bytes: bytes) -> 
         raise WireFormatError(f"extra-bit stream holds {len(extra_bytes)} bytes, expected {(total + 7) // 8}")
     if total % 8 and extra_bytes[-1] & ((1 << (8 - total % 8)) - 1):
         raise WireFormatError("extra-bit stream has non-zero padding bits")
+    if total == 0:
+        return symbols.astype(np.uint64)
+    if kernels.ENABLED:
+        return kernels.decode_fields(symbols, nbits, np.frombuffer(extra_bytes, dtype=np.uint8))
+    if len(symbols) <= _PYTHON_INTS:
+        return _python_decode(symbols, nbits, extra_bytes)
+    out = symbols.astype(np.uint64)
     padded = np.zeros((len(extra_bytes) + 7) // 8 * 8 + 16, dtype=np.uint8)
     padded[: len(extra_bytes)] = np.frombuffer(extra_bytes, dtype=np.uint8)
     words = padded.view(">u8").astype(np.uint64)
-    out = np.empty(len(symbols), dtype=np.uint64)
+    wide = np.flatnonzero(nbits)  # the values with extra bits (symbol >= DIRECT)
     start = 0
-    for lo in range(0, len(symbols), CHUNK):
-        n = nbits[lo : lo + CHUNK]
-        word, pos = _bit_offsets(n, start)
+    for lo in range(0, len(wide), DECODE_CHUNK):
+        at = wide[lo : lo + DECODE_CHUNK]
+        n = nbits[at].astype(np.uint64)
+        offset = np.cumsum(n)
+        offset -= n
+        offset += np.uint64(start)
+        word, pos = (offset >> np.uint64(6)).astype(np.intp), offset & _63
         # The 64 bits starting at the field's first bit, then its top n bits.
         window = (words[word] << pos) | ((words[word + 1] >> _ONE) >> (_63 - pos))
-        extra = (window >> _ONE) >> (_63 - n.astype(np.uint64))
-        out[lo : lo + CHUNK] = from_symbols(symbols[lo : lo + CHUNK], extra, n)
-        start += int(n.sum(dtype=np.int64))
+        extra = (window >> _ONE) >> (_63 - n)
+        lead = (out[at] & np.uint64(3)) + np.uint64(4)  # the leading one and the two bits below it
+        out[at] = (lead << n) | extra
+        start += int(n.sum())
     return out
+
+
+def _python_decode(symbols: np.ndarray, nbits: np.ndarray, extra_bytes: bytes) -> np.ndarray:
+    """`decode_uints` of a short stream with Python integers: the extra bits as one big integer read
+    field by field (for a few dozen values, cheaper than the numpy path's fixed number of array steps)."""
+    data, left = int.from_bytes(extra_bytes, "big"), 8 * len(extra_bytes)
+    out = []
+    for symbol, n in zip(symbols.tolist(), nbits.tolist(), strict=True):
+        if n:
+            left -= n
+            symbol = ((4 + (symbol & 3)) << n) | ((data >> left) & ((1 << n) - 1))
+        out.append(symbol)
+    return np.array(out, dtype=np.uint64)

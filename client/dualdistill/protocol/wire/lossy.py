@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dualdistill.protocol.wire import kernels
 from dualdistill.protocol.wire.container import variant_offsets
 from dualdistill.protocol.wire.errors import WireFormatError
 from dualdistill.protocol.wire.quantize import dequantize, quantize
@@ -40,6 +41,9 @@ STREAMS = (
 OFFSETS = variant_offsets(STREAMS)  # stream index of each, as the payload lays them out
 _KEY_MAX = (1 << 31) - 1  # keys index distinct int32 ids
 _CAP = 7  # a step symbol holds sizes and drops below this; larger ones continue in an overflow stream
+_REPEATED_IDS = "top_ids repeat an id within a row; the lossy variant needs distinct ids per row"
+_SIZES_OVERRUN = "tie-group sizes exceed the row length"
+_LEVELS_BELOW_ZERO = "level drops exceed the row's first level"
 
 
 def encode_entries(
@@ -60,6 +64,15 @@ def encode_levels(
     n = len(keys)
     # Sent order: level descending (= rank ascending), key ascending. Unsigned from here on.
     rank, keys, perm = sort_within_rows(row_lengths, levels - 1 - level, levels, keys, max(n_dict, 1), with_order)
+    if kernels.ENABLED:  # the tie groups in one compiled pass over the sorted rows (kernels.py)
+        codes, groups, sizes, first_rank, rank_steps, ok = kernels.tie_groups(
+            np.ascontiguousarray(row_lengths, dtype=np.int64), rank, keys
+        )
+        if not ok:
+            raise ValueError(_REPEATED_IDS)
+        values = {"groups_per_row": groups, "group_sizes": sizes, "first_levels": (levels - 1) - first_rank,
+                  "level_drops": rank_steps}  # fmt: skip
+        return perm, codes, values
     starts = row_starts(row_lengths, n)
     in_group = np.empty(n, dtype=bool)  # True at every group's first entry
     in_group[:1] = True
@@ -77,7 +90,7 @@ def encode_levels(
     codes = keys - before
     # Keys ascend within a group; a repeated key wraps below zero, i.e. above every key (< 2**31).
     if n and int(codes.max()) > _KEY_MAX:
-        raise ValueError("top_ids repeat an id within a row; the lossy variant needs distinct ids per row")
+        raise ValueError(_REPEATED_IDS)
     values = {
         "groups_per_row": _count_per_row(row_lengths, in_group),
         "group_sizes": (np.diff(group_at) - 1)[inner],
@@ -143,6 +156,19 @@ def decode_entries(
     n_groups = int(groups.sum())
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    first = values["first_levels"].astype(np.int64)
+    if int(first.max()) >= levels:
+        raise WireFormatError(f"level {int(first.max())} out of range (< {levels})")
+    if kernels.ENABLED:  # one compiled pass over the groups and entries (kernels.py)
+        keys, group_level, size, status = kernels.group_entries(
+            np.ascontiguousarray(row_lengths, dtype=np.int64), codes, groups, values["group_sizes"], first,
+            values["level_drops"],
+        )  # fmt: skip
+        if status:
+            raise WireFormatError((_SIZES_OVERRUN, _LEVELS_BELOW_ZERO)[status - 1])
+        if int(keys.max()) >= n_dict:
+            raise WireFormatError(f"key {int(keys.max())} out of range (< {n_dict})")
+        return keys, np.repeat(dequantize(group_level, levels), size)
     first_of_row = row_starts(groups, n_groups)
     last_of_row = np.r_[first_of_row[1:], True]
     # Sizes of all but each row's last group; the last one is what is left of the row.
@@ -151,23 +177,28 @@ def decode_entries(
     taken = segment_cumsum(size, first_of_row)[last_of_row]
     size[last_of_row] = row_lengths[row_lengths > 0] - taken
     if int(size[last_of_row].min()) < 1:
-        raise WireFormatError("tie-group sizes exceed the row length")
-    first = values["first_levels"].astype(np.int64)
-    if int(first.max()) >= levels:
-        raise WireFormatError(f"level {int(first.max())} out of range (< {levels})")
+        raise WireFormatError(_SIZES_OVERRUN)
     step = np.empty(n_groups, dtype=np.int64)
     step[first_of_row] = first
     step[~first_of_row] = -(values["level_drops"].astype(np.int64) + 1)
     group_level = segment_cumsum(step, first_of_row)
     if int(group_level.min()) < 0:
-        raise WireFormatError("level drops exceed the row's first level")
-    in_group = np.zeros(n, dtype=bool)
-    in_group[np.cumsum(size) - size] = True
-    codes = codes.astype(np.int64)
-    keys = segment_cumsum(np.where(in_group, codes, codes + 1), in_group)
+        raise WireFormatError(_LEVELS_BELOW_ZERO)
+    # keys: a group's first key is its code, each next one the previous + code + 1. One cumsum over the
+    # entries: increments code + 1, except at a group's first entry, where the increment is the code
+    # minus the previous group's last key (the sum of that group's increments, taken before the change).
+    group_start = np.cumsum(size) - size
+    increment = codes.astype(np.int64)
+    increment += 1
+    increment[group_start] -= 1
+    if n_groups > 1:
+        last_key = np.add.reduceat(increment, group_start)
+        increment[group_start[1:]] -= last_key[:-1]
+    keys = np.cumsum(increment)
     if int(keys.max()) >= n_dict:
         raise WireFormatError(f"key {int(keys.max())} out of range (< {n_dict})")
-    return keys, dequantize(np.repeat(group_level, size), levels)
+    # one logprob per group (the levels' bin centres), then repeated over the group's entries
+    return keys, np.repeat(dequantize(group_level, levels), size)
 
 
 def check_groups(row_lengths: np.ndarray, groups: np.ndarray) -> None:

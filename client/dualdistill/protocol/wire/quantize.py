@@ -84,6 +84,10 @@ class _Entries:
         # Sums over the whole arrays (numpy's pairwise order), as a plain (p * ...).sum() - p.sum().
         self.constant = float(plogp.sum() - self.p.sum())  # p = 0 entries contribute q only
 
+    def levels_view(self) -> np.ndarray:
+        """The scratch view the latest `levels` call filled."""
+        return self._level
+
     def levels(self, levels: int) -> np.ndarray:
         """(N,) int64 levels in [0, levels), equal to quantize(logprobs, levels); a scratch view."""
         low_scale, high_scale = levels * (1.0 - _ROOT_SLACK), levels * (1.0 + _ROOT_SLACK)
@@ -122,13 +126,18 @@ def _kl_of(entries: _Entries, n_rows: float):
     q_e = exp(dequantize(quantize(logprob_e, M))). The q-dependent sums go through per-level totals (at
     most M distinct values of q)."""
 
+    last: list = [None, None]  # (M, KL) of the latest call: its levels are still in the scratch view
+
     def kl(levels: int) -> tuple[float, np.ndarray]:
+        if last[0] == levels:  # the search asks again for the M it just measured (it converged)
+            return last[1], entries.levels_view()
         level = entries.levels(levels)
         log_q, q = _decoded(levels)
         mass = np.bincount(level, weights=entries.p, minlength=levels)
         count = np.bincount(level, minlength=levels)
         value = entries.constant - float(mass @ log_q) + float(count @ q)
-        return value / max(n_rows, 1e-300), level
+        last[:] = levels, value / max(n_rows, 1e-300)
+        return last[1], level
 
     return kl
 

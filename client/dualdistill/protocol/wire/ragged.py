@@ -99,8 +99,9 @@ def sort_within_rows(
     packed <<= dtype(s_bits + pos_bits)
     if pos_bits:
         packed |= secondary.astype(dtype) << dtype(pos_bits)
-    else:
-        np.bitwise_or(packed, secondary, out=packed, casting="unsafe")
+    else:  # int32 keys (dictionary.build's) are OR-ed in place as uint32; others are cast first
+        np.bitwise_or(packed, secondary.view(np.uint32) if secondary.dtype == np.int32 else secondary.astype(dtype),
+                      out=packed)  # fmt: skip
     if uniform:  # (R, k) rows: positions broadcast along a row, one sort per row
         if pos_bits:
             packed.reshape(rows, longest)[:] |= np.arange(longest, dtype=dtype)

@@ -1,0 +1,158 @@
+"""The compiled loops (dualdistill.protocol.wire.kernels) against the numpy code they replace: the same
+bytes out of the integer coder and the tie-group pass, the same values out of their inverses, the same
+errors; the switch (DUALDISTILL_WIRE_KERNELS) and the warm-up. Whole payloads are compared by every other
+test of this directory, which runs on both paths (conftest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dualdistill.protocol import wire
+from dualdistill.protocol.results import SequenceLogits
+from dualdistill.protocol.wire import intcode, kernels, lossy
+from dualdistill.protocol.wire.errors import WireFormatError
+from tests.client.wire.synthetic import teacher_response
+
+pytestmark = pytest.mark.skipif(not kernels.ENABLED, reason="numba is not installed")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def codec_path():
+    """Overrides conftest.py's: these tests run both paths themselves (`_both`), once."""
+    yield "both"
+
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+
+
+def _both(fn, *args):
+    """fn(*args) with the kernels on, then off: the two results (or the two exceptions' types and texts)."""
+    out = []
+    for enabled in (True, False):
+        saved, kernels.ENABLED = kernels.ENABLED, enabled
+        try:
+            out.append(fn(*args))
+        except (ValueError, WireFormatError) as exc:
+            out.append((type(exc), str(exc)))
+        finally:
+            kernels.ENABLED = saved
+    return out
+
+
+# a mix of direct symbols (< 16), every bit width up to 2**32 - 1, and runs long enough for every path
+# of the numpy coder (Python integers <= 128 values, a bit matrix <= 256, chunks and field pairing beyond)
+values = st.lists(
+    st.one_of(st.integers(0, 15), st.integers(16, 2**12), st.integers(0, 2**32 - 1)), max_size=1500
+)
+
+
+@given(values)
+@SETTINGS
+def test_the_integer_coder_writes_the_same_bytes_and_reads_them_back(numbers):
+    array = np.array(numbers, dtype=np.uint64)
+    compiled, plain = _both(intcode.encode_uints, array)
+    assert compiled == plain
+    symbols, extra = compiled
+    nbits = intcode.symbol_extra_bits(np.frombuffer(symbols, dtype=np.uint8))
+    for decoded in _both(intcode.decode_uints, symbols, nbits, extra):
+        assert decoded.dtype == np.uint64 and decoded.tolist() == numbers
+
+
+def test_a_list_of_arrays_is_one_stream():
+    parts = [np.arange(0, 300, dtype=np.int64), np.array([2**31, 5], dtype=np.int64), np.zeros(0, dtype=np.int64)]
+    compiled, plain = _both(intcode.encode_uints, parts)
+    assert compiled == plain == _both(intcode.encode_uints, np.concatenate(parts))[1]
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32])
+def test_values_outside_32_bits_are_refused(bad):
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*32\)"):
+        intcode.encode_uints(np.array([7, bad, 3], dtype=np.int64))  # the kernels are on in this module
+
+
+@st.composite
+def level_rows(draw):
+    """Rows of (key, level) entries, distinct keys per row; levels sorted descending or in any order."""
+    levels = draw(st.sampled_from([1, 2, 9, 500, 1 << 20]))
+    lengths = draw(st.lists(st.integers(0, 60), max_size=6))
+    n_dict = draw(st.integers(max(lengths, default=0) or 1, 5000))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    keys = np.concatenate([rng.choice(n_dict, m, replace=False) for m in lengths] or [np.zeros(0, int)])
+    level = rng.integers(0, levels, len(keys))
+    if draw(st.booleans()):  # as top-k rows arrive: by level descending
+        offsets = np.r_[0, np.cumsum(lengths)]
+        for a, b in zip(offsets[:-1], offsets[1:], strict=True):
+            level[a:b] = np.sort(level[a:b])[::-1]
+    return np.array(lengths, dtype=np.int64), keys.astype(np.int32), level.astype(np.int64), levels, n_dict  # as dictionary.build
+
+
+def _plain(array):
+    return array.tolist() if isinstance(array, np.ndarray) else array
+
+
+@given(level_rows(), st.booleans())
+@SETTINGS
+def test_the_tie_groups_and_their_inverse_match_numpy(rows, with_order):
+    lengths, keys, level, levels, n_dict = rows
+    compiled, plain = _both(lossy.encode_levels, lengths, keys, level, levels, n_dict, with_order)
+    (perm_c, codes_c, values_c), (perm_p, codes_p, values_p) = compiled, plain
+    assert _plain(perm_c) == _plain(perm_p) and codes_c.tolist() == codes_p.tolist()
+    assert {k: v.tolist() for k, v in values_c.items()} == {k: v.tolist() for k, v in values_p.items()}
+    steps = lossy.split_steps(values_c)
+    sizes, drops = lossy.join_steps(np.frombuffer(steps["group_steps"], np.uint8), steps["size_overflow"],
+                                    steps["drop_overflow"])  # fmt: skip
+    decoded_values = {"groups_per_row": values_c["groups_per_row"], "group_sizes": sizes,
+                      "first_levels": values_c["first_levels"], "level_drops": drops}  # fmt: skip
+    (keys_c, logprobs_c), (keys_p, logprobs_p) = _both(
+        lossy.decode_entries, lengths, codes_c.astype(np.uint64), decoded_values, levels, n_dict
+    )
+    assert keys_c.tolist() == keys_p.tolist() and logprobs_c.tobytes() == logprobs_p.tobytes()
+
+
+def test_a_repeated_id_in_a_row_is_refused_on_both_paths():
+    lengths, keys, level = np.array([3]), np.array([4, 4, 1]), np.array([2, 2, 0])
+    compiled, plain = _both(lossy.encode_levels, lengths, keys, level, 3, 5, False)
+    assert compiled == plain and compiled[0] is ValueError and "repeat an id" in compiled[1]
+
+
+@pytest.mark.parametrize(
+    "sizes, drops, first, message",
+    [([5], [0], [2], "tie-group sizes exceed"), ([0], [4], [2], "level drops exceed")],
+)
+def test_corrupt_groups_are_refused_with_the_same_error(sizes, drops, first, message):
+    values = {"groups_per_row": np.array([2]), "group_sizes": np.array(sizes), "first_levels": np.array(first),
+              "level_drops": np.array(drops)}  # fmt: skip
+    compiled, plain = _both(lossy.decode_entries, np.array([4]), np.zeros(4, dtype=np.uint64), values, 3, 10)
+    assert compiled == plain == (WireFormatError, compiled[1]) and message in compiled[1]
+
+
+def test_the_switch_reads_the_environment(monkeypatch):
+    for value, enabled in (("numpy", False), ("numba", True), ("auto", True), ("", True)):
+        monkeypatch.setenv(kernels.ENV, value)
+        assert kernels._enabled() is enabled
+    monkeypatch.setenv(kernels.ENV, "fast")
+    with pytest.raises(ValueError, match="DUALDISTILL_WIRE_KERNELS must be one of auto, numba, numpy"):
+        kernels._enabled()
+
+
+def test_warm_up_compiles_every_loop_for_the_types_the_codec_passes():
+    """After warm_up, encoding and decoding real payloads compiles nothing more (no request waits)."""
+    assert kernels.warm_up() > 0
+    loops = [getattr(kernels, name) for name in ("encode_fields", "decode_fields", "tie_groups", "group_entries")]
+    compiled = [len(loop.compiled.signatures) for loop in loops]
+    for results in (teacher_response(sequences=2, rows=40, seed=3), _sampled()):
+        for lossless in (False, True):
+            wire.decode(wire.encode(results, lossless=lossless))
+    assert [len(loop.compiled.signatures) for loop in loops] == compiled
+
+
+def _sampled() -> list[SequenceLogits]:
+    """A "sample"-mode response: ragged rows with counts."""
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 0, 5])
+    ids = np.concatenate([rng.choice(49152, m, replace=False) for m in lengths])
+    logprobs = np.sort(-rng.exponential(3.0, len(ids))).astype(np.float32)
+    return [SequenceLogits(row_lengths=lengths, top_ids=ids, top_logprobs=logprobs, token_logprobs=-np.ones(3),
+                           tail_logprobs=-np.ones(3), counts=rng.integers(1, 9, len(ids)))]  # fmt: skip
