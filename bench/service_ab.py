@@ -1,6 +1,6 @@
 """Before / after of the service's per-call latency and fairness: two checkouts' servers in one run.
 
-    python bench/service_ab.py --before DIR [--after DIR] [--reps 40] [--rounds 2] [--fairness-seconds 20]
+    python bench/service_ab.py --before DIR [--after DIR] [--reps 40] [--cpu-reps 5] [--rounds 2] [--fairness-seconds 20]
 
 DIR is a checkout of the project (e.g. `git worktree add /tmp/before main`); --after defaults to this
 one. Both servers (`dualdistill serve` from each checkout's own code, tiny model, `--cache none`) run
@@ -9,6 +9,8 @@ both sides:
 - added latency of a one-sequence call (bench/service_cost.py `added_latency`'s paths: our client over
   HTTP and gRPC, curl on one kept-alive connection; binary, T = 64, start = 8, top_k = 128), as the
   median call minus the median in-process call of this process;
+- server CPU per returned position: each server process's CPU per call of B = 1 and B = 32 sequences
+  (binary over HTTP), its slope per position, alternating sides, next to the in-process anchor's;
 - fairness: this checkout's `tests/reliability/loadgen.py` (64 closed-loop clients) against each
   server's default settings, `--rounds` runs each in alternating order; p99 / p50 per run.
 Prints a Markdown table; writes nothing.
@@ -40,8 +42,8 @@ SEQ_LEN, START, TOP_K = 64, 8, 128
 
 
 @contextlib.contextmanager
-def serve(root: Path, model_dir: Path, *args: str) -> Iterator[tuple[str, str]]:
-    """`dualdistill serve` from `root`'s code; yields (http_url, grpc_target) once it serves."""
+def serve(root: Path, model_dir: Path, *args: str) -> Iterator[tuple[str, str, int]]:
+    """`dualdistill serve` from `root`'s code; yields (http_url, grpc_target, pid) once it serves."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DUALDISTILL_")}
     env |= {"PYTHONPATH": f"{root}/client{os.pathsep}{root}/server", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "dualdistill.cli.main", "serve", "--host", "127.0.0.1", "--http-port", "0",
@@ -55,20 +57,20 @@ def serve(root: Path, model_dir: Path, *args: str) -> Iterator[tuple[str, str]]:
                 break
         else:
             raise RuntimeError(f"the server of {root} exited before serving (code {process.wait()})")
-        yield f"http://{match.group(1)}", match.group(2)
+        yield f"http://{match.group(1)}", match.group(2), process.pid
     finally:
         process.terminate()
         process.wait(timeout=60)
 
 
-def latency(servers: dict[str, tuple[str, str]], model_dir: Path, reps: int) -> dict[str, list[float]]:
+def latency(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: int) -> dict[str, list[float]]:
     """Seconds per one-sequence call, per path ("in-process", "<side> client-http", ...)."""
     from bench.service_overhead import InProcess, client_call
     from dualdistill import TeacherClient
 
     anchor = InProcess(model_dir, "cpu", "float32", 1)
     calls = {"in-process": anchor}
-    for side, (http_url, grpc_target) in servers.items():
+    for side, (http_url, grpc_target, _) in servers.items():
         calls[f"{side} client-http"] = client_call(TeacherClient(http_url, format="binary", timeout=60), "tiny")
         grpc_client = TeacherClient(grpc_target, transport="grpc", format="binary", timeout=60)
         calls[f"{side} client-grpc"] = client_call(grpc_client, "tiny")
@@ -91,13 +93,49 @@ def latency(servers: dict[str, tuple[str, str]], model_dir: Path, reps: int) -> 
     return seconds
 
 
+def server_cpu(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: int, calls: int = 6) -> dict:
+    """Server CPU per returned position (binary over HTTP, our client): per side and repeat, the slope of
+    the server process's CPU per call between B = 1 and B = 32 (per-call costs drop out), the two servers
+    alternating within each repeat; the in-process anchor's slope (forward + top-k) for reference."""
+    from bench.service_cost import process_cpu_seconds
+    from bench.service_overhead import InProcess, client_call
+    from dualdistill import TeacherClient
+
+    anchor = InProcess(model_dir, "cpu", "float32", 1)
+    clients = {side: client_call(TeacherClient(http, format="binary", timeout=120), "tiny")
+               for side, (http, _, _) in servers.items()}  # fmt: skip
+    rng = np.random.default_rng(3)
+    batches, positions = (1, 32), {b: b * (SEQ_LEN - START) for b in (1, 32)}
+    slopes: dict[str, list[float]] = {"in-process": [], **{side: [] for side in servers}}
+    for rep in range(reps + 1):  # rep 0 warms up
+        sides = list(slopes) if rep % 2 == 0 else list(reversed(slopes))
+        for side in sides:
+            per_call = {}
+            for b in batches:
+                work = [rng.integers(0, 320, (b, SEQ_LEN), dtype=np.int64) for _ in range(calls)]
+                if side == "in-process":
+                    begin = time.process_time()
+                    for sequences in work:
+                        anchor(sequences, START, TOP_K)
+                    per_call[b] = (time.process_time() - begin) / calls
+                else:
+                    pid = servers[side][2]
+                    begin = process_cpu_seconds(pid)
+                    for sequences in work:
+                        clients[side](sequences, START, TOP_K)
+                    per_call[b] = (process_cpu_seconds(pid) - begin) / calls
+            if rep > 0:
+                slopes[side].append((per_call[32] - per_call[1]) / (positions[32] - positions[1]) * 1e6)
+    return slopes
+
+
 def fairness(roots: dict[str, Path], model_dir: Path, rounds: int, seconds: float) -> dict[str, list[dict]]:
     from tests.reliability.loadgen import run_load
 
     out: dict[str, list[dict]] = {side: [] for side in roots}
     for rnd in range(rounds):
         for side in list(roots) if rnd % 2 == 0 else list(reversed(roots)):
-            with serve(roots[side], model_dir) as (http_url, _):
+            with serve(roots[side], model_dir) as (http_url, _, _):
                 report = run_load(http_url, clients=64, seconds=seconds)
             out[side].append({"p50_ms": report.p50_ms, "p99_ms": report.p99_ms, "rps": report.throughput_rps,
                               "load": os.getloadavg()[0], "statuses": report.statuses,
@@ -113,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=40, help="one-sequence calls per path")
     parser.add_argument("--rounds", type=int, default=2, help="loadgen runs per side (0: no fairness run)")
     parser.add_argument("--fairness-seconds", type=float, default=20.0)
+    parser.add_argument("--cpu-reps", type=int, default=5, help="repeats of the server-CPU slope (0: skip it)")
     args = parser.parse_args(argv)
     roots = {"before": args.before.resolve(), "after": args.after.resolve()}
     from tests.fixtures.tiny_model import build_tiny_model
@@ -122,12 +161,21 @@ def main(argv: list[str] | None = None) -> None:
         with serve(roots["before"], model_dir, "--max-top-k", "256") as before, \
                 serve(roots["after"], model_dir, "--max-top-k", "256") as after:  # fmt: skip
             seconds = latency({"before": before, "after": after}, model_dir, args.reps)
+            cpu = server_cpu({"before": before, "after": after}, model_dir, args.cpu_reps) if args.cpu_reps else {}
         fair = fairness(roots, model_dir, args.rounds, args.fairness_seconds) if args.rounds else {}
     base = summarize(seconds["in-process"]).median
     rows = [[path, f"{summarize(s).median * 1000:.2f}", "" if path == "in-process" else
              f"{(summarize(s).median - base) * 1000:+.2f}"] for path, s in seconds.items()]  # fmt: skip
     print(f"One-sequence calls (T = {SEQ_LEN}, start = {START}, top_k = {TOP_K}, binary), median of {args.reps}:\n")
     print(markdown_table(["path", "ms per call", "added ms"], rows))
+    if cpu:
+        anchor = summarize(cpu["in-process"]).median
+        rows = [[side, f"{summarize(v).median:.1f} [{min(v):.1f}, {max(v):.1f}]",
+                 "" if side == "in-process" else f"{summarize(v).median - anchor:+.1f}"] for side, v in cpu.items()]
+        print(f"\nServer process CPU per returned position, binary over HTTP (slope between B = 1 and B = 32, "
+              f"sides alternating), median [min, max] of {args.cpu_reps} repeats; added = minus the in-process "
+              f"anchor's slope (forward + top-k):\n")
+        print(markdown_table(["server", "CPU us/position", "added us/position"], rows))
     if fair:
         rows = [[side, ", ".join(f"{r['p99_ms'] / r['p50_ms']:.2f}" for r in runs),
                  ", ".join(f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}" for r in runs),
