@@ -142,10 +142,16 @@ def _load_models(config: ServerConfig) -> dict:
         log.info("loaded model %s from %s with engine %s in %.1f s", name, path, config.engine,
                  time.perf_counter() - begin,
                  extra={"model": name, "engine": config.engine, "seconds": round(time.perf_counter() - begin, 3)})
-    seconds = wire_kernels.warm_up()  # before the first request, which would otherwise compile them
+    if config.engine == "vllm":  # only now: numba must not load while vLLM starts an engine (environment.py)
+        _warm_wire_kernels()
+    return models
+
+
+def _warm_wire_kernels() -> None:
+    """Compile (or load from numba's cache) the wire codec's kernels, so the first request does not."""
+    seconds = wire_kernels.warm_up()
     if seconds:
         log.info("wire codec kernels ready in %.1f s", seconds, extra={"seconds": round(seconds, 3)})
-    return models
 
 
 def _engine_failures(models: dict) -> asyncio.Future:
@@ -255,6 +261,8 @@ async def _load_and_serve(
     service: TeacherService, config: ServerConfig, addresses: dict, stop: asyncio.Event, http_task: asyncio.Task
 ) -> int:
     """Load the models, become ready, serve until a signal. Returns the exit code so far."""
+    if config.engine != "vllm":  # alongside the model loading: it takes about a second, mostly numba's import
+        threading.Thread(target=_warm_wire_kernels, name="wire-kernels", daemon=True).start()
     loading = asyncio.ensure_future(_in_daemon_thread(_load_models, config))
     stopped = asyncio.ensure_future(stop.wait())
     try:

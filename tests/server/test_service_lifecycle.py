@@ -203,3 +203,18 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(slow_window_server) -> 
     assert len(outcomes["grpc"].results[0].row_lengths) == 2
     assert exit_code == 0
     assert "draining 2 request(s) in flight" in server.log_tail(100)
+
+
+def test_the_wire_codec_kernels_warm_up_in_the_background(tiny_server) -> None:
+    """The server compiles (or loads from numba's cache) the wire codec's kernels beside the model
+    loading, and says so in its log; readiness does not wait for them."""
+    pytest.importorskip("numba")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in tiny_server.log_path.read_text().splitlines() if line.startswith("{")]
+        ready = [line for line in lines if line.get("msg", "").startswith("wire codec kernels ready in")]
+        if ready:
+            assert ready[0]["seconds"] > 0
+            return
+        time.sleep(0.2)
+    pytest.fail(f"no 'wire codec kernels ready' line in the server log:\n{tiny_server.log_tail()}")
