@@ -93,7 +93,7 @@ def codec_paths(responses: dict[int, list], reps: int) -> dict:
     from dualdistill.protocol import wire
     from dualdistill.protocol.wire import kernels
 
-    if not kernels.ENABLED:
+    if not kernels.enabled():
         return {}
     kernels.warm_up()
     saved, out = kernels.ENABLED, {"numba": {}, "numpy": {}}

@@ -219,8 +219,8 @@ def run(argv: list[str]) -> Section:
     from dualdistill.protocol.wire import kernels
 
     data = {"machine": info, "argv": argv, "rows": rows, "stages": stages, "load": load, "goals": [goal_row(rows)],
-            "compiled": kernels.ENABLED}  # fmt: skip
-    markdown = render(rows, stages, args, info, argv, load, kernels.ENABLED)
+            "compiled": kernels.enabled()}  # fmt: skip
+    markdown = render(rows, stages, args, info, argv, load, kernels.enabled())
     return Section("wire_encode_speed", "Wire encoder speed", markdown, data)
 
 

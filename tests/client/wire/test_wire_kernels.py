@@ -5,6 +5,8 @@ test of this directory, which runs on both paths (conftest.py)."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +18,7 @@ from dualdistill.protocol.wire import intcode, kernels, lossy
 from dualdistill.protocol.wire.errors import WireFormatError
 from tests.client.wire.synthetic import teacher_response
 
-pytestmark = pytest.mark.skipif(not kernels.ENABLED, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="numba is not installed")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,7 +33,7 @@ def _both(fn, *args):
     """fn(*args) with the kernels on, then off: the two results (or the two exceptions' types and texts)."""
     out = []
     for enabled in (True, False):
-        saved, kernels.ENABLED = kernels.ENABLED, enabled
+        saved, kernels.ENABLED = kernels.enabled(), enabled
         try:
             out.append(fn(*args))
         except (ValueError, WireFormatError) as exc:
@@ -128,6 +130,15 @@ def test_corrupt_groups_are_refused_with_the_same_error(sizes, drops, first, mes
     assert compiled == plain == (WireFormatError, compiled[1]) and message in compiled[1]
 
 
+def test_a_numba_that_does_not_import_leaves_numpy_on_auto_and_fails_loudly_when_required(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    monkeypatch.setenv(kernels.ENV, "auto")
+    assert kernels._enabled() is False
+    monkeypatch.setenv(kernels.ENV, "numba")
+    with pytest.raises(ImportError, match="DUALDISTILL_WIRE_KERNELS=numba but numba does not import"):
+        kernels._enabled()
+
+
 def test_the_switch_reads_the_environment(monkeypatch):
     for value, enabled in (("numpy", False), ("numba", True), ("auto", True), ("", True)):
         monkeypatch.setenv(kernels.ENV, value)
@@ -156,3 +167,23 @@ def _sampled() -> list[SequenceLogits]:
     logprobs = np.sort(-rng.exponential(3.0, len(ids))).astype(np.float32)
     return [SequenceLogits(row_lengths=lengths, top_ids=ids, top_logprobs=logprobs, token_logprobs=-np.ones(3),
                            tail_logprobs=-np.ones(3), counts=rng.integers(1, 9, len(ids)))]  # fmt: skip
+
+
+def test_a_loop_numba_cannot_cache_is_compiled_in_memory(monkeypatch, caplog):
+    """Where numba finds no writable cache directory it refuses `cache=True` with a RuntimeError; the loop
+    is then compiled without its disk cache (and the codec still works)."""
+    import numba
+
+    real = numba.njit
+
+    def njit(*args, **kwargs):
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x.py'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    loop = kernels._Lazy(kernels._encode)
+    symbols, extra, done = loop(np.array([3, 300], dtype=np.int64))
+    want_symbols, want_extra, _ = kernels.encode_fields(np.array([3, 300], dtype=np.int64))
+    assert done == 2 and symbols.tobytes() == want_symbols.tobytes() and extra.tobytes() == want_extra.tobytes()
+    assert "compiling it in memory" in caplog.text

@@ -206,12 +206,13 @@ def test_an_engine_failure_reaches_the_server_loop() -> None:
 def test_the_kernel_rebinding_scan_of_vllm_passes_once_numba_is_loaded() -> None:
     """vLLM's CPU platform scans every module attribute with hasattr(v, "__dict__") / vars(v).get(...);
     llvmlite's library object (loaded with numba, which the wire codec uses) fails that scan until
-    `guard_kernel_rebinding` gives it a real `__dict__` answer (test_vllm_*.py start engines after the
-    codec tests have loaded numba in this process)."""
+    `guard_llvmlite_for_vllm` gives it a real `__dict__` answer (the codec calls it when it loads numba,
+    import_vllm before every engine start; test_vllm_*.py start engines after the codec tests have loaded
+    numba in this process)."""
     pytest.importorskip("numba")
     from llvmlite.binding import ffi
 
-    from dualdistill_server.engines.vllm.environment import guard_kernel_rebinding
+    from dualdistill.protocol.wire.kernels import guard_llvmlite_for_vllm
 
     def scan(value):  # the shape of vllm.triton_utils.dispatcher._rebind_kernels's check
         return vars(value).get("kernel") if hasattr(value, "__dict__") else None
@@ -219,7 +220,7 @@ def test_the_kernel_rebinding_scan_of_vllm_passes_once_numba_is_loaded() -> None
     ffi.lib._fntab.pop("__dict__", None)
     with pytest.raises(AttributeError, match="no attribute 'get'"):
         scan(ffi.lib)
-    guard_kernel_rebinding()
+    guard_llvmlite_for_vllm()
     assert scan(ffi.lib) is None
-    guard_kernel_rebinding()  # idempotent
+    guard_llvmlite_for_vllm()  # idempotent
     assert ffi.lib._fntab["__dict__"] == {}

@@ -164,7 +164,7 @@ def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
     are joined in pairs while a pair fits in 63 bits: fewer, wider fields to place.
     """
     arrays = values if isinstance(values, list) else [values]
-    if kernels.ENABLED:  # one compiled pass (kernels.py), the same bytes
+    if kernels.enabled():  # one compiled pass (kernels.py), the same bytes
         flat = np.concatenate(arrays) if len(arrays) > 1 else np.asarray(arrays[0])
         symbols, extra, done = kernels.encode_fields(np.ascontiguousarray(flat, dtype=np.int64))
         if done < len(flat):
@@ -211,7 +211,7 @@ def decode_uints(symbol_bytes: bytes, nbits: np.ndarray, extra_bytes: bytes) -> 
         raise WireFormatError("extra-bit stream has non-zero padding bits")
     if total == 0:
         return symbols.astype(np.uint64)
-    if kernels.ENABLED:
+    if kernels.enabled():
         return kernels.decode_fields(symbols, nbits, np.frombuffer(extra_bytes, dtype=np.uint8))
     if len(symbols) <= _PYTHON_INTS:
         return _python_decode(symbols, nbits, extra_bytes)

@@ -20,27 +20,73 @@ on disk by numba, next to this module or in NUMBA_CACHE_DIR, so later processes 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import sys
 from collections.abc import Callable
 
 import numpy as np
 
 ENV = "DUALDISTILL_WIRE_KERNELS"
 _CHOICES = ("auto", "numba", "numpy")
+log = logging.getLogger(__name__)
 
 
-def _enabled() -> bool:
+def _choice() -> str:
     choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if choice not in _CHOICES:
         raise ValueError(f"{ENV} must be one of {', '.join(_CHOICES)}, got {choice!r}")
-    return choice == "numba" or (choice == "auto" and importlib.util.find_spec("numba") is not None)
+    return choice
 
 
-ENABLED = _enabled()
+def _enabled() -> bool:
+    """Whether the codec takes the compiled path: DUALDISTILL_WIRE_KERNELS, and (auto) whether numba
+    imports here. numba is imported now (about half a second), at the codec's first call."""
+    choice = _choice()
+    if choice == "numpy":
+        return False
+    try:
+        import numba  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - absent, or a build that does not match this numpy
+        if choice == "numba":
+            raise ImportError(f"{ENV}=numba but numba does not import: {exc}") from exc
+        if importlib.util.find_spec("numba") is not None:
+            log.warning("numba is installed but does not import (%s); the wire codec runs on numpy alone", exc)
+        return False
+    guard_llvmlite_for_vllm()
+    return True
+
+
+ENABLED: bool | None = None  # decided at the first call (`enabled`); tests set it to pick a path
+
+
+def enabled() -> bool:
+    global ENABLED
+    if ENABLED is None:
+        ENABLED = _enabled()
+    return ENABLED
+
+
+def guard_llvmlite_for_vllm() -> None:
+    """Let vLLM's CPU platform start an engine in a process that has loaded numba.
+
+    When it starts an engine without Triton, vLLM rebinds some kernels by scanning every attribute of
+    every loaded module with `hasattr(value, "__dict__")` and then `vars(value).get(...)`. llvmlite's
+    library object (`llvmlite.binding.ffi.lib`, loaded with numba) answers every unknown attribute,
+    `__dict__` included, with a wrapper of the C function of that name, so the scan fails with
+    "AttributeError: '_lib_fn_wrapper' object has no attribute 'get'" and the engine does not start. An
+    empty dict in the object's table of bound names answers `__dict__` as the scan expects; llvmlite
+    itself never asks for it. Called when this module imports numba and before every vLLM engine start.
+    """
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    table = getattr(getattr(ffi, "lib", None), "_fntab", None)
+    if isinstance(table, dict) and not isinstance(table.get("__dict__"), dict):
+        table["__dict__"] = {}  # replaces the wrapper an earlier lookup of `__dict__` cached there
 
 
 class _Lazy:
-    """`fn` compiled by numba on its first call (numba is imported then, not with the codec)."""
+    """`fn` compiled by numba on its first call, its machine code cached on disk where numba can write
+    (else compiled in memory each process)."""
 
     def __init__(self, fn: Callable) -> None:
         self.fn, self.compiled = fn, None
@@ -49,7 +95,11 @@ class _Lazy:
         if self.compiled is None:
             import numba
 
-            self.compiled = numba.njit(cache=True, nogil=True)(self.fn)
+            try:
+                self.compiled = numba.njit(cache=True, nogil=True)(self.fn)
+            except RuntimeError as exc:  # "cannot cache function ...: no locator available" (read-only)
+                log.warning("numba cannot cache %s here (%s); compiling it in memory", self.fn.__name__, exc)
+                self.compiled = numba.njit(nogil=True)(self.fn)
         return self.compiled(*args)
 
 
@@ -204,7 +254,7 @@ group_entries = _Lazy(_entries)
 def warm_up() -> float:
     """Compile (or load from numba's cache) every loop for the argument types the codec passes, so no
     request pays for it; seconds taken (0 when the kernels are off)."""
-    if not ENABLED:
+    if not enabled():
         return 0.0
     import time
 

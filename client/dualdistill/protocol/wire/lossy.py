@@ -64,7 +64,7 @@ def encode_levels(
     n = len(keys)
     # Sent order: level descending (= rank ascending), key ascending. Unsigned from here on.
     rank, keys, perm = sort_within_rows(row_lengths, levels - 1 - level, levels, keys, max(n_dict, 1), with_order)
-    if kernels.ENABLED:  # the tie groups in one compiled pass over the sorted rows (kernels.py)
+    if kernels.enabled():  # the tie groups in one compiled pass over the sorted rows (kernels.py)
         codes, groups, sizes, first_rank, rank_steps, ok = kernels.tie_groups(
             np.ascontiguousarray(row_lengths, dtype=np.int64), rank, keys
         )
@@ -159,7 +159,7 @@ def decode_entries(
     first = values["first_levels"].astype(np.int64)
     if int(first.max()) >= levels:
         raise WireFormatError(f"level {int(first.max())} out of range (< {levels})")
-    if kernels.ENABLED:  # one compiled pass over the groups and entries (kernels.py)
+    if kernels.enabled():  # one compiled pass over the groups and entries (kernels.py)
         keys, group_level, size, status = kernels.group_entries(
             np.ascontiguousarray(row_lengths, dtype=np.int64), codes, groups, values["group_sizes"], first,
             values["level_drops"],

@@ -16,8 +16,9 @@ before the first import, and only where the operator has not set them (docs/depl
 from __future__ import annotations
 
 import os
-import sys
 from types import ModuleType
+
+from dualdistill.protocol.wire.kernels import guard_llvmlite_for_vllm
 
 INSTALL_HINT = (
     "the vllm engine needs vLLM in the server's environment: `pip install vllm` on a GPU machine, or "
@@ -57,29 +58,12 @@ def import_vllm() -> ModuleType:
     """`import vllm` after setting the defaults above; ImportError says how to install it."""
     for key, value in default_environment(cpu_only()).items():
         os.environ.setdefault(key, value)
-    guard_kernel_rebinding()
+    guard_llvmlite_for_vllm()  # numba (the wire codec's kernels) may be loaded already
     try:
         import vllm
     except ImportError as exc:
         raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
     return vllm
-
-
-def guard_kernel_rebinding() -> None:
-    """Let vLLM's CPU platform start in a process that has loaded numba (the wire codec's kernels do).
-
-    When it starts an engine without Triton, vLLM rebinds some kernels by scanning every attribute of
-    every loaded module with `hasattr(value, "__dict__")` and then `vars(value).get(...)`. llvmlite's
-    library object (`llvmlite.binding.ffi.lib`, loaded with numba) answers every unknown attribute,
-    `__dict__` included, with a wrapper of the C function of that name, so the scan fails with
-    "AttributeError: '_lib_fn_wrapper' object has no attribute 'get'" and the engine does not start. An
-    empty dict in the object's table of bound names answers `__dict__` as the scan expects; llvmlite
-    itself never asks for it.
-    """
-    ffi = sys.modules.get("llvmlite.binding.ffi")
-    table = getattr(getattr(ffi, "lib", None), "_fntab", None)
-    if isinstance(table, dict) and not isinstance(table.get("__dict__"), dict):
-        table["__dict__"] = {}  # replaces the wrapper an earlier lookup of `__dict__` cached there
 
 
 def vllm_available() -> bool:
