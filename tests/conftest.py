@@ -40,5 +40,5 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_model_dir: Path) -> Iterator[RunningServer]:
-    with start_server({TINY_MODEL_NAME: tiny_model_dir}, *SERVER_TEST_ARGS) as server:
+    with start_server({TINY_MODEL_NAME: tiny_model_dir}, *SERVER_TEST_ARGS, wire_kernels="auto") as server:
         yield server

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from dualdistill.protocol import wire
 from dualdistill.protocol.v1 import teacher_pb2 as pb
 from dualdistill.protocol.v1 import teacher_pb2_grpc
 from tests.fixtures.server_process import ROOT, _clean_env, start_server
@@ -34,14 +35,26 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def vllm_server(head64_dir: Path, cache_dir: Path):
+    # wire_kernels="auto": the codec's compiled loops load after the engine starts (main.py), the order
+    # vLLM on CPU needs (engines/vllm/environment.py)
     with start_server({"tiny": head64_dir}, *SERVER_ARGS, "--engine", "vllm", "--cache", f"disk:{cache_dir}",
-                      "--engine-arg", "max_num_seqs=16", ready_timeout=READY_TIMEOUT) as server:
+                      "--engine-arg", "max_num_seqs=16", ready_timeout=READY_TIMEOUT, wire_kernels="auto") as server:
         yield server
 
 
 def _logits(server, **body) -> httpx.Response:
     request = {"model": "tiny", "sequences": SEQUENCES, "top_k": 5, "format": "json", **body}
     return httpx.post(server.http_url + "/v1/logits", json=request, timeout=60)
+
+
+def test_the_wire_kernels_load_after_the_engine_and_binary_answers_decode(vllm_server) -> None:
+    pytest.importorskip("numba")
+    assert "wire codec kernels ready" in vllm_server.log_path.read_text()  # logged before "serving"
+    answer = httpx.post(vllm_server.http_url + "/v1/logits", timeout=60,
+                        json={"model": "tiny", "sequences": SEQUENCES, "top_k": 5, "format": "binary"})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    results = wire.decode(answer.content)
+    assert [r.num_rows for r in results] == [len(s["token_ids"]) - s.get("start", 1) for s in SEQUENCES]
 
 
 def test_models_report_the_engine_and_dtype(vllm_server, hf_tiny) -> None:
