@@ -187,3 +187,8 @@ def test_a_loop_numba_cannot_cache_is_compiled_in_memory(monkeypatch, caplog):
     want_symbols, want_extra, _ = kernels.encode_fields(np.array([3, 300], dtype=np.int64))
     assert done == 2 and symbols.tobytes() == want_symbols.tobytes() and extra.tobytes() == want_extra.tobytes()
     assert "compiling it in memory" in caplog.text
+
+
+def test_an_empty_list_of_arrays_is_an_empty_stream():
+    compiled, plain = _both(intcode.encode_uints, [])
+    assert compiled == plain == (b"", b"")

@@ -161,11 +161,12 @@ def encode_uints(values: np.ndarray | list[np.ndarray]) -> tuple[bytes, bytes]:
     Works in chunks of CHUNK values, so the temporaries stay small enough to be reused from the
     allocator's free lists and the CPU cache (whole-array temporaries cost more in page faults than in
     arithmetic); a loop per chunk, not per value. The values' extra-bit fields (empty below DIRECT)
-    are joined in pairs while a pair fits in 63 bits: fewer, wider fields to place.
+    are joined in pairs while a pair fits in 63 bits: fewer, wider fields to place. With the compiled
+    loops (kernels.py) all of that is one pass; without them, a short stream is coded with Python ints.
     """
     arrays = values if isinstance(values, list) else [values]
     if kernels.enabled():  # one compiled pass (kernels.py), the same bytes
-        flat = np.concatenate(arrays) if len(arrays) > 1 else np.asarray(arrays[0])
+        flat = np.asarray(arrays[0]) if len(arrays) == 1 else np.concatenate([np.zeros(0, np.int64), *arrays])
         symbols, extra, done = kernels.encode_fields(np.ascontiguousarray(flat, dtype=np.int64))
         if done < len(flat):
             raise ValueError(f"integer stream values must be in [0, 2**32), got {int(flat[-done - 1])}")
