@@ -54,13 +54,6 @@ def to_symbols(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return symbols, x - (lead << nbits), nbits
 
 
-def from_symbols(symbols: np.ndarray, extra: np.ndarray, nbits: np.ndarray) -> np.ndarray:
-    """Inverse of `to_symbols` given the unpacked extra bits: (V,) uint64."""
-    s = symbols.astype(np.uint64)
-    lead = np.where(s >= DIRECT, _U64(4) + (s & _U64(3)), s)
-    return (lead << nbits.astype(np.uint64)) | extra
-
-
 def symbol_extra_bits(symbols: np.ndarray) -> np.ndarray:
     """(V,) uint8 symbols -> (V,) int8 number of extra bits each carries; raises on symbols >= 128."""
     s = np.asarray(symbols, dtype=np.uint8)
