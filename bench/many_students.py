@@ -140,7 +140,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> tuple[list[dict], str]:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # the server's
     version = server_version()
     records = []
-    with start_server({name: directory}, "--cache", args.cache, ready_timeout=600) as server:
+    with start_server({name: directory}, "--cache", args.cache, ready_timeout=600, wire_kernels="auto") as server:
         vocab = TeacherClient(server.http_url).model_info(name).vocab_size
         rng = np.random.default_rng(0)
 

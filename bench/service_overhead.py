@@ -166,7 +166,7 @@ def measure_model(spec: str, args: argparse.Namespace, workdir: Path, cost: dict
     extra = ["--cache", "none", "--max-top-k", str(max(256, args.top_k)), "--device", args.device, "--dtype",
              args.dtype, "--max-batch-tokens", str(batch_tokens)]  # fmt: skip
     records = []
-    with start_server({name: directory}, *extra, ready_timeout=600) as server:
+    with start_server({name: directory}, *extra, ready_timeout=600, wire_kernels="auto") as server:
         calls = {
             "in-process": anchor,
             "http-binary": client_call(TeacherClient(server.http_url, format="binary", timeout=600), name),

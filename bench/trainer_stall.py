@@ -147,7 +147,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[dict]:
     trainer = Trainer(student, args.prompt_len)
     vocab = trainer.model.get_output_embeddings().weight.shape[0]
     records = []
-    with start_server({"teacher": teacher}, "--cache", "none", ready_timeout=300) as server:
+    with start_server({"teacher": teacher}, "--cache", "none", ready_timeout=300, wire_kernels="auto") as server:
         client = TeacherClient(server.http_url, format="binary", timeout=300)
         fetch = make_fetch(client, "teacher", args.prompt_len, args.top_k)
         rng = np.random.default_rng(0)

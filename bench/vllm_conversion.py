@@ -167,7 +167,7 @@ def service(model, directory: Path, args: argparse.Namespace) -> dict:
 
     flags = ["--engine", "vllm", "--cache", "none", "--max-seq-len", "256", "--max-top-k", str(max(args.top_ks))]
     out = {}
-    with start_server({"tiny": directory}, *flags, ready_timeout=600) as server:
+    with start_server({"tiny": directory}, *flags, ready_timeout=600, wire_kernels="auto") as server:
         calls = {
             "http-binary": client_call(TeacherClient(server.http_url, format="binary", timeout=600), "tiny"),
             "grpc-binary": client_call(

@@ -85,9 +85,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
     queries = make_queries(args.prompts, seed=1)
     records: dict = {"logits": [], "generation": [], "agreement": {}, "load_seconds": {},
                      "agreement_format": "binary-lossless"}
-    with start_server({name: directory}, *common, "--engine", "hf", ready_timeout=900) as hf_server:
+    with start_server({name: directory}, *common, "--engine", "hf", ready_timeout=900, wire_kernels="auto") as hf_server:
         began = time.perf_counter()
-        with start_server({name: directory}, *common, "--engine", "vllm", ready_timeout=900) as vllm_server:
+        with start_server({name: directory}, *common, "--engine", "vllm", ready_timeout=900, wire_kernels="auto") as vllm_server:
             records["load_seconds"]["vllm"] = time.perf_counter() - began
             servers = (("hf", hf_server), ("vllm", vllm_server))
             clients = {e: TeacherClient(s.http_url, format="binary", timeout=900) for e, s in servers}

@@ -51,7 +51,7 @@ def service_seconds(directory: Path, name: str, args, batches) -> list[float]:
              "--max-seq-len", str(args.seq_len), "--max-batch-tokens", str(args.batch * args.seq_len),
              "--engine-arg", f"tensor_parallel_size={args.tp}"]  # fmt: skip
     seconds = []
-    with start_server({name: directory}, *extra, ready_timeout=1200) as server:
+    with start_server({name: directory}, *extra, ready_timeout=1200, wire_kernels="auto") as server:
         client = TeacherClient(server.http_url, format="binary", timeout=1200)
         for rep, sequences in enumerate(batches):
             t0 = time.perf_counter()

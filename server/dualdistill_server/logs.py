@@ -13,7 +13,7 @@ import time
 from .context import current_request_id, current_tenant
 
 # Attributes the transports attach with `extra=` that belong in the JSON object.
-_EXTRA_KEYS = ("route", "status", "code", "model", "engine", "seconds", "bytes", "http", "grpc")
+_EXTRA_KEYS = ("route", "status", "code", "model", "engine", "seconds", "bytes", "objects", "http", "grpc")
 
 
 class JsonFormatter(logging.Formatter):

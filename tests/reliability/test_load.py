@@ -31,7 +31,7 @@ def test_sixteen_clients_for_five_seconds(tiny_server, tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sixty_four_clients_for_a_minute_without_memory_growth(tiny_model_dir, tmp_path) -> None:
-    with start_server({TINY_MODEL_NAME: tiny_model_dir}, *LOAD_SERVER_ARGS) as server:
+    with start_server({TINY_MODEL_NAME: tiny_model_dir}, *LOAD_SERVER_ARGS, wire_kernels="auto") as server:
         report = run_load(
             server.http_url, clients=64, seconds=60.0, min_requests=RSS_MARKS[-1], max_seconds=600.0,
             pid=server.process.pid,
