@@ -11,6 +11,10 @@ and whatever the service adds decides the throughput a GPU forward would allow:
 - added_latency: one-sequence calls, wall time of a path minus the anchor's, medians over repeats:
   our TeacherClient over HTTP (one kept-alive connection) and over gRPC, and curl sending every request
   of one invocation on one kept-alive connection (its first request, which opens the connection, left out).
+- latency_breakdown: the same one-sequence call sent raw (httpx over HTTP, a gRPC stub), with the server's
+  own account of it (its `server-timing`: parse, queue, forward, encode, total): what the wall time spends
+  inside the server's stages, in the server outside them, and outside the server (both network stacks
+  and the client).
 - fairness: `tests/reliability/loadgen.py` (64 closed-loop clients on loopback) against a server with
   default settings (result cache off); p99 / p50 latency of the answers.
 """
@@ -130,6 +134,55 @@ def added_latency(
     return {v: {"seconds": s, "added_ms": (summarize(s).median - base) * 1000} for v, s in seconds.items()}
 
 
+BREAKDOWN_STAGES = ("parse", "queue", "forward", "encode")
+
+
+def latency_breakdown(http_url: str, grpc_target: str, model: str, vocab: int, *, seq_len: int, start: int,
+                      top_k: int, reps: int) -> dict:  # fmt: skip
+    """{path: {"wall": [...], "server": [...], stage: [...]}} in ms per call, for one-sequence binary calls
+    sent raw over HTTP (httpx, one kept-alive connection) and gRPC, from their `server-timing`."""
+    import grpc
+    import httpx
+
+    from dualdistill.protocol.v1 import teacher_pb2 as pb
+    from dualdistill.protocol.v1 import teacher_pb2_grpc
+
+    rng = np.random.default_rng(4)
+    out: dict[str, dict[str, list[float]]] = {}
+    with httpx.Client(base_url=http_url, timeout=60) as http, grpc.insecure_channel(grpc_target) as channel:
+        stub = teacher_pb2_grpc.TeacherStub(channel)
+
+        def http_call(ids: list[int]) -> str:
+            body = {"model": model, "sequences": [{"token_ids": ids, "start": start}], "top_k": top_k,
+                    "format": "binary"}  # fmt: skip
+            response = http.post("/v1/logits", json=body)
+            response.raise_for_status()
+            return response.headers["server-timing"]
+
+        def grpc_call(ids: list[int]) -> str:
+            request = pb.LogitsRequest(model=model, sequences=[pb.Sequence(token_ids=ids, start=start)],
+                                       top_k=top_k, format="binary")  # fmt: skip
+            _, call = stub.GetLogits.with_call(request, timeout=60)
+            return dict(call.trailing_metadata())["server-timing"]
+
+        for rep in range(reps + 1):  # rep 0 warms up
+            for path, send in (("http", http_call), ("grpc", grpc_call)):
+                ids = rng.integers(0, vocab, seq_len).tolist()
+                begin = time.perf_counter()
+                timing = send(ids)
+                wall = (time.perf_counter() - begin) * 1e3
+                if rep == 0:
+                    continue
+                stages = {name: float(dur) for name, _, dur in
+                          (part.partition(";dur=") for part in timing.split(", "))}  # fmt: skip
+                record = out.setdefault(path, {"wall": [], "server": [], **{s: [] for s in BREAKDOWN_STAGES}})
+                record["wall"].append(wall)
+                record["server"].append(stages["total"])
+                for stage in BREAKDOWN_STAGES:
+                    record[stage].append(stages.get(stage, 0.0))
+    return out
+
+
 def fairness(model_dir: Path, *, clients: int, seconds: float) -> dict:
     """loadgen's report (p50/p99 ms, throughput, statuses) against a default server with the cache off."""
     from tests.fixtures.server_process import start_server
@@ -188,6 +241,23 @@ def render(cost: dict) -> str:
             f"(connecting) one left out. Goal: added <= {LATENCY_GOAL_MS:g} ms.\n"
         )
         lines.append(_table(["path", "ms per call", "added ms"], rows))
+    breakdown = cost.get("breakdown")
+    if breakdown:
+        lines.append(
+            f"\nWhere a one-sequence call's time goes (the same call sent raw: httpx on one kept-alive connection, "
+            f"a gRPC stub), from the server's `server-timing` of each call, ms, median of "
+            f"{len(next(iter(breakdown.values()))['wall'])} calls: the stages; \"server, other\" = the server's "
+            f"total (first byte in to the response's start) minus its stages (HTTP or gRPC stack, routing, the "
+            f"hops between the event loop and the model's thread); \"outside\" = wall - the server's total (the "
+            f"client, both network stacks, sending the response).\n"
+        )
+        rows = []
+        for path, r in breakdown.items():
+            other = [t - sum(r[s][i] for s in BREAKDOWN_STAGES) for i, t in enumerate(r["server"])]
+            outside = [w - t for w, t in zip(r["wall"], r["server"], strict=True)]
+            rows.append([path, f"{_median(r['wall']):.2f}", *(f"{_median(r[s]):.2f}" for s in BREAKDOWN_STAGES),
+                         f"{_median(other):.2f}", f"{_median(r['server']):.2f}", f"{_median(outside):.2f}"])  # fmt: skip
+        lines.append(_table(["path", "wall", *BREAKDOWN_STAGES, "server, other", "server total", "outside"], rows))
     fair = cost.get("fairness")
     if fair:
         lines.append(

@@ -150,7 +150,11 @@ def measure_cost(server, name: str, anchor, calls: dict, vocab: int, args: argpa
         server.http_url, name, anchor, {"client-http": calls["http-binary"], "client-grpc": calls["grpc-unary"]},
         vocab, seq_len=args.seq_len, start=args.start, top_k=args.top_k, reps=4 * args.cost_reps,
     )
-    return {"cpu_settings": settings, "cpu": cpu, "latency": latency}
+    breakdown = service_cost.latency_breakdown(
+        server.http_url, server.grpc_target, name, vocab, seq_len=args.seq_len, start=args.start, top_k=args.top_k,
+        reps=4 * args.cost_reps,
+    )
+    return {"cpu_settings": settings, "cpu": cpu, "latency": latency, "breakdown": breakdown}
 
 
 def measure_model(spec: str, args: argparse.Namespace, workdir: Path, cost: dict) -> list[dict]:

@@ -5,14 +5,19 @@ checked; the core fills in the model once it has resolved it; logs read the requ
 it; metrics read the model, tenant and the final code. It is a
 mutable object behind a ContextVar, so tasks spawned for the request (which copy the context) update
 the same object.
+
+It also collects the request's stage times (`record_timing`), which the transports return as a
+`server-timing` header (HTTP) or trailing metadata entry (gRPC): `parse;dur=0.051, queue;dur=0.012,
+forward;dur=2.305, encode;dur=0.644, total;dur=3.198`, milliseconds (the W3C Server-Timing syntax).
 """
 
 from __future__ import annotations
 
 import contextvars
 import re
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Client-chosen ids are echoed in headers and logs: keep them short and printable.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/@+=-]{1,128}$")
@@ -24,6 +29,8 @@ class RequestContext:
     model: str = ""  # set once the model name is known to be served (bounded label cardinality)
     tenant: str = ""  # set once the API key is checked (core.api_keys; never the key itself)
     code: str = ""  # gRPC code name of the error, once one is reported ("" = none so far)
+    began: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds, in the order recorded
 
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("dualdistill_request", default=None)
@@ -80,3 +87,24 @@ def current_request_id() -> str:
 def current_tenant() -> str:
     context = _current.get()
     return context.tenant if context else ""
+
+
+# Stages a request may report (`record_timing`); names are fixed so the header stays bounded.
+TIMING_STAGES = ("parse", "cache", "queue", "forward", "generate", "encode")
+
+
+def record_timing(stage: str, seconds: float) -> None:
+    """Add `seconds` to the current request's `stage` (a stage reached twice, e.g. the forwards of a request
+    spread over several batches, sums). No-op outside a request."""
+    if stage not in TIMING_STAGES:
+        raise ValueError(f"unknown timing stage {stage!r} (one of {TIMING_STAGES})")
+    context = _current.get()
+    if context is not None:
+        context.timings[stage] = context.timings.get(stage, 0.0) + seconds
+
+
+def server_timing(context: RequestContext) -> str:
+    """The `server-timing` value: every recorded stage, then `total` (since the request arrived), in ms."""
+    total = time.perf_counter() - context.began
+    parts = [f"{stage};dur={seconds * 1e3:.3f}" for stage, seconds in context.timings.items()]
+    return ", ".join([*parts, f"total;dur={total * 1e3:.3f}"])

@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 
 from dualdistill.protocol.results import SequenceLogits
 
+from .. import context
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..metrics import Metrics
 
@@ -77,6 +78,8 @@ class _Entry:
     ticket: int = 0  # that request's arrival number in this batcher
     waiters: int = 1
     started: bool = False
+    forward_began: float = 0.0  # perf_counter of its forward's start and end (set when it resolves)
+    forward_ended: float = 0.0
 
 
 def _consume_exception(future: asyncio.Future) -> None:
@@ -128,11 +131,14 @@ class Batcher:
         if self._closed:
             raise Unavailable(f"model {self.name!r} is shutting down")
         self._ensure_started()
+        admitted = time.perf_counter()
         entries = self._admit(items, tenant)
         try:
-            return [await asyncio.shield(entry.future) for entry in entries]
+            results = [await asyncio.shield(entry.future) for entry in entries]
         finally:
             self._release(entries)
+        _record_timings(entries, admitted)
+        return results
 
     async def run_on_worker(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn` on the model's worker thread, in turn with the batched forwards."""
@@ -312,7 +318,7 @@ class Batcher:
     async def _execute(self, batch: list[_Entry]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._executor, self._forward, [e.task for e in batch])
+            results = await loop.run_in_executor(self._executor, self._forward, batch)
         except Exception as exc:
             if len(batch) == 1:
                 self._resolve(batch[0], error=exc)
@@ -321,7 +327,7 @@ class Batcher:
                         len(batch), self.name, exc)
             for entry in batch:
                 try:
-                    (result,) = await loop.run_in_executor(self._executor, self._forward, [entry.task])
+                    (result,) = await loop.run_in_executor(self._executor, self._forward, [entry])
                 except Exception as single_exc:
                     self._resolve(entry, error=single_exc)
                 else:
@@ -330,12 +336,16 @@ class Batcher:
         for entry, result in zip(batch, results, strict=True):
             self._resolve(entry, result=result)
 
-    def _forward(self, tasks: list[Any]) -> list[SequenceLogits]:
-        """On the worker thread: one padded forward, with its metrics."""
+    def _forward(self, batch: list[_Entry]) -> list[SequenceLogits]:
+        """On the worker thread: one padded forward, with its metrics and its entries' forward times."""
+        tasks = [entry.task for entry in batch]
         lengths = [len(task.token_ids) for task in tasks]
         begin = time.perf_counter()
         results = self._model.compute_logits(tasks)
-        seconds = time.perf_counter() - begin
+        end = time.perf_counter()
+        seconds = end - begin
+        for entry in batch:
+            entry.forward_began, entry.forward_ended = begin, end
         if len(results) != len(tasks):
             raise RuntimeError(f"model returned {len(results)} results for {len(tasks)} tasks")
         labels = {"model": self.name}
@@ -360,3 +370,13 @@ class Batcher:
             except Exception:  # a failing cache must not fail the request
                 log.exception("storing a result of model %s failed", self.name)
         entry.future.set_result(result)
+
+
+def _record_timings(entries: list[_Entry], admitted: float) -> None:
+    """The request's `queue` (admission to its first forward's start) and `forward` (from then to its last
+    forward's end) in its server-timing. A sequence joined while already running counts from admission."""
+    if not entries:
+        return
+    began = max(admitted, min(entry.forward_began for entry in entries))
+    context.record_timing("queue", began - admitted)
+    context.record_timing("forward", max(entry.forward_ended for entry in entries) - began)

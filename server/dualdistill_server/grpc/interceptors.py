@@ -177,7 +177,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 with self._limits.slot(call.ctx.tenant):
                     response = await behavior(await _checked(request, method), rpc_context)
                 call.response_bytes = response.ByteSize()
-                call.echo_request_id()  # the body's request_id may have become the call's id
+                call.set_trailers()
                 return response
             except BaseException as exc:
                 await call.fail(exc)
@@ -274,8 +274,12 @@ class _Call:
         self.response_bytes = 0
         rpc_context.set_trailing_metadata((("x-request-id", self.ctx.request_id),))
 
-    def echo_request_id(self) -> None:
-        self.rpc_context.set_trailing_metadata((("x-request-id", self.ctx.request_id),))
+    def set_trailers(self) -> None:
+        """After a unary response: the request id (the body's may have become the call's id) and the
+        call's stage times (`server-timing`, as the HTTP header)."""
+        self.rpc_context.set_trailing_metadata(
+            (("x-request-id", self.ctx.request_id), ("server-timing", context.server_timing(self.ctx)))
+        )
 
     async def fail(self, exc: BaseException) -> None:
         """Abort the RPC with the status of `exc` (re-raises aborts and cancellations as they are)."""

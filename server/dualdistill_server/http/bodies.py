@@ -11,12 +11,14 @@ request (of every tenant, on both transports) for over a second. Here a body is
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from .. import context
 from ..config import ServerConfig
 from ..core.validation import check_request_tokens
 from ..errors import from_validation_errors
@@ -58,11 +60,15 @@ async def parse_body(
     """The body as `model` (InvalidArgument naming the first bad field, as FastAPI's validation would).
     `check(raw)` runs first, on the raw bytes."""
     raw = await request.body()
+    begin = time.perf_counter()
     if check is not None:
         await check(raw)
     if len(raw) <= INLINE_BODY_BYTES:
-        return _parse(model, raw)
-    return await asyncio.to_thread(_parse, model, raw)
+        parsed = _parse(model, raw)
+    else:
+        parsed = await asyncio.to_thread(_parse, model, raw)
+    context.record_timing("parse", time.perf_counter() - begin)
+    return parsed
 
 
 def logits_body_check(config: ServerConfig) -> Callable[[bytes], Awaitable[None]]:

@@ -10,7 +10,8 @@ including those of the exception handlers. Order of work per request:
 3. refuse bodies over `max_body_bytes` with 413, from Content-Length before reading, else while reading
    (the body is read here and replayed to the app: FastAPI turns errors raised while it reads a body into
    a generic 400, so the limit cannot be enforced from inside);
-4. after the response: `dualdistill_requests_total` / `dualdistill_request_seconds` /
+4. data routes' responses get a `server-timing` header: the stages the request went through (context.py);
+5. after the response: `dualdistill_requests_total` / `dualdistill_request_seconds` /
    `dualdistill_response_bytes_total` and one log line.
 """
 
@@ -65,6 +66,9 @@ class RequestMiddleware:
         started = False
         sent_bytes = 0
 
+        path = scope.get("path", "")
+        data_route = path.startswith(DATA_PREFIX) or path in EXTRA_DATA_ROUTES
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, started, sent_bytes
             if message["type"] == "http.response.start":
@@ -72,14 +76,15 @@ class RequestMiddleware:
                 out = list(message.get("headers", []))
                 if not any(key.lower() == b"x-request-id" for key, _ in out):
                     out.append((b"x-request-id", ctx.request_id.encode("latin-1")))
+                if data_route:
+                    out.append((b"server-timing", context.server_timing(ctx).encode("latin-1")))
                 message = {**message, "headers": out}
             elif message["type"] == "http.response.body":
                 sent_bytes += len(message.get("body", b""))
             await send(message)
 
         try:
-            path = scope.get("path", "")
-            if path.startswith(DATA_PREFIX) or path in EXTRA_DATA_ROUTES:
+            if data_route:
                 ctx.tenant = self.api_keys.tenant_for(headers.get(b"authorization", b"").decode("latin-1"))
                 with self.limits.slot(ctx.tenant):
                     await self._serve(scope, headers, receive, send_with_id)
