@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dualdistill.protocol import wire
 from dualdistill.protocol.results import SequenceLogits
-from dualdistill.protocol.wire import intcode, kernels, lossy
+from dualdistill.protocol.wire import intcode, kernels, lossy, quantize
 from dualdistill.protocol.wire.errors import WireFormatError
 from tests.client.wire.synthetic import teacher_response
 
@@ -151,7 +151,8 @@ def test_the_switch_reads_the_environment(monkeypatch):
 def test_warm_up_compiles_every_loop_for_the_types_the_codec_passes():
     """After warm_up, encoding and decoding real payloads compiles nothing more (no request waits)."""
     assert kernels.warm_up() > 0
-    loops = [getattr(kernels, name) for name in ("encode_fields", "decode_fields", "tie_groups", "group_entries")]
+    names = ("encode_fields", "decode_fields", "tie_groups", "group_entries", "level_totals")
+    loops = [getattr(kernels, name) for name in names]
     compiled = [len(loop.compiled.signatures) for loop in loops]
     for results in (teacher_response(sequences=2, rows=40, seed=3), _sampled()):
         for lossless in (False, True):
@@ -192,3 +193,39 @@ def test_a_loop_numba_cannot_cache_is_compiled_in_memory(monkeypatch, caplog):
 def test_an_empty_list_of_arrays_is_an_empty_stream():
     compiled, plain = _both(intcode.encode_uints, [])
     assert compiled == plain == (b"", b"")
+
+
+logprob_lists = st.lists(
+    st.one_of(st.floats(-30.0, 0.0, width=32), st.just(float("-inf")), st.floats(-800.0, -600.0, width=32)),
+    min_size=1, max_size=600,
+)  # fmt: skip
+
+
+def _totals(logprobs: np.ndarray, levels: int) -> tuple[bytes, bytes, bytes]:
+    level, mass, count = quantize._Entries(logprobs, "test").level_totals(levels)
+    return level.tobytes(), mass.tobytes(), count.tobytes()
+
+
+@given(logprob_lists, st.integers(1, 5000))
+@SETTINGS
+def test_the_quantizer_level_totals_are_numpys_bit_for_bit(numbers, levels):
+    """The KL search's levels, per-level mass (float64 sums, same order) and counts, compiled vs numpy."""
+    compiled, plain = _both(_totals, np.array(numbers, dtype=np.float32), levels)
+    assert compiled == plain
+
+
+def test_an_unsure_level_is_reported_and_left_to_numpy():
+    """A root whose scaled value is within the slack of a level boundary: the loop says so (the caller
+    then takes numpy's path, which settles it with the exact exp); so does a root that is not a number."""
+    levels, slack = 64, quantize._ROOT_SLACK
+    root = np.array([0.3, 17 / 64, 0.1])  # 17 / 64 * 64 is a level boundary exactly
+    out = np.empty(3, dtype=np.int64)
+    _, _, unsure = kernels.level_totals(root, root * root, out, levels, levels * (1 - slack), levels * (1 + slack))
+    assert unsure == 1
+    root[2] = np.nan
+    assert kernels.level_totals(root, root * root, out, levels, levels * (1 - slack), levels * (1 + slack))[2] > 0
+    # through the quantizer: an entry put on a boundary gives numpy's answer on both paths
+    entries = quantize._Entries(np.log(np.array([0.25, 0.04, 0.5], dtype=np.float32)), "test")
+    entries.approx_root[1] = 13 / 64
+    compiled, plain = _both(lambda: tuple(a.copy() for a in entries.level_totals(levels)))
+    assert all(np.array_equal(a, b) for a, b in zip(compiled, plain, strict=True))

@@ -2,6 +2,7 @@
 
     encode_fields / decode_fields   intcode.py's bucket code: symbols + bit fields of varying width
     tie_groups / group_entries      lossy.py's tie groups of sorted rows, and their inverse
+    level_totals                    quantize.py's levels at one M with their per-level mass and count
 
 numpy does this work in a fixed series of whole-array steps (offsets, words, shifts, masks, cumulative
 sums: ~40 calls per integer stream), which on a small payload cost more than the data and on a large one
@@ -245,10 +246,41 @@ def _entries(row_lengths, codes, groups, sizes, first, drops):
     return keys, level[:g], group_size[:g], 0
 
 
+def _level_totals(root, p, out, levels, low_scale, high_scale):
+    """quantize.py's `_Entries.levels` and the KL search's two bincounts in one pass: writes
+    floor(min(root * low_scale, levels - 1)) into out (N,) int64 and returns (mass (levels,) float64 =
+    bincount(out, weights=p), count (levels,) int64 = bincount(out), unsure). The sums run in index order
+    as numpy's bincount does, so they are the same bits. unsure > 0 when an entry's level could differ
+    from quantize's exact one (the two scales disagree, or the root is not a number >= 0): the caller
+    then takes the numpy path, which resolves such entries with the exact exp."""
+    n = root.shape[0]
+    mass = np.zeros(levels, dtype=np.float64)
+    count = np.zeros(levels, dtype=np.int64)
+    top = levels - 1
+    unsure = 0
+    for i in range(n):
+        low = root[i] * low_scale
+        high = root[i] * high_scale
+        if not low >= 0.0:  # NaN, or a negative root: never from exp, but never an index either
+            return mass, count, n + 1
+        if low > top:
+            low = top
+        if high > top:
+            high = top
+        level = np.int64(low)
+        if level != np.int64(high):
+            unsure += 1
+        out[i] = level
+        mass[level] += p[i]
+        count[level] += 1
+    return mass, count, unsure
+
+
 encode_fields = _Lazy(_encode)
 decode_fields = _Lazy(_decode)
 tie_groups = _Lazy(_groups)
 group_entries = _Lazy(_entries)
+level_totals = _Lazy(_level_totals)
 
 
 def warm_up() -> float:
@@ -269,4 +301,6 @@ def warm_up() -> float:
     empty = np.zeros(0, dtype=np.int64)
     group_entries(lengths, np.zeros(2, dtype=np.uint64), np.array([1], dtype=np.int64), empty,
                   np.array([0], dtype=np.int64), empty)  # fmt: skip
+    root = np.array([0.5, 0.25])
+    level_totals(root, root * root, np.empty(2, dtype=np.int64), 8, 8.0, 8.0)
     return time.perf_counter() - begin

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from dualdistill.protocol.wire import scratch
+from dualdistill.protocol.wire import kernels, scratch
 
 DEFAULT_TARGET_KL = 9e-5  # mean nats per row, checked on the data by `choose_levels` (acceptance bound 1e-4)
 MAX_LEVELS = 1 << 20
@@ -88,6 +88,19 @@ class _Entries:
         """The scratch view the latest `levels` call filled."""
         return self._level
 
+    def level_totals(self, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(levels(M) (N,) int64 (the scratch view), mass (M,) = bincount(level, weights=p), count (M,) =
+        bincount(level)): one compiled pass where the wire kernels are on (the same values; an entry
+        whose level is unsure sends the call to numpy), else numpy's three."""
+        if kernels.enabled():
+            low_scale, high_scale = levels * (1.0 - _ROOT_SLACK), levels * (1.0 + _ROOT_SLACK)
+            mass, count, unsure = kernels.level_totals(self.approx_root, self.p, self._level, levels, low_scale,
+                                                       high_scale)  # fmt: skip
+            if not unsure:
+                return self._level, mass, count
+        level = self.levels(levels)
+        return level, np.bincount(level, weights=self.p, minlength=levels), np.bincount(level, minlength=levels)
+
     def levels(self, levels: int) -> np.ndarray:
         """(N,) int64 levels in [0, levels), equal to quantize(logprobs, levels); a scratch view."""
         low_scale, high_scale = levels * (1.0 - _ROOT_SLACK), levels * (1.0 + _ROOT_SLACK)
@@ -131,10 +144,8 @@ def _kl_of(entries: _Entries, n_rows: float):
     def kl(levels: int) -> tuple[float, np.ndarray]:
         if last[0] == levels:  # the search asks again for the M it just measured (it converged)
             return last[1], entries.levels_view()
-        level = entries.levels(levels)
+        level, mass, count = entries.level_totals(levels)
         log_q, q = _decoded(levels)
-        mass = np.bincount(level, weights=entries.p, minlength=levels)
-        count = np.bincount(level, minlength=levels)
         value = entries.constant - float(mass @ log_q) + float(count @ q)
         last[:] = levels, value / max(n_rows, 1e-300)
         return last[1], level
