@@ -334,6 +334,20 @@ def reading(cost: dict) -> str:
             f"{_ratio(paths, 'decode', large):.2f}x faster than numpy alone (B = 1 / B = {large}); what is left of "
             f"the encoder is numpy's float passes of the KL-sized quantizer, the row sort and zstd."
         )
+    breakdown, latency = cost.get("breakdown"), cost.get("latency")
+    if breakdown and latency and "http" in breakdown:
+        r = breakdown["http"]
+        anchor = _median(latency["in-process"]["seconds"]) * 1000
+        other = _median([t - sum(r[s][i] for s in BREAKDOWN_STAGES) for i, t in enumerate(r["server"])])
+        outside = _median([w - t for w, t in zip(r["wall"], r["server"], strict=True)])
+        text += (
+            f" A one-sequence HTTP call took {_median(r['wall']):.1f} ms against {anchor:.1f} ms for the anchor's "
+            f"forward + top-k in-process: the server's forward stage {_median(r['forward']):.1f} ms (the forward "
+            f"and all the post-processing, on the model's thread), encoding {_median(r['encode']):.1f} ms, parse "
+            f"and queue {_median(r['parse']) + _median(r['queue']):.1f} ms, the rest of the server (transport "
+            f"stack, thread hops) {other:.1f} ms, and {outside:.1f} ms outside the server (the client's HTTP "
+            f"stack, the loopback network, the response's bytes)."
+        )
     return text + "\n"
 
 

@@ -167,7 +167,7 @@ def render(
         "costs stay by design: zstd level 3 on the streams (the format's bytes) and, inside the quantizer, "
         "the float64 exp of every logprob that its KL sums need exactly (the chosen M must not change). "
         + ("The new encoder ran with its compiled loops (dualdistill/protocol/wire/kernels.py, numba) for the "
-           "integer streams and the tie groups. " if compiled else "The new encoder ran on numpy alone (numba "
+           "integer streams, the tie groups and the quantizer's KL search. " if compiled else "The new encoder ran on numpy alone (numba "
            "not installed or DUALDISTILL_WIRE_KERNELS=numpy). ")
         + (f"The encoder alone ({alone:.1f} µs/position) {'fits within' if alone < 10 else 'exceeds'} the "
            "service's budget of 10 µs per position for all of its work on this machine (the service overhead "
