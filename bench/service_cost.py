@@ -44,6 +44,20 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # fields 14 and 15 of proc(5), after "pid (comm)"
 
 
+def threads_cpu_seconds(pid: int, prefix: str) -> float:
+    """utime + stime of the live threads of `pid` whose OS name starts with `prefix` (os_threads.py), seconds."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if not (task / "comm").read_text().startswith(prefix):
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended between the listing and the read
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
 def cpu_per_position(
     pid: int,
     anchor: Callable,
@@ -56,11 +70,19 @@ def cpu_per_position(
     top_k: int,
     calls_per_rep: int,
     reps: int,
+    engine_threads: str | None = None,
 ) -> dict:
-    """{variant: {"us_per_position": [...per rep], "added_ms_per_call": {B: [...]}}} (see the module doc)."""
+    """{variant: {"us_per_position": [...per rep], "added_ms_per_call": {B: [...]}}} (see the module doc).
+    With `engine_threads` (an OS thread-name prefix, e.g. "vllm-"), also "outside_engine_us_per_position":
+    the same slope of the server's CPU outside those threads (no anchor subtracted)."""
     rng = np.random.default_rng(1)
     positions = {b: b * (seq_len - start) for b in batches}
     added: dict[str, dict[int, list[float]]] = {v: {b: [] for b in batches} for v in calls}
+    outside: dict[str, dict[int, list[float]]] = {v: {b: [] for b in batches} for v in calls}
+
+    def cpu_outside_engine() -> float:
+        return process_cpu_seconds(pid) - threads_cpu_seconds(pid, engine_threads) if engine_threads else 0.0
+
     for rep in range(reps + 1):  # rep 0 warms up
         for batch in batches:
             seqs = [rng.integers(0, vocab, (batch, seq_len), dtype=np.int64) for _ in range(calls_per_rep)]
@@ -70,23 +92,27 @@ def cpu_per_position(
             anchor_cpu = (time.process_time() - begin) / calls_per_rep
             for variant, call in calls.items():
                 fresh = [rng.integers(0, vocab, (batch, seq_len), dtype=np.int64) for _ in range(calls_per_rep)]
-                before = process_cpu_seconds(pid)
+                before, before_outside = process_cpu_seconds(pid), cpu_outside_engine()
                 for s in fresh:
                     call(s, start, top_k)
                 server_cpu = (process_cpu_seconds(pid) - before) / calls_per_rep
                 if rep > 0:
                     added[variant][batch].append(server_cpu - anchor_cpu)
+                    outside[variant][batch].append((cpu_outside_engine() - before_outside) / calls_per_rep)
     small, large = batches
+
+    def slopes(by_batch: dict[int, list[float]]) -> list[float]:
+        return [(a_large - a_small) / (positions[large] - positions[small]) * 1e6
+                for a_small, a_large in zip(by_batch[small], by_batch[large], strict=True)]  # fmt: skip
+
     out = {}
     for variant, by_batch in added.items():
-        slopes = [
-            (a_large - a_small) / (positions[large] - positions[small]) * 1e6
-            for a_small, a_large in zip(by_batch[small], by_batch[large], strict=True)
-        ]
         out[variant] = {
-            "us_per_position": slopes,
+            "us_per_position": slopes(by_batch),
             "added_ms_per_call": {str(b): [v * 1000 for v in by_batch[b]] for b in batches},
         }
+        if engine_threads:
+            out[variant]["outside_engine_us_per_position"] = slopes(outside[variant])
     return out
 
 

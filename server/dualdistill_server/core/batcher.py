@@ -54,6 +54,7 @@ from dualdistill.protocol.results import SequenceLogits
 from .. import context
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..metrics import Metrics
+from ..os_threads import name_os_thread
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,7 +110,8 @@ class Batcher:
         self._max_queue_tokens = max_queue_tokens
         self._metrics = metrics
         self._on_result = on_result
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}",
+                                            initializer=name_os_thread, initargs=(f"model-{name}",))
         self._pending: dict[bytes, _Entry] = {}  # not started, insertion (= arrival) order
         self._in_flight: dict[bytes, _Entry] = {}  # pending or running: the dedupe index
         self._queued_tokens = 0

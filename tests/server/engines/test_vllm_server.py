@@ -57,6 +57,15 @@ def test_the_wire_kernels_load_after_the_engine_and_binary_answers_decode(vllm_s
     assert [r.num_rows for r in results] == [len(s["token_ids"]) - s.get("start", 1) for s in SEQUENCES]
 
 
+def test_the_engine_step_loop_and_the_model_worker_have_os_thread_names(vllm_server) -> None:
+    """vLLM's work runs on the step thread, the service's conversion on the model's worker: named apart
+    (os_threads.py), so per-thread CPU tells them apart (bench/vllm_conversion.py)."""
+    assert _logits(vllm_server).status_code == 200
+    tasks = Path(f"/proc/{vllm_server.process.pid}/task")
+    names = {path.read_text().strip() for path in tasks.glob("*/comm")}
+    assert {"vllm-tiny", "model-tiny"} <= names, names
+
+
 def test_models_report_the_engine_and_dtype(vllm_server, hf_tiny) -> None:
     (info,) = httpx.get(vllm_server.http_url + "/v1/models", timeout=10).json()["models"]
     assert info["engine"] == "vllm" and info["dtype"] == "float32"

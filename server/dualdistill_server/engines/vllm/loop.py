@@ -36,6 +36,7 @@ from concurrent.futures import Future
 from typing import Any, Literal, NamedTuple
 
 from dualdistill_server.engines.vllm.prompt_logprobs import PromptLogprobArrays, PromptLogprobsTap
+from dualdistill_server.os_threads import name_os_thread
 
 PromptLogprobsAs = Literal["flat", "arrays", "both"]
 
@@ -108,6 +109,7 @@ class EngineLoop:
     # ---- the step thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        name_os_thread(f"vllm-{self.name}")
         try:
             while not self._closed:
                 self._admit(block=not self._futures)
