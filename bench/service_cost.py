@@ -38,10 +38,15 @@ LATENCY_VARIANTS = ("client-http", "curl-http", "client-grpc")
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_ticks(stat: Path) -> int:
+    """utime + stime from a /proc .../stat file: fields 14 and 15 of proc(5), after "pid (comm)"."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (every thread, alive or exited), in seconds (clock-tick resolution)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # fields 14 and 15 of proc(5), after "pid (comm)"
+    return _cpu_ticks(Path(f"/proc/{pid}/stat")) / _TICKS
 
 
 def threads_cpu_seconds(pid: int, prefix: str) -> float:
@@ -49,12 +54,10 @@ def threads_cpu_seconds(pid: int, prefix: str) -> float:
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            if not (task / "comm").read_text().startswith(prefix):
-                continue
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            if (task / "comm").read_text().startswith(prefix):
+                total += _cpu_ticks(task / "stat")
         except OSError:  # the thread ended between the listing and the read
             continue
-        total += int(fields[11]) + int(fields[12])
     return total / _TICKS
 
 

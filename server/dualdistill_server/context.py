@@ -13,10 +13,12 @@ forward;dur=2.305, encode;dur=0.644, total;dur=3.198`, milliseconds (the W3C Ser
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 # Client-chosen ids are echoed in headers and logs: keep them short and printable.
@@ -101,6 +103,15 @@ def record_timing(stage: str, seconds: float) -> None:
     context = _current.get()
     if context is not None:
         context.timings[stage] = context.timings.get(stage, 0.0) + seconds
+
+
+@contextlib.contextmanager
+def timed(stage: str, *, record: bool = True) -> Iterator[None]:
+    """`record_timing(stage, seconds the block took)` when the block completes (and `record` holds)."""
+    begin = time.perf_counter()
+    yield
+    if record:
+        record_timing(stage, time.perf_counter() - begin)
 
 
 def server_timing(context: RequestContext) -> str:

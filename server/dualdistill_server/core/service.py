@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -222,10 +221,8 @@ class TeacherService:
             work = self._on_waiting_pool(run)
         else:
             work = self._batchers[name].run_on_worker(run)
-        begin = time.perf_counter()
-        with self._tracking():
+        with self._tracking(), context.timed("generate"):
             completions = await _within(timeout, work)
-        context.record_timing("generate", time.perf_counter() - begin)
         return GenerateResult(name, model.info.fingerprint, _answered_id(request, request_id), completions)
 
     # ---- internals ---------------------------------------------------------------------------------------
@@ -254,10 +251,8 @@ class TeacherService:
         in flight, from any request). No await between the lookup's end and the batcher's admission, so a
         sequence is either found finished or joined while running, never computed twice by this process."""
         keys = [sequence_key(fingerprint, task) for task in tasks]
-        begin = time.perf_counter()
-        results = await self.cache.lookup(name, keys)
-        if self.cache.enabled:
-            context.record_timing("cache", time.perf_counter() - begin)
+        with context.timed("cache", record=self.cache.enabled):
+            results = await self.cache.lookup(name, keys)
         missing = [i for i, result in enumerate(results) if result is None]
         if missing:
             items = [(keys[i], tasks[i]) for i in missing]

@@ -270,7 +270,6 @@ class _Call:
         self.method = method
         self.rpc_context = rpc_context
         self.ctx, self.token = context.open_request(request_id)
-        self.begin = time.perf_counter()
         self.response_bytes = 0
         rpc_context.set_trailing_metadata((("x-request-id", self.ctx.request_id),))
 
@@ -307,7 +306,7 @@ class _Call:
         await self.rpc_context.abort(error.grpc_code, error.detail)
 
     def finish(self) -> None:
-        seconds = time.perf_counter() - self.begin
+        seconds = time.perf_counter() - self.ctx.began
         code = self.ctx.code or "OK"
         self.metrics.observe_request(
             self.method, self.ctx.model, code, seconds, tenant=self.ctx.tenant, response_bytes=self.response_bytes,

@@ -7,7 +7,6 @@ maps them to gRPC status codes.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -115,17 +114,12 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
     async def _logits(
         self, message: pb.LogitsRequest, rpc_context: grpc.aio.ServicerContext, *, in_stream: bool = False
     ) -> pb.LogitsResponse:
-        begin = time.perf_counter()
-        body = await convert.logits_request(message, self._service.config)
-        if not in_stream:  # a stream's requests share one context: their stages would add up
-            context.record_timing("parse", time.perf_counter() - begin)
+        # A stream's requests share one context: their stages would add up, so only unary calls record them.
+        with context.timed("parse", record=not in_stream):
+            body = await convert.logits_request(message, self._service.config)
         request_id = context.resolve_request_id(body.request_id, adopt=not in_stream)
         result = await self._service.logits(body, request_id=request_id, timeout=rpc_context.time_remaining())
-        begin = time.perf_counter()
-        if encodes_inline(result, self._service.active_requests):
-            response = convert.logits_response(result, body.format)
-        else:
-            response = await asyncio.to_thread(convert.logits_response, result, body.format)
-        if not in_stream:
-            context.record_timing("encode", time.perf_counter() - begin)
-        return response
+        with context.timed("encode", record=not in_stream):
+            if encodes_inline(result, self._service.active_requests):
+                return convert.logits_response(result, body.format)
+            return await asyncio.to_thread(convert.logits_response, result, body.format)

@@ -115,10 +115,9 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
         result = await _unless_disconnected(request, service.logits(body, request_id=request_id, timeout=timeout))
         # x-request-id: added by RequestMiddleware (the body's id when it is header-safe).
         encode = logits_json if body.format == "json" else partial(binary_payload, response_format=body.format)
-        begin = time.perf_counter()
-        inline = encodes_inline(result, service.active_requests)
-        content = encode(result) if inline else await asyncio.to_thread(encode, result)
-        context.record_timing("encode", time.perf_counter() - begin)
+        with context.timed("encode"):
+            inline = encodes_inline(result, service.active_requests)
+            content = encode(result) if inline else await asyncio.to_thread(encode, result)
         if body.format == "json":
             return Response(content, media_type="application/json")
         headers = {"x-dualdistill-model": result.model, "x-dualdistill-fingerprint": result.fingerprint}

@@ -11,7 +11,6 @@ request (of every tenant, on both transports) for over a second. Here a body is
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -60,15 +59,12 @@ async def parse_body(
     """The body as `model` (InvalidArgument naming the first bad field, as FastAPI's validation would).
     `check(raw)` runs first, on the raw bytes."""
     raw = await request.body()
-    begin = time.perf_counter()
-    if check is not None:
-        await check(raw)
-    if len(raw) <= INLINE_BODY_BYTES:
-        parsed = _parse(model, raw)
-    else:
-        parsed = await asyncio.to_thread(_parse, model, raw)
-    context.record_timing("parse", time.perf_counter() - begin)
-    return parsed
+    with context.timed("parse"):
+        if check is not None:
+            await check(raw)
+        if len(raw) <= INLINE_BODY_BYTES:
+            return _parse(model, raw)
+        return await asyncio.to_thread(_parse, model, raw)
 
 
 def logits_body_check(config: ServerConfig) -> Callable[[bytes], Awaitable[None]]:

@@ -61,7 +61,6 @@ class RequestMiddleware:
             return
         headers = {key.lower(): value for key, value in scope.get("headers", [])}
         ctx, token = context.open_request(headers.get(b"x-request-id", b"").decode("latin-1"))
-        begin = time.perf_counter()
         status = 500
         started = False
         sent_bytes = 0
@@ -99,7 +98,7 @@ class RequestMiddleware:
                 error = InternalError(f"internal error (request id {ctx.request_id})")
                 await error_response(error, scope.get("path"))(scope, receive, send_with_id)
         finally:
-            self._record(scope, ctx, status, time.perf_counter() - begin, sent_bytes)
+            self._record(scope, ctx, status, time.perf_counter() - ctx.began, sent_bytes)
             context.close_request(token)
 
     async def _serve(self, scope: Scope, headers: dict, receive: Receive, send: Send) -> None:

@@ -93,7 +93,7 @@ class _Entries:
         bincount(level)): one compiled pass where the wire kernels are on (the same values; an entry
         whose level is unsure sends the call to numpy), else numpy's three."""
         if kernels.enabled():
-            low_scale, high_scale = levels * (1.0 - _ROOT_SLACK), levels * (1.0 + _ROOT_SLACK)
+            low_scale, high_scale = _scales(levels)
             mass, count, unsure = kernels.level_totals(self.approx_root, self.p, self._level, levels, low_scale,
                                                        high_scale)  # fmt: skip
             if not unsure:
@@ -103,7 +103,7 @@ class _Entries:
 
     def levels(self, levels: int) -> np.ndarray:
         """(N,) int64 levels in [0, levels), equal to quantize(logprobs, levels); a scratch view."""
-        low_scale, high_scale = levels * (1.0 - _ROOT_SLACK), levels * (1.0 + _ROOT_SLACK)
+        low_scale, high_scale = _scales(levels)
         for b in scratch.blocks(len(self.p)):
             low = self.approx_root[b] * low_scale
             high = self.approx_root[b] * high_scale
@@ -115,6 +115,12 @@ class _Entries:
             if unsure.size:
                 level[unsure] = quantize(self.logprobs[b][unsure], levels)
         return self._level
+
+
+def _scales(levels: int) -> tuple[float, float]:
+    """M at both ends of the relative margin _ROOT_SLACK (`_Entries.levels`): one expression for both of
+    its paths, so they scale the roots by the same floats."""
+    return levels * (1.0 - _ROOT_SLACK), levels * (1.0 + _ROOT_SLACK)
 
 
 def _decoded(levels: int) -> tuple[np.ndarray, np.ndarray]:
