@@ -16,9 +16,9 @@ and whatever the service adds decides the throughput a GPU forward would allow:
   inside the server's stages, in the server outside them, and outside the server (both network stacks
   and the client).
 - latency_floors: what no service on these transports and this codec can avoid, from
-  bench/transport_floor.py (the server's HTTP and gRPC stacks answering a constant payload of the
-  answer's size, the same clients; the codec's encode + decode of the answer): added - floor - codec is
-  the service's own per-call work.
+  bench/transport_floor.py (the server's HTTP and gRPC stacks answering without the service, the same
+  clients: a constant payload, and the answer encoded on every call and decoded by the client): added -
+  floor is the service's own per-call work.
 - fairness: `tests/reliability/loadgen.py` (64 closed-loop clients on loopback) against a server with
   default settings (result cache off); p99 / p50 latency of the answers.
 """
@@ -293,20 +293,21 @@ def render(cost: dict) -> str:
         lines.append(_table(["path", "wall", *BREAKDOWN_STAGES, "server, other", "server total", "outside"], rows))
     floors = latency_floors(cost)
     if floors:
-        f = cost["floor"]
+        calls = len(next(iter(cost["floor"]["ms"].values())))
         lines.append(
-            f"\nThe floor under that added latency (bench/transport_floor.py, same run): the server's own HTTP and "
-            f"gRPC stacks (FastAPI on uvicorn with the server's protocol and socket settings; grpc.aio) answering "
-            f"a constant {f['payload_bytes']} B payload, a one-sequence answer's size, without parsing, a model or "
-            f"encoding, timed with the same clients (median of {len(f['transport_ms']['httpx'])} calls); and the "
-            f"codec on that answer, thread CPU: encode {_median(f['codec_ms']['encode']):.2f} ms (server), decode "
-            f"{_median(f['codec_ms']['decode']):.2f} ms (our client; curl does not decode). No service answers "
-            f"faster than floor + codec; the service's own = added - both (validation, the hand-off to the model's "
-            f"thread and back, post-processing beyond the anchor's, metrics).\n"
+            f"\nThe floor under that added latency (bench/transport_floor.py, same run, median of {calls} calls): "
+            f"the server's own HTTP and gRPC stacks (FastAPI on uvicorn with the server's protocol and socket "
+            f"settings; grpc.aio) answering with no parse, model or batcher, timed with the same clients: "
+            f"\"constant\" sends one answer's payload encoded once (the transports alone); \"encoded\" encodes "
+            f"the answer's results on every call, and our clients decode it (the transports and the codec, in "
+            f"place). No service on these transports and this codec answers faster than \"encoded\"; the "
+            f"service's own = added - encoded (validation, the hand-off to the model's thread and back, "
+            f"post-processing beyond the anchor's, metrics and logs).\n"
         )
-        rows = [[v, f"{latency[v]['added_ms']:+.2f}", f"{t:.2f}", f"{c:.2f}", f"{t + c:.2f}",
-                 f"{latency[v]['added_ms'] - t - c:+.2f}"] for v, (t, c) in floors.items()]  # fmt: skip
-        lines.append(_table(["path", "added ms", "transport floor", "codec", "floor + codec", "service's own"], rows))
+        rows = [[v, f"{latency[v]['added_ms']:+.2f}", f"{alone:.2f}", f"{coded - alone:.2f}", f"{coded:.2f}",
+                 f"{latency[v]['added_ms'] - coded:+.2f}"] for v, (alone, coded) in floors.items()]  # fmt: skip
+        lines.append(_table(["path", "added ms", "constant (transports)", "codec in place", "encoded (floor)",
+                             "service's own"], rows))  # fmt: skip
     fair = cost.get("fairness")
     if fair:
         lines.append(
@@ -323,21 +324,17 @@ def render(cost: dict) -> str:
     return "\n".join(lines)
 
 
-# Each latency path's floor: the transport it rides on, and the codec calls on its critical path.
-FLOOR_OF = {"client-http": ("httpx", ("encode", "decode")), "client-grpc": ("grpc", ("encode", "decode")),
-            "curl-http": ("curl", ("encode",))}  # fmt: skip
+# Each latency path's floor: the client that floor ran (bench/transport_floor.py FLOOR_PATHS).
+FLOOR_OF = {"client-http": "httpx", "client-grpc": "grpc", "curl-http": "curl"}
 
 
 def latency_floors(cost: dict) -> dict[str, tuple[float, float]]:
-    """{latency path: (transport floor ms, codec ms)} from the floor measurement, for the paths both have."""
+    """{latency path: (constant ms, encoded ms)}: its transports alone, and with the codec in place."""
     floor, latency = cost.get("floor"), cost.get("latency") or {}
     if not floor:
         return {}
-    return {
-        variant: (_median(floor["transport_ms"][transport]), sum(_median(floor["codec_ms"][c]) for c in codec))
-        for variant, (transport, codec) in FLOOR_OF.items()
-        if variant in latency
-    }
+    ms = floor["ms"]
+    return {v: (_median(ms[f"{c} constant"]), _median(ms[f"{c} encoded"])) for v, c in FLOOR_OF.items() if v in latency}
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -364,7 +361,7 @@ def goals(cost: dict, device: str) -> list[dict]:
     if latency:
         out.append({"item": f"added latency of a one-sequence call ({device})", "goal": f"<= {LATENCY_GOAL_MS:g} ms",
                     "measured": ", ".join(f"{v}: {x:+.1f} ms" for v, x in latency.items()) + "".join(
-                        f" (floor: transports answering a constant payload + the codec, {', '.join(f'{v} {t + c:.1f}' for v, (t, c) in floors.items())} ms)"
+                        f" (floor, the transports and the codec without the service: {', '.join(f'{v} {coded:.1f}' for v, (_, coded) in floors.items())} ms)"
                         for floors in [latency_floors(cost)] if floors),
                     "met": all(x <= LATENCY_GOAL_MS for x in latency.values())})  # fmt: skip
     fair = cost.get("fairness")

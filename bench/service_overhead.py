@@ -159,22 +159,18 @@ def measure_cost(server, name: str, anchor, calls: dict, vocab: int, args: argpa
 
 
 def measure_floor(name: str, anchor: InProcess, vocab: int, args: argparse.Namespace) -> dict:
-    """The transports answering a constant payload of a one-sequence answer's size, and the codec's time on
-    that answer (bench/transport_floor.py): the part of the added latency no service can avoid."""
+    """The server's transports and codec without the service, on a one-sequence answer the anchor computed
+    (bench/transport_floor.py): the part of the added latency no service on them can avoid."""
     from bench import transport_floor
-    from dualdistill.protocol import wire
     from dualdistill.protocol.results import SequenceLogits
 
     print(f"[service_overhead] {name}: transport floor", file=sys.stderr)
     rng = np.random.default_rng(5)
     ids = rng.integers(0, vocab, (1, args.seq_len), dtype=np.int64)
     results = [SequenceLogits.from_dense(*row) for row in anchor(ids, args.start, args.top_k)]
-    payload_bytes = len(wire.encode(results))
     body = {"model": name, "sequences": [{"token_ids": ids[0].tolist(), "start": args.start}], "top_k": args.top_k,
             "format": "binary"}  # fmt: skip
-    reps = max(100, 4 * args.cost_reps)
-    return {"payload_bytes": payload_bytes, "transport_ms": transport_floor.measure(payload_bytes, body, reps),
-            "codec_ms": transport_floor.codec_ms(results)}  # fmt: skip
+    return {"ms": transport_floor.measure(results, body, reps=max(100, 4 * args.cost_reps))}
 
 
 def measure_model(spec: str, args: argparse.Namespace, workdir: Path, cost: dict) -> list[dict]:

@@ -1,21 +1,26 @@
-"""The floor under a one-sequence call's added latency: the service's own HTTP and gRPC stacks answering a
-constant payload, and the wire codec's encode + decode of one sequence's answer.
+"""The floor under a one-sequence call's added latency: the service's own HTTP and gRPC stacks and its wire
+codec, without the service.
 
-    python bench/transport_floor.py [--payload-bytes N] [--reps R]
+    python bench/transport_floor.py [--reps R]
 
 `serve` (a child process) runs what the teacher server runs around its service, and nothing else: a
 FastAPI app on uvicorn with the server's own settings (its guarded HTTP/1.1 protocol, a TCP_NODELAY
-listening socket, no access log) and a grpc.aio server, each answering POST /v1/logits and
-Teacher.GetLogits with the same `--payload-bytes` random bytes after reading the request (no parse of it,
-no model, no batcher, no encoding). `measure` times, from this process, the clients the service bench
-times: httpx on one kept-alive connection, a gRPC stub (the channel our client uses), and curl sending
-every request of one invocation on one connection (bench/service_cost.py). The codec's share is timed
-in-process on a real answer (`codec_ms`): `wire.encode` (the server's side) and `wire.decode` (our
-client's side), thread CPU, medians.
+listening socket, no access log) and a grpc.aio server. They hold one answer's results, computed before
+(a `.npz` of SequenceLogits arrays), and answer every call after reading it, without parsing it, a
+model or a batcher, in two ways:
+- "constant": the same payload bytes, encoded once at start (POST /v1/constant; GetLogits with model
+  "constant"): the transports alone;
+- "encoded": `wire.encode` of the results on every call, on the event loop as the service encodes a
+  small answer (POST /v1/logits; GetLogits with any other model), and our client decodes every answer
+  (`wire.decode`): the transports and the codec, in place (a codec call right after the network's is
+  slower than the same call repeated alone).
 
-No service can answer a call faster than its transports plus its encoding, so service_overhead.py reads
-its added latency against floor + codec; what is left is the service's own per-call work (validation,
-the batcher's hand-off to the model thread and back, post-processing beyond the anchor's, metrics).
+`measure` times both with the clients the service bench times: httpx on one kept-alive connection, a
+gRPC stub on one channel, and curl sending every request of one invocation on one connection
+(bench/service_cost.py; curl does not decode). No service on these transports and this codec answers
+faster than "encoded"; service_overhead.py reads the service's added latency against it: what is left is
+the service's own per-call work (validation, the hand-off to the model's thread and back, post-processing
+beyond the anchor's, metrics and logs).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,33 +43,56 @@ from fastapi import Request  # at module level: FastAPI resolves the handler's a
 
 from bench.common import ROOT, summarize
 
-FLOOR_PATHS = ("httpx", "grpc", "curl")  # the clients: raw httpx, a gRPC stub, curl
+FIELDS = ("row_lengths", "top_ids", "top_logprobs", "token_logprobs", "tail_logprobs")
+# (path, floor kind): the clients below, each against the constant and the encoded answer
+FLOOR_PATHS = tuple((client, kind) for client in ("httpx", "grpc", "curl") for kind in ("constant", "encoded"))
 
 
-def serve(payload_bytes: int) -> None:
+def save_results(results: list, path: Path) -> None:
+    """One answer's `SequenceLogits` ("topk" mode) as a .npz the floor server loads."""
+    np.savez(path, **{f"{i}_{name}": getattr(r, name) for i, r in enumerate(results) for name in FIELDS})
+
+
+def load_results(path: Path) -> list:
+    from dualdistill.protocol.results import SequenceLogits
+
+    with np.load(path) as data:
+        count = len({key.split("_", 1)[0] for key in data.files})
+        return [SequenceLogits(**{name: data[f"{i}_{name}"] for name in FIELDS}) for i in range(count)]
+
+
+def serve(results_path: Path) -> None:
     """The floor server (blocks): prints "ports HTTP GRPC" once both listen."""
     import grpc
     import uvicorn
     from fastapi import FastAPI
     from starlette.responses import Response
 
+    from dualdistill.protocol import wire
     from dualdistill.protocol.formats import BINARY_CONTENT_TYPE
     from dualdistill.protocol.v1 import teacher_pb2, teacher_pb2_grpc
     from dualdistill_server.config import ServerConfig
     from dualdistill_server.http.connections import guarded_protocol
     from dualdistill_server.main import _bind
 
-    payload = os.urandom(payload_bytes)
+    results = load_results(results_path)
+    constant = wire.encode(results)
     config = ServerConfig()
     app = FastAPI()
 
-    @app.post("/v1/logits")
-    async def logits(request: Request) -> Response:
+    @app.post("/v1/constant")
+    async def constant_answer(request: Request) -> Response:
         await request.body()
-        return Response(payload, media_type=BINARY_CONTENT_TYPE)
+        return Response(constant, media_type=BINARY_CONTENT_TYPE)
+
+    @app.post("/v1/logits")
+    async def encoded_answer(request: Request) -> Response:
+        await request.body()
+        return Response(wire.encode(results), media_type=BINARY_CONTENT_TYPE)
 
     class Teacher(teacher_pb2_grpc.TeacherServicer):
         async def GetLogits(self, request, context):  # noqa: N802 - the proto's name
+            payload = constant if request.model == "constant" else wire.encode(results)
             return teacher_pb2.LogitsResponse(payload=payload)
 
     async def main() -> None:
@@ -88,73 +117,82 @@ def serve(payload_bytes: int) -> None:
     asyncio.run(main())
 
 
-def measure(payload_bytes: int, body: dict, reps: int) -> dict[str, list[float]]:
-    """{path: [ms per call]} against a floor server answering `payload_bytes`; `body` is the JSON request."""
+def measure(results: list, body: dict, reps: int) -> dict[str, list[float]]:
+    """{"CLIENT KIND": [ms per call]} (FLOOR_PATHS) against a floor server holding `results`; `body` is the
+    JSON request the clients send (the service's own for this answer)."""
     import grpc
     import httpx
 
     from bench.service_cost import curl_seconds
+    from dualdistill.protocol import wire
     from dualdistill.protocol.v1 import teacher_pb2, teacher_pb2_grpc
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("client", "server", "."))}
-    child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "serve", "--payload-bytes",
-                              str(payload_bytes)], stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    try:
-        line = child.stdout.readline().split()
-        if not line or line[0] != "ports":
-            raise RuntimeError(f"the floor server did not start (exit code {child.poll()})")
-        http_port, grpc_port = int(line[1]), int(line[2])
-        url = f"http://127.0.0.1:{http_port}"
-        request = teacher_pb2.LogitsRequest(
-            model=body["model"], sequences=[teacher_pb2.Sequence(**s) for s in body["sequences"]],
-            top_k=body["top_k"], format=body["format"],
-        )  # fmt: skip
-        out: dict[str, list[float]] = {"httpx": [], "grpc": []}
-        with httpx.Client(base_url=url, timeout=60) as http, grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            stub = teacher_pb2_grpc.TeacherStub(channel)
-            calls = {"httpx": lambda: http.post("/v1/logits", json=body).raise_for_status(),
-                     "grpc": lambda: stub.GetLogits(request, timeout=60)}  # fmt: skip
-            for rep in range(reps + 1):  # rep 0 warms up
-                for path, call in calls.items():
-                    begin = time.perf_counter()
-                    call()
-                    if rep:
-                        out[path].append((time.perf_counter() - begin) * 1e3)
-        out["curl"] = [s * 1e3 for s in curl_seconds(url + "/v1/logits", json.dumps(body).encode(), reps + 1)[1:]]
-        return out
-    finally:
-        child.terminate()
-        child.wait(timeout=30)
+    with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
+        results_path = Path(tmp) / "results.npz"
+        save_results(results, results_path)
+        child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "serve", "--results",
+                                  str(results_path)], stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+        try:
+            line = child.stdout.readline().split()
+            if not line or line[0] != "ports":
+                raise RuntimeError(f"the floor server did not start (exit code {child.poll()})")
+            url, target = f"http://127.0.0.1:{line[1]}", f"127.0.0.1:{line[2]}"
+            out = _time_clients(url, target, body, reps, httpx, grpc, wire, teacher_pb2, teacher_pb2_grpc)
+            raw = json.dumps(body).encode()
+            for kind, route in (("constant", "/v1/constant"), ("encoded", "/v1/logits")):
+                out[f"curl {kind}"] = [s * 1e3 for s in curl_seconds(url + route, raw, reps + 1)[1:]]
+            return out
+        finally:
+            child.terminate()
+            child.wait(timeout=30)
 
 
-def codec_ms(results: list, reps: int = 200) -> dict[str, list[float]]:
-    """{"encode": [...], "decode": [...]} thread-CPU ms of this answer's binary encoding and decoding."""
-    from dualdistill.protocol import wire
+def _time_clients(url, target, body, reps, httpx, grpc, wire, teacher_pb2, teacher_pb2_grpc) -> dict:
+    """httpx and gRPC calls of both kinds, interleaved; the encoded answers decoded as our client does."""
+    sequences = [teacher_pb2.Sequence(**s) for s in body["sequences"]]
+    fields = {"sequences": sequences, "top_k": body["top_k"], "format": body["format"]}
+    requests = {kind: teacher_pb2.LogitsRequest(model=model, **fields)
+                for kind, model in (("constant", "constant"), ("encoded", body["model"]))}  # fmt: skip
+    out: dict[str, list[float]] = {}
+    with httpx.Client(base_url=url, timeout=60) as http, grpc.insecure_channel(target) as channel:
+        stub = teacher_pb2_grpc.TeacherStub(channel)
 
-    payload = wire.encode(results)
-    out: dict[str, list[float]] = {"encode": [], "decode": []}
-    for rep in range(reps + 10):  # 10 warm-ups
-        for name, call in (("encode", lambda: wire.encode(results)), ("decode", lambda: wire.decode(payload))):
-            begin = time.thread_time()
-            call()
-            if rep >= 10:
-                out[name].append((time.thread_time() - begin) * 1e3)
+        def http_call(route: str) -> bytes:
+            response = http.post(route, json=body)
+            response.raise_for_status()
+            return response.content
+
+        calls = {
+            "httpx constant": lambda: http_call("/v1/constant"),
+            "httpx encoded": lambda: wire.decode(http_call("/v1/logits")),
+            "grpc constant": lambda: stub.GetLogits(requests["constant"], timeout=60),
+            "grpc encoded": lambda: wire.decode(stub.GetLogits(requests["encoded"], timeout=60).payload),
+        }
+        for rep in range(reps + 1):  # rep 0 warms up
+            for path, call in calls.items():
+                begin = time.perf_counter()
+                call()
+                if rep:
+                    out.setdefault(path, []).append((time.perf_counter() - begin) * 1e3)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", nargs="?", default="measure", choices=("measure", "serve"))
-    parser.add_argument("--payload-bytes", type=int, default=9503, help="the answer's size (one sequence, k = 128)")
+    parser.add_argument("--results", type=Path, help="serve: the .npz of the answer's results")
     parser.add_argument("--reps", type=int, default=100)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(args.payload_bytes)
+        serve(args.results)
         return
+    from bench.wire_encode_speed import tiny_vocab_response
+
     rng = np.random.default_rng(0)
     body = {"model": "floor", "sequences": [{"token_ids": rng.integers(0, 320, 64).tolist(), "start": 8}],
             "top_k": 128, "format": "binary"}  # fmt: skip
-    for path, ms in measure(args.payload_bytes, body, args.reps).items():
+    for path, ms in measure(tiny_vocab_response()[:1], body, args.reps).items():
         print(f"{path}: {summarize(ms).median:.2f} ms per call (median of {len(ms)})")
 
 
