@@ -9,8 +9,9 @@ both sides:
 - added latency of a one-sequence call (bench/service_cost.py `added_latency`'s paths: our client over
   HTTP and gRPC, curl on one kept-alive connection; binary, T = 64, start = 8, top_k = 128), as the
   median call minus the median in-process call of this process;
-- server CPU per returned position: each server process's CPU per call of B = 1 and B = 32 sequences
-  (binary over HTTP), its slope per position, alternating sides, next to the in-process anchor's;
+- server CPU per returned position and per one-sequence call: each server process's CPU (its threads'
+  scheduler time, nanoseconds) per call of B = 1 and B = 32 sequences (binary over HTTP), the slope per
+  position and the B = 1 call itself, alternating sides, next to the in-process anchor's;
 - fairness: this checkout's `tests/reliability/loadgen.py` (64 closed-loop clients) against each
   server's default settings, `--rounds` runs each in alternating order; p99 / p50 per run.
 Prints a Markdown table; writes nothing.
@@ -94,10 +95,11 @@ def latency(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: int
 
 
 def server_cpu(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: int, calls: int = 6) -> dict:
-    """Server CPU per returned position (binary over HTTP, our client): per side and repeat, the slope of
-    the server process's CPU per call between B = 1 and B = 32 (per-call costs drop out), the two servers
-    alternating within each repeat; the in-process anchor's slope (forward + top-k) for reference."""
-    from bench.service_cost import process_cpu_seconds
+    """{"slope": ..., "one_call": ...}: server CPU per returned position (binary over HTTP, our client), per
+    side and repeat the slope of the server process's CPU per call between B = 1 and B = 32 (per-call costs
+    drop out), and its CPU per one-sequence call (where the per-call costs are); the two servers
+    alternating within each repeat; the in-process anchor's (forward + top-k) for reference."""
+    from bench.service_cost import live_threads_cpu_seconds
     from bench.service_overhead import InProcess, client_call
     from dualdistill import TeacherClient
 
@@ -107,6 +109,7 @@ def server_cpu(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: 
     rng = np.random.default_rng(3)
     batches, positions = (1, 32), {b: b * (SEQ_LEN - START) for b in (1, 32)}
     slopes: dict[str, list[float]] = {"in-process": [], **{side: [] for side in servers}}
+    one_call: dict[str, list[float]] = {side: [] for side in slopes}  # CPU ms of a one-sequence call
     for rep in range(reps + 1):  # rep 0 warms up
         sides = list(slopes) if rep % 2 == 0 else list(reversed(slopes))
         for side in sides:
@@ -120,13 +123,21 @@ def server_cpu(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: 
                     per_call[b] = (time.process_time() - begin) / calls
                 else:
                     pid = servers[side][2]
-                    begin = process_cpu_seconds(pid)
+                    begin = live_threads_cpu_seconds(pid)
                     for sequences in work:
                         clients[side](sequences, START, TOP_K)
-                    per_call[b] = (process_cpu_seconds(pid) - begin) / calls
+                    per_call[b] = (live_threads_cpu_seconds(pid) - begin) / calls
             if rep > 0:
                 slopes[side].append((per_call[32] - per_call[1]) / (positions[32] - positions[1]) * 1e6)
-    return slopes
+                one_call[side].append(per_call[1] * 1e3)
+    return {"slope": slopes, "one_call": one_call}
+
+
+def _with_added(values: dict[str, list[float]], side: str, digits: int) -> list[str]:
+    """Median [min, max] of a side's repeats, and its median minus the anchor's ("" for the anchor)."""
+    v, anchor = values[side], summarize(values["in-process"]).median
+    spread = f"{summarize(v).median:.{digits}f} [{min(v):.{digits}f}, {max(v):.{digits}f}]"
+    return [spread, "" if side == "in-process" else f"{summarize(v).median - anchor:+.{digits}f}"]
 
 
 def fairness(roots: dict[str, Path], model_dir: Path, rounds: int, seconds: float) -> dict[str, list[dict]]:
@@ -169,13 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"One-sequence calls (T = {SEQ_LEN}, start = {START}, top_k = {TOP_K}, binary), median of {args.reps}:\n")
     print(markdown_table(["path", "ms per call", "added ms"], rows))
     if cpu:
-        anchor = summarize(cpu["in-process"]).median
-        rows = [[side, f"{summarize(v).median:.1f} [{min(v):.1f}, {max(v):.1f}]",
-                 "" if side == "in-process" else f"{summarize(v).median - anchor:+.1f}"] for side, v in cpu.items()]
-        print(f"\nServer process CPU per returned position, binary over HTTP (slope between B = 1 and B = 32, "
-              f"sides alternating), median [min, max] of {args.cpu_reps} repeats; added = minus the in-process "
-              f"anchor's slope (forward + top-k):\n")
-        print(markdown_table(["server", "CPU us/position", "added us/position"], rows))
+        rows = [[side, *_with_added(cpu["slope"], side, 1), *_with_added(cpu["one_call"], side, 2)]
+                for side in cpu["slope"]]  # fmt: skip
+        print(f"\nServer process CPU, binary over HTTP, sides alternating, median [min, max] of {args.cpu_reps} "
+              f"repeats: per returned position (slope between B = 1 and B = 32) and per one-sequence call; added "
+              f"= minus the in-process anchor's (forward + top-k):\n")
+        print(markdown_table(["server", "CPU us/position", "added us/position", "CPU ms per B=1 call",
+                              "added ms per B=1 call"], rows))  # fmt: skip
     if fair:
         rows = [[side, ", ".join(f"{r['p99_ms'] / r['p50_ms']:.2f}" for r in runs),
                  ", ".join(f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}" for r in runs),
