@@ -99,7 +99,7 @@ def server_cpu(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: 
     side and repeat the slope of the server process's CPU per call between B = 1 and B = 32 (per-call costs
     drop out), and its CPU per one-sequence call (where the per-call costs are); the two servers
     alternating within each repeat; the in-process anchor's (forward + top-k) for reference."""
-    from bench.service_cost import live_threads_cpu_seconds
+    from bench.service_cost import threads_cpu_seconds
     from bench.service_overhead import InProcess, client_call
     from dualdistill import TeacherClient
 
@@ -123,10 +123,10 @@ def server_cpu(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: 
                     per_call[b] = (time.process_time() - begin) / calls
                 else:
                     pid = servers[side][2]
-                    begin = live_threads_cpu_seconds(pid)
+                    begin = threads_cpu_seconds(pid)
                     for sequences in work:
                         clients[side](sequences, START, TOP_K)
-                    per_call[b] = (live_threads_cpu_seconds(pid) - begin) / calls
+                    per_call[b] = (threads_cpu_seconds(pid) - begin) / calls
             if rep > 0:
                 slopes[side].append((per_call[32] - per_call[1]) / (positions[32] - positions[1]) * 1e6)
                 one_call[side].append(per_call[1] * 1e3)

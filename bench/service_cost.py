@@ -3,9 +3,9 @@
 Used by `service_overhead.py` (its second and third tables) on a cheap model, where the forward is small
 and whatever the service adds decides the throughput a GPU forward would allow:
 
-- cpu_per_position: the server process's CPU time (utime + stime of /proc/PID/stat, all threads) over
-  `calls` calls of B sequences, minus the in-process anchor's CPU time for the same work (forward + top-k
-  + token log-prob + tail), at two batch sizes; the added CPU per returned position is the slope
+- cpu_per_position: the server's CPU time (its threads' scheduler time, `threads_cpu_seconds`) over
+  `calls` calls of B sequences, minus the in-process anchor's CPU time for the same sequences (forward +
+  top-k + token log-prob + tail), anchor and server call by call, at two batch sizes; the added CPU per returned position is the slope
   (added(B_large) - added(B_small)) / (positions(B_large) - positions(B_small)), so per-call costs
   (parsing, routing, the batcher's hop) do not count in it. Medians over repeats.
 - added_latency: one-sequence calls, wall time of a path minus the anchor's, medians over repeats:
@@ -26,7 +26,6 @@ and whatever the service adds decides the throughput a GPU forward would allow:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 import time
@@ -39,43 +38,20 @@ from bench.common import summarize
 
 CPU_VARIANTS = ("http-binary", "http-json", "grpc-binary")
 LATENCY_VARIANTS = ("client-http", "curl-http", "client-grpc")
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_ticks(stat: Path) -> int:
-    """utime + stime from a /proc .../stat file: fields 14 and 15 of proc(5), after "pid (comm)"."""
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (every thread, alive or exited), in seconds (clock-tick resolution)."""
-    return _cpu_ticks(Path(f"/proc/{pid}/stat")) / _TICKS
-
-
-def live_threads_cpu_seconds(pid: int) -> float:
-    """CPU time of the live threads of `pid` from the scheduler's own account (/proc/PID/task/*/schedstat,
-    nanoseconds): fine enough for one call's CPU, which clock ticks (10 ms) are not. Threads that ended
-    no longer count: compare only across spans in which the process keeps its threads."""
+def threads_cpu_seconds(pid: int, prefix: str | None = None) -> float:
+    """CPU time of the live threads of `pid` (those whose OS name starts with `prefix`, os_threads.py,
+    when given) from the scheduler's own account, /proc/PID/task/*/schedstat in nanoseconds: fine enough
+    for one call, which utime + stime's clock ticks (10 ms) are not. Threads that ended no longer count,
+    so compare spans in which the process keeps its threads (the server's are long-lived: the event loop,
+    the model's worker, the encoding pool, gRPC's)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            if prefix is None or (task / "comm").read_text().startswith(prefix):
+                total += int((task / "schedstat").read_text().split()[0])
         except OSError:  # the thread ended between the listing and the read
             continue
     return total / 1e9
-
-
-def threads_cpu_seconds(pid: int, prefix: str) -> float:
-    """utime + stime of the live threads of `pid` whose OS name starts with `prefix` (os_threads.py), seconds."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            if (task / "comm").read_text().startswith(prefix):
-                total += _cpu_ticks(task / "stat")
-        except OSError:  # the thread ended between the listing and the read
-            continue
-    return total / _TICKS
 
 
 def cpu_per_position(
@@ -101,24 +77,26 @@ def cpu_per_position(
     outside: dict[str, dict[int, list[float]]] = {v: {b: [] for b in batches} for v in calls}
 
     def cpu_outside_engine() -> float:
-        return process_cpu_seconds(pid) - threads_cpu_seconds(pid, engine_threads) if engine_threads else 0.0
+        return threads_cpu_seconds(pid) - threads_cpu_seconds(pid, engine_threads) if engine_threads else 0.0
 
     for rep in range(reps + 1):  # rep 0 warms up
         for batch in batches:
-            seqs = [rng.integers(0, vocab, (batch, seq_len), dtype=np.int64) for _ in range(calls_per_rep)]
-            begin = time.process_time()
-            for s in seqs:
-                anchor(s, start, top_k)
-            anchor_cpu = (time.process_time() - begin) / calls_per_rep
             for variant, call in calls.items():
-                fresh = [rng.integers(0, vocab, (batch, seq_len), dtype=np.int64) for _ in range(calls_per_rep)]
-                before, before_outside = process_cpu_seconds(pid), cpu_outside_engine()
-                for s in fresh:
+                # Call by call, the anchor and the server on the same sequences: a slow moment of the
+                # shared machine then weighs on both sides of the difference alike.
+                anchor_cpu = server_cpu = outside_cpu = 0.0
+                for _ in range(calls_per_rep):
+                    s = rng.integers(0, vocab, (batch, seq_len), dtype=np.int64)
+                    begin = time.process_time()
+                    anchor(s, start, top_k)
+                    anchor_cpu += time.process_time() - begin
+                    before, before_outside = threads_cpu_seconds(pid), cpu_outside_engine()
                     call(s, start, top_k)
-                server_cpu = (process_cpu_seconds(pid) - before) / calls_per_rep
+                    server_cpu += threads_cpu_seconds(pid) - before
+                    outside_cpu += cpu_outside_engine() - before_outside
                 if rep > 0:
-                    added[variant][batch].append(server_cpu - anchor_cpu)
-                    outside[variant][batch].append((cpu_outside_engine() - before_outside) / calls_per_rep)
+                    added[variant][batch].append((server_cpu - anchor_cpu) / calls_per_rep)
+                    outside[variant][batch].append(outside_cpu / calls_per_rep)
     small, large = batches
 
     def slopes(by_batch: dict[int, list[float]]) -> list[float]:
@@ -261,8 +239,8 @@ def render(cost: dict) -> str:
         small, large = c["batches"]
         lines.append(
             f"\nServer CPU added per returned position ({c['model']}, T = {c['seq_len']}, start = {c['start']}, "
-            f"top_k = {c['top_k']}): server process CPU (utime + stime, all threads) minus the in-process "
-            f"anchor's CPU for the same forward + top-k, over {c['calls_per_rep']} calls per repeat, "
+            f"top_k = {c['top_k']}): server CPU (its threads' scheduler time) minus the in-process "
+            f"anchor's CPU for the same forward + top-k on the same sequences, call by call, over {c['calls_per_rep']} calls per repeat, "
             f"{c['reps']} repeats; per position = slope between B = {small} and B = {large}. "
             f"Goal: <= {CPU_GOAL_US:g} us (binary), JSON <= {JSON_GOAL_RATIO:g}x binary.\n"
         )

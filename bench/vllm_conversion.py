@@ -267,13 +267,13 @@ def render(data: dict, args: argparse.Namespace, argv: list[str]) -> str:
                  for k, by_variant in records["service"].items() for variant, rec in by_variant.items()]  # fmt: skip
         lines.append(markdown_table(["top_k", "what", "CPU per returned position (us)"], srows))
         lines.append(
-            "\n\"in-process engine\": `compute_logits` in this process; \"server\": the server process's CPU "
-            "(/proc, all threads) for the same work through the transport; \"added\": server minus in-process, "
-            "repeat by repeat; \"outside the engine\": the server's CPU minus that of vLLM's step thread (named "
+            "\n\"in-process engine\": `compute_logits` in this process; \"server\": the server's CPU (its threads' "
+            "scheduler time, /proc) for the same work through the transport; \"added\": server minus in-process, "
+            "call by call; \"outside the engine\": the server's CPU minus that of vLLM's step thread (named "
             "`vllm-MODEL` at the OS level, server/dualdistill_server/os_threads.py), no anchor subtracted: the "
             "transports, the batcher, the conversion on the model's worker thread and the encoding (the "
-            "prompt-logprob tap, which runs inside vLLM's step, counts with the engine). CPU time is counted in "
-            "10 ms clock ticks and both processes share 2 busy cores, so single repeats scatter by tens of us. "
+            "prompt-logprob tap, which runs inside vLLM's step, counts with the engine). Both processes share 2 "
+            "busy cores, so single repeats scatter by tens of us. "
             + _anchor_note(records, args)
         )
     lines.append("\n" + reading(records, args))
