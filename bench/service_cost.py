@@ -404,6 +404,18 @@ def reading(cost: dict) -> str:
             f"stack, thread hops) {other:.1f} ms, and {outside:.1f} ms outside the server (the client's HTTP "
             f"stack, the loopback network, the response's bytes)."
         )
+    floors = latency_floors(cost)
+    if "client-http" in floors and latency:
+        alone, coded = floors["client-http"]
+        added = latency["client-http"]["added_ms"]
+        text += (
+            f" Against the {LATENCY_GOAL_MS:g} ms goal: with no service at all, the server's own transports and "
+            f"codec already take {coded:.1f} ms of a one-sequence call through httpx ({alone:.1f} ms the "
+            f"transports, {coded - alone:.1f} ms encoding and decoding the answer in place: the codec's fixed "
+            f"cost per call, its 23 streams each a few numpy and zstd calls, which a one-sequence answer does "
+            f"not amortize), so the goal leaves the service {LATENCY_GOAL_MS - coded:+.1f} ms for its own work, "
+            f"which took {added - coded:.1f} ms."
+        )
     return text + "\n"
 
 
