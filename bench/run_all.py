@@ -43,6 +43,7 @@ SECTIONS = [
     ("trainer_stall", "bench/trainer_stall.py", "Trainer stall"),
     ("vllm_engine", "bench/vllm_engine.py", "vLLM engine"),
     ("vllm_conversion", "bench/vllm_conversion.py", "vLLM engine: CPU per position"),
+    ("vllm_service", "bench/vllm_service.py", "vLLM engine: the service's goals"),
 ]
 GPU_NOTE = """## GPU (`bench/gpu.sh`)
 

@@ -207,13 +207,16 @@ def latency_breakdown(http_url: str, grpc_target: str, model: str, vocab: int, *
     return out
 
 
-def fairness(model_dir: Path, *, clients: int, seconds: float) -> dict:
-    """loadgen's report (p50/p99 ms, throughput, statuses) against a default server with the cache off."""
+def fairness(model_dir: Path, *, clients: int, seconds: float, server_args: tuple[str, ...] = (),
+             sampled: bool = True) -> dict:  # fmt: skip
+    """loadgen's report (p50/p99 ms, throughput, statuses) against a default server with the cache off (and
+    `server_args`, e.g. another engine; `sampled=False` for an engine without "sample" mode)."""
     from tests.fixtures.server_process import start_server
     from tests.reliability.loadgen import LOAD_SERVER_ARGS, MODEL, run_load
 
-    with start_server({MODEL: model_dir}, *LOAD_SERVER_ARGS, wire_kernels="auto") as server:
-        report = run_load(server.http_url, clients=clients, seconds=seconds)
+    with start_server({MODEL: model_dir}, *LOAD_SERVER_ARGS, *server_args, ready_timeout=600,
+                      wire_kernels="auto") as server:  # fmt: skip
+        report = run_load(server.http_url, clients=clients, seconds=seconds, sampled=sampled)
     out = json.loads(report.to_json())
     out["p99_over_p50"] = report.p99_ms / report.p50_ms
     return out

@@ -199,7 +199,8 @@ def _anchor_slopes(anchor_cpu: dict[int, list[float]], args: argparse.Namespace)
     """Per repeat (the warm-up left out), the in-process engine's CPU per position: the same slope between
     the two batch sizes as `cpu_per_position` takes of the server's."""
     small, large = args.small_batch, args.batch
-    per_rep = {b: np.asarray(anchor_cpu[b]).reshape(args.reps + 1, args.calls).mean(axis=1)[1:] for b in (small, large)}
+    # cpu_per_position runs the anchor beside every variant's calls: a repeat's calls are all its variants'
+    per_rep = {b: np.asarray(anchor_cpu[b]).reshape(args.reps + 1, -1).mean(axis=1)[1:] for b in (small, large)}
     positions = (large - small) * (args.seq_len - 1)
     return list((per_rep[large] - per_rep[small]) / positions * 1e6)
 

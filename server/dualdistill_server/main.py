@@ -134,6 +134,7 @@ def _quiet_transformers() -> None:
 
 def _load_models(config: ServerConfig) -> dict:
     _quiet_transformers()
+    from . import engines
     from .engines import load_served_model
 
     # The wire codec's kernels (about a second, mostly numba's import): beside the model loading with the
@@ -151,6 +152,10 @@ def _load_models(config: ServerConfig) -> dict:
         log.info("loaded model %s from %s with engine %s in %.1f s", name, path, config.engine,
                  time.perf_counter() - begin,
                  extra={"model": name, "engine": config.engine, "seconds": round(time.perf_counter() - begin, 3)})
+        begin = time.perf_counter()
+        if engines.warm_up(models[name]):  # before readiness: the first requests must not wait for compilers
+            log.info("warmed up model %s in %.1f s", name, time.perf_counter() - begin,
+                     extra={"model": name, "seconds": round(time.perf_counter() - begin, 3)})
     if warming is None:
         _warm_wire_kernels()
     else:

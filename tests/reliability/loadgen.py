@@ -62,14 +62,15 @@ class LoadReport:
         return json.dumps({**asdict(self), "rss_growth": self.rss_growth}, indent=2)
 
 
-def _request(rng: np.random.Generator) -> tuple[dict, int]:
-    """A random request body and the number of rows its answer must have."""
+def _request(rng: np.random.Generator, sampled: bool = True) -> tuple[dict, int]:
+    """A random request body and the number of rows its answer must have; `sampled=False` sends top-k
+    requests only (the share the mix would sample stays top-k JSON: for engines without "sample" mode)."""
     length = int(rng.integers(16, 97))
     start = length // 2
     body = {"model": MODEL, "sequences": [{"token_ids": rng.integers(0, VOCAB, size=length).tolist(), "start": start}],
             "top_k": 20}  # fmt: skip
     draw = rng.random()
-    if draw < 0.15:
+    if draw < 0.15 and sampled:
         body |= {"mode": "sample", "samples": 32, "seed": int(rng.integers(0, 2**31))}
     elif draw < 0.40:
         body["format"] = "binary"
@@ -113,10 +114,10 @@ class _Run:
             self.rss[str(self.done)] = rss_kib(self.pid)
 
 
-async def _client(run: _Run, http: httpx.AsyncClient, url: str, seed: int) -> None:
+async def _client(run: _Run, http: httpx.AsyncClient, url: str, seed: int, sampled: bool) -> None:
     rng = np.random.default_rng(seed)
     while run.more():
-        body, rows = _request(rng)
+        body, rows = _request(rng, sampled)
         begin = time.perf_counter()
         try:
             response = await http.post(url, json=body)
@@ -134,7 +135,7 @@ async def _client(run: _Run, http: httpx.AsyncClient, url: str, seed: int) -> No
             run.record(str(response.status_code), None, f"{response.status_code}: {response.text[:200]}")
 
 
-async def _run_load(http_url: str, run: _Run, seed: int) -> None:
+async def _run_load(http_url: str, run: _Run, seed: int, sampled: bool) -> None:
     # One connection pool per client: httpx's pool scans all its connections (a syscall each) for every
     # request, so one shared pool of 64 made this process, not the server, the bottleneck of the run.
     # (One TLS context for all: building one per client loads the CA bundle each time, seconds in all.)
@@ -145,7 +146,7 @@ async def _run_load(http_url: str, run: _Run, seed: int) -> None:
         clients = [await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0),
                                                                      verify=tls)) for _ in range(run.clients)]  # fmt: skip
         run.began = time.monotonic()  # the run starts when every client is ready
-        await asyncio.gather(*(_client(run, http, url, seed * 1000 + i) for i, http in enumerate(clients)))
+        await asyncio.gather(*(_client(run, http, url, seed * 1000 + i, sampled) for i, http in enumerate(clients)))
 
 
 def run_load(
@@ -157,8 +158,10 @@ def run_load(
     max_seconds: float = 600.0,
     pid: int | None = None,
     seed: int = 0,
+    sampled: bool = True,
 ) -> LoadReport:
-    """Run the load against a server at `http_url`; `pid` (the server's) enables the RSS marks."""
+    """Run the load against a server at `http_url`; `pid` (the server's) enables the RSS marks; `sampled`:
+    whether the mix holds sampled requests (see `_request`)."""
     from dualdistill.protocol.wire import kernels
 
     # This process's own stalls would count as the server's latency: the wire codec's first call would
@@ -169,7 +172,7 @@ def run_load(
     gc.freeze()
     run = _Run(clients, seconds, min_requests, max_seconds, pid)
     try:
-        asyncio.run(_run_load(http_url, run, seed))
+        asyncio.run(_run_load(http_url, run, seed, sampled))
     finally:
         gc.unfreeze()
     wall = time.monotonic() - run.began

@@ -15,6 +15,7 @@ from dualdistill_server.engines.base import (
     close,
     generates_concurrently,
     on_failure,
+    warm_up,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "generates_concurrently",
     "load_served_model",
     "on_failure",
+    "warm_up",
 ]
 
 

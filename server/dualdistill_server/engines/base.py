@@ -68,6 +68,16 @@ def on_failure(model: EngineModel, listener: Callable[[BaseException], None]) ->
         subscribe(listener)
 
 
+def warm_up(model: EngineModel) -> bool:
+    """Do before the first request what the model's engine would otherwise do during it (compilations on
+    first use); False for engines that need none (hf)."""
+    warm = getattr(model, "warm_up", None)
+    if warm is None:
+        return False
+    warm()
+    return True
+
+
 def close(model: EngineModel) -> None:
     """Release the engine's resources (threads, worker processes); a no-op where there are none."""
     closer = getattr(model, "close", None)

@@ -78,3 +78,18 @@ def test_what_vllm_cannot_compute_exactly_is_refused(vllm_tiny, change, field, p
     assert caught.value.field == field and "vllm engine" in caught.value.message
     with pytest.raises(InvalidArgument):
         vllm_tiny.compute_logits([task])
+
+
+def test_after_the_warm_up_no_logits_call_compiles(vllm_tiny) -> None:
+    """vLLM compiles its prompt-logprob rank kernel (torch.compile) on first use; the server warms the
+    engine up before it is ready (main.py), so no request waits for a compiler: after `warm_up`, calls of
+    new lengths add no graph."""
+    from torch._dynamo.utils import counters
+
+    vllm_tiny.warm_up()
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1, "the warm-up compiled nothing: does vLLM still compile on this path?"
+    rng = np.random.default_rng(7)
+    for length in (6, 17, 40):
+        vllm_tiny.compute_logits([make_task(random_ids(rng, length, vllm_tiny.info.vocab_size), start=1)])
+    assert counters["stats"]["unique_graphs"] == graphs

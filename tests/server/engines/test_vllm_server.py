@@ -57,6 +57,14 @@ def test_the_wire_kernels_load_after_the_engine_and_binary_answers_decode(vllm_s
     assert [r.num_rows for r in results] == [len(s["token_ids"]) - s.get("start", 1) for s in SEQUENCES]
 
 
+def test_the_engine_is_warmed_up_before_the_server_is_ready(vllm_server) -> None:
+    """engines/vllm/model.py `warm_up` (what vLLM compiles on first use) runs before "serving" is printed,
+    so the first requests do not wait for it (tests/server/engines/test_vllm_logits.py checks the engine)."""
+    log = vllm_server.log_path.read_text()
+    assert "warmed up model tiny" in log
+    assert log.index("warmed up model tiny") < log.index("froze")  # the freeze comes right before readiness
+
+
 def test_the_engine_step_loop_and_the_model_worker_have_os_thread_names(vllm_server) -> None:
     """vLLM's work runs on the step thread, the service's conversion on the model's worker: named apart
     (os_threads.py), so per-thread CPU tells them apart (bench/vllm_conversion.py)."""

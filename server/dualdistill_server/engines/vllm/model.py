@@ -21,6 +21,9 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
+import numpy as np
+
+from dualdistill.protocol.params import LogitsParams
 from dualdistill.protocol.results import SequenceLogits
 from dualdistill_server.engines.vllm.generation import finished_row, plan_rows, row_params
 from dualdistill_server.engines.vllm.logits import fetched_ranks, prompt_logprob_params, sequence_logits
@@ -131,6 +134,14 @@ class VllmModel:
             return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     # -- lifecycle --------------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Build what vLLM compiles on first use before a request waits for it: the rank kernel of its
+        prompt logprobs (torch.compile, with a dynamic length: one logits call builds it for every length).
+        Without this the first requests after the start waited about 2.5 s on 2 CPU cores, every request
+        in flight with them (bench/vllm_service.py's load run)."""
+        ids = np.arange(min(self.info.vocab_size, 8), dtype=np.int64)
+        self.compute_logits([LogitsTask(token_ids=ids, start=1, params=LogitsParams(top_k=self.info.max_top_k))])
+
     def on_failure(self, listener) -> None:
         self._loop.on_failure(listener)
 
