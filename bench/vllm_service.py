@@ -82,6 +82,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
                 server.http_url, "tiny", anchor, {"client-http": calls["http-binary"], "client-grpc": calls["grpc-binary"]},
                 vocab, seq_len=SEQ_LEN, start=START, top_k=TOP_K, reps=4 * args.reps,
             )  # fmt: skip
+            out["breakdown"] = service_cost.latency_breakdown(
+                server.http_url, server.grpc_target, "tiny", vocab, seq_len=SEQ_LEN, start=START, top_k=TOP_K,
+                reps=4 * args.reps,
+            )  # fmt: skip
             for client in clients.values():
                 client.close()
     finally:
@@ -125,6 +129,28 @@ def render(data: dict, args: argparse.Namespace, argv: list[str]) -> str:
         f"connection, the first left out:\n"
     )
     lines.append(markdown_table(["path", "ms per call", "added ms"], rows))
+    breakdown = records.get("breakdown")
+    if breakdown:
+        stages = service_cost.BREAKDOWN_STAGES
+        rows = []
+        for path, r in breakdown.items():
+            beside = [w - f for w, f in zip(r["wall"], r["forward"], strict=True)]
+            rows.append([path, f"{summarize(r['wall']).median:.2f}", *(f"{summarize(r[s]).median:.2f}" for s in stages),
+                         f"{summarize(r['server']).median:.2f}", f"{summarize(beside).median:.2f}"])  # fmt: skip
+        lines.append(
+            f"\nThe same call sent raw (httpx on one kept-alive connection, a gRPC stub), from the server's "
+            f"`server-timing`, ms, median of {len(next(iter(breakdown.values()))['wall'])} calls: \"forward\" is "
+            f"the model's worker waiting for vLLM's step and converting its result, so wall - forward is what "
+            f"the service and both network stacks add around the engine, with no in-process anchor:\n"
+        )
+        lines.append(markdown_table(["path", "wall", *stages, "server total", "wall - forward"], rows))
+        stage = min(summarize(r["forward"]).median for r in breakdown.values())
+        if base * 1000 > stage:
+            lines.append(
+                f"\nThe in-process engine's call ({base * 1000:.2f} ms) took longer than the server's own engine "
+                f"stage for the same call ({stage:.2f} ms): as an anchor it understates the added latency above "
+                f"(bench/vllm_conversion.py found the same of its CPU); wall - forward does not depend on it.\n"
+            )
     fair = records["fairness"]
     lines.append(
         f"\nFairness (`tests/reliability/loadgen.py`, {fair['clients']} closed-loop HTTP clients for "
@@ -145,10 +171,15 @@ def goals(data: dict) -> list[dict]:
                 "goal": f"<= {service_cost.JSON_GOAL_RATIO:g}x", "measured": f"{ratio:.2f}x",
                 "met": ratio <= service_cost.JSON_GOAL_RATIO})  # fmt: skip
     latency = {v: r["added_ms"] for v, r in records["latency"].items() if v != "in-process"}
+    around = {path: summarize([w - f for w, f in zip(r["wall"], r["forward"], strict=True)]).median
+              for path, r in records.get("breakdown", {}).items()}  # fmt: skip
+    measured = ", ".join(f"{v}: {x:+.1f} ms" for v, x in latency.items()) + " against the in-process engine"
+    if around:
+        measured += "; around the server's own engine stage (raw calls): " + ", ".join(
+            f"{path} {x:.1f} ms" for path, x in around.items())
     out.append({"item": "vllm engine: added latency of a one-sequence call (cpu)",
-                "goal": f"<= {service_cost.LATENCY_GOAL_MS:g} ms",
-                "measured": ", ".join(f"{v}: {x:+.1f} ms" for v, x in latency.items()),
-                "met": all(x <= service_cost.LATENCY_GOAL_MS for x in latency.values())})  # fmt: skip
+                "goal": f"<= {service_cost.LATENCY_GOAL_MS:g} ms", "measured": measured,
+                "met": all(x <= service_cost.LATENCY_GOAL_MS for x in [*latency.values(), *around.values()])})  # fmt: skip
     fair = records["fairness"]
     out.append({"item": f"vllm engine: fairness, {fair['clients']} concurrent clients (cpu)",
                 "goal": f"p99 <= {service_cost.FAIRNESS_GOAL:g}x p50",
