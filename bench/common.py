@@ -186,6 +186,16 @@ def saved_run(path: Path, parse) -> tuple[dict, object, list[str]]:
     return data, args, argv
 
 
+def section_main(argv: list[str] | None, parse, run, section) -> None:
+    """A section script's entry point: measure (`run(argv)`), or re-render a saved run (`--render-from`
+    JSON, through `section(data, args, argv)`); save the section's .md/.json and print its Markdown."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    out = section(*saved_run(args.render_from, parse)) if args.render_from else run(argv)
+    out.save(args.results_dir)
+    print(out.markdown)
+
+
 def plain_args(args) -> dict:
     """The scalar and list settings of an argparse namespace, for a section's JSON."""
     return {k: v for k, v in vars(args).items() if isinstance(v, int | float | str | list)}

@@ -47,7 +47,7 @@ from bench.common import (
     machine_info,
     markdown_table,
     plain_args,
-    saved_run,
+    section_main,
     summarize,
 )
 
@@ -406,11 +406,7 @@ def goals(records: list[dict], device: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse(argv)
-    out = section(*saved_run(args.render_from, parse)) if args.render_from else run(argv)
-    out.save(args.results_dir)
-    print(out.markdown)
+    section_main(argv, parse, run, section)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from bench.common import (
     machine_info,
     markdown_table,
     plain_args,
-    saved_run,
+    section_main,
     summarize,
 )
 from bench.stall_trainer import run_trainer
@@ -311,11 +311,7 @@ def section(data: dict, args: argparse.Namespace, argv: list[str]) -> Section:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse(argv)
-    out = section(*saved_run(args.render_from, parse)) if args.render_from else run(argv)
-    out.save(args.results_dir)
-    print(out.markdown)
+    section_main(argv, parse, run, section)
 
 
 if __name__ == "__main__":

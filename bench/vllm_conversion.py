@@ -45,7 +45,7 @@ from bench.common import (
     machine_info,
     markdown_table,
     plain_args,
-    saved_run,
+    section_main,
     summarize,
 )
 from bench.vllm_engine import vllm_version
@@ -390,14 +390,10 @@ def section(data: dict, args: argparse.Namespace, argv: list[str]) -> Section:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
     # the in-process engine (the service's anchor) runs with the servers' thread setting
     # (tests/fixtures/server_process.py: one intra-op thread; vLLM binds its OpenMP threads itself)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    args = parse(argv)
-    out = section(*saved_run(args.render_from, parse)) if args.render_from else run(argv)
-    out.save(args.results_dir)
-    print(out.markdown)
+    section_main(argv, parse, run, section)
 
 
 if __name__ == "__main__":

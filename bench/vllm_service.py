@@ -38,7 +38,7 @@ from bench.common import (
     machine_info,
     markdown_table,
     plain_args,
-    saved_run,
+    section_main,
     summarize,
 )
 from bench.vllm_conversion import _tasks
@@ -221,12 +221,8 @@ def section(data: dict, args: argparse.Namespace, argv: list[str]) -> Section:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the in-process engine as the servers run theirs
-    args = parse(argv)
-    out = section(*saved_run(args.render_from, parse)) if args.render_from else run(argv)
-    out.save(args.results_dir)
-    print(out.markdown)
+    section_main(argv, parse, run, section)
 
 
 if __name__ == "__main__":
