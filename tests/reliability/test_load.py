@@ -6,11 +6,12 @@ L0_memory_growth): VmRSS after 10,000 answers is within 10 % of VmRSS after 1,00
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.conftest import TINY_MODEL_NAME
 from tests.fixtures.server_process import start_server
-from tests.reliability.loadgen import LOAD_SERVER_ARGS, RSS_MARKS, LoadReport, run_load
+from tests.reliability.loadgen import LOAD_SERVER_ARGS, RSS_MARKS, LoadReport, _request, run_load
 
 RSS_GROWTH_LIMIT = 0.10
 
@@ -18,6 +19,17 @@ RSS_GROWTH_LIMIT = 0.10
 def _assert_clean(report: LoadReport) -> None:
     assert set(report.statuses) <= {"200", "429"} and not report.unexpected, report.to_json()
     assert report.statuses.get("200", 0) > 0, report.to_json()
+
+
+def test_the_mix_without_sampling_sends_top_k_requests_only() -> None:
+    """`sampled=False` (for an engine without "sample" mode, bench/vllm_service.py): the same mix, its
+    sampled share sent as top-k JSON."""
+    def modes(sampled: bool) -> set:
+        rng = np.random.default_rng(0)
+        return {_request(rng, sampled)[0].get("mode", "topk") for _ in range(400)}
+
+    assert modes(True) == {"topk", "sample"}
+    assert modes(False) == {"topk"}
 
 
 def test_sixteen_clients_for_five_seconds(tiny_server, tmp_path) -> None:
