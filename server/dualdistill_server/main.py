@@ -135,7 +135,6 @@ def _quiet_transformers() -> None:
 def _load_models(config: ServerConfig) -> dict:
     _quiet_transformers()
     from . import engines
-    from .engines import load_served_model
 
     # The wire codec's kernels (about a second, mostly numba's import): beside the model loading with the
     # hf engine, only after it with vLLM (numba must not be loaded while vLLM starts an engine:
@@ -148,7 +147,7 @@ def _load_models(config: ServerConfig) -> dict:
     models = {}
     for name, path in config.model_specs():
         begin = time.perf_counter()
-        models[name] = load_served_model(config, name, path)
+        models[name] = engines.load_served_model(config, name, path)
         log.info("loaded model %s from %s with engine %s in %.1f s", name, path, config.engine,
                  time.perf_counter() - begin,
                  extra={"model": name, "engine": config.engine, "seconds": round(time.perf_counter() - begin, 3)})
