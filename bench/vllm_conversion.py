@@ -374,14 +374,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def run(argv: list[str]) -> Section:
+def run_vllm_section(argv: list[str], parse, measure, section) -> Section:
+    """Measure a vLLM section in a scratch directory (its models), with the machine, vLLM's version and
+    the load average at the end beside the records."""
     args = parse(argv)
     info = machine_info()
-    with tempfile.TemporaryDirectory(prefix="bench-vllm-conv-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp:
         records = measure(args, Path(tmp))
     data = {"machine": info, "records": records, "vllm": vllm_version(), "argv": argv, "args": plain_args(args),
             "load": os.getloadavg()[0]}  # fmt: skip
     return section(data, args, argv)
+
+
+def run(argv: list[str]) -> Section:
+    return run_vllm_section(argv, parse, measure, section)
 
 
 def section(data: dict, args: argparse.Namespace, argv: list[str]) -> Section:

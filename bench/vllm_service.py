@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -35,14 +34,11 @@ from bench.common import (
     add_output_args,
     command_line,
     header,
-    machine_info,
     markdown_table,
-    plain_args,
     section_main,
     summarize,
 )
-from bench.vllm_conversion import _tasks
-from bench.vllm_engine import vllm_version
+from bench.vllm_conversion import _tasks, run_vllm_section
 
 SERVER_ARGS = ("--engine", "vllm", "--max-seq-len", "256", "--max-top-k", "128")
 TOP_K, SEQ_LEN, START = 128, 64, 8  # the latency call: service_overhead.py's shape
@@ -206,13 +202,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def run(argv: list[str]) -> Section:
-    args = parse(argv)
-    info = machine_info()
-    with tempfile.TemporaryDirectory(prefix="bench-vllm-service-") as tmp:
-        records = measure(args, Path(tmp))
-    data = {"machine": info, "records": records, "vllm": vllm_version(), "argv": argv, "args": plain_args(args),
-            "load": os.getloadavg()[0]}  # fmt: skip
-    return section(data, args, argv)
+    return run_vllm_section(argv, parse, measure, section)
 
 
 def section(data: dict, args: argparse.Namespace, argv: list[str]) -> Section:
