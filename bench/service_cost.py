@@ -259,8 +259,7 @@ def render(cost: dict) -> str:
                              f"added CPU ms/call B={large}"], rows))  # fmt: skip
     latency = cost.get("latency")
     if latency:
-        rows = [[v, f"{_median(r['seconds']) * 1000:.2f}", "" if v == "in-process" else f"{r['added_ms']:+.2f}"]
-                for v, r in latency.items()]  # fmt: skip
+        rows = latency_rows(latency)
         lines.append(
             f"\nLatency of a one-sequence call ({cost['cpu_settings']['seq_len']} tokens, binary, top_k = "
             f"{cost['cpu_settings']['top_k']}), median of {len(latency['in-process']['seconds'])} calls; added = "
@@ -282,8 +281,7 @@ def render(cost: dict) -> str:
         for path, r in breakdown.items():
             other = [t - sum(r[s][i] for s in BREAKDOWN_STAGES) for i, t in enumerate(r["server"])]
             outside = [w - t for w, t in zip(r["wall"], r["server"], strict=True)]
-            rows.append([path, f"{_median(r['wall']):.2f}", *(f"{_median(r[s]):.2f}" for s in BREAKDOWN_STAGES),
-                         f"{_median(other):.2f}", f"{_median(r['server']):.2f}", f"{_median(outside):.2f}"])  # fmt: skip
+            rows.append(breakdown_row(path, r, other, r["server"], outside))
         lines.append(_table(["path", "wall", *BREAKDOWN_STAGES, "server, other", "server total", "outside"], rows))
     floors = latency_floors(cost)
     if floors:
@@ -316,6 +314,20 @@ def render(cost: dict) -> str:
             f"servers side by side).\n"
         )
     return "\n".join(lines)
+
+
+def latency_rows(latency: dict) -> list[list[str]]:
+    """[path, ms per call, added ms] of `added_latency`'s result (medians; the anchor has no "added")."""
+    return [[v, f"{_median(r['seconds']) * 1000:.2f}", "" if v == "in-process" else f"{r['added_ms']:+.2f}"]
+            for v, r in latency.items()]  # fmt: skip
+
+
+def breakdown_row(path: str, record: dict, *derived: list[float]) -> list[str]:
+    """[path, wall, each BREAKDOWN_STAGES, each of `derived`]: medians in ms of one `latency_breakdown` path,
+    `derived` being per-call series the caller computes from it (a difference's median, not the
+    difference of medians)."""
+    series = [record["wall"], *(record[s] for s in BREAKDOWN_STAGES), *derived]
+    return [path, *(f"{_median(values):.2f}" for values in series)]
 
 
 # Each latency path's floor: the client that floor ran (bench/transport_floor.py FLOOR_PATHS).

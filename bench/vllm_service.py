@@ -92,6 +92,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
     return out
 
 
+def _around_engine(breakdown_path: dict) -> list[float]:
+    """Per raw call, wall - the server's forward stage (ms): what the service and the network add around
+    vLLM's own work, with no in-process anchor."""
+    return [w - f for w, f in zip(breakdown_path["wall"], breakdown_path["forward"], strict=True)]
+
+
 def _outside(cpu: dict, variant: str) -> float:
     return summarize(cpu[variant]["outside_engine_us_per_position"]).median
 
@@ -116,8 +122,7 @@ def render(data: dict, args: argparse.Namespace, argv: list[str]) -> str:
     lines.append(markdown_table(["path", "CPU us/position outside the engine"], rows))
     latency = records["latency"]
     base = summarize(latency["in-process"]["seconds"]).median
-    rows = [[v, f"{summarize(r['seconds']).median * 1000:.2f}", "" if v == "in-process" else f"{r['added_ms']:+.2f}"]
-            for v, r in latency.items()]  # fmt: skip
+    rows = service_cost.latency_rows(latency)
     lines.append(
         f"\nLatency of a one-sequence call (T = {SEQ_LEN}, start = {START}, top_k = {TOP_K}, binary), median of "
         f"{len(latency['in-process']['seconds'])} calls; added = path - in-process (`compute_logits` on this "
@@ -128,11 +133,7 @@ def render(data: dict, args: argparse.Namespace, argv: list[str]) -> str:
     breakdown = records.get("breakdown")
     if breakdown:
         stages = service_cost.BREAKDOWN_STAGES
-        rows = []
-        for path, r in breakdown.items():
-            beside = [w - f for w, f in zip(r["wall"], r["forward"], strict=True)]
-            rows.append([path, f"{summarize(r['wall']).median:.2f}", *(f"{summarize(r[s]).median:.2f}" for s in stages),
-                         f"{summarize(r['server']).median:.2f}", f"{summarize(beside).median:.2f}"])  # fmt: skip
+        rows = [service_cost.breakdown_row(path, r, r["server"], _around_engine(r)) for path, r in breakdown.items()]
         lines.append(
             f"\nThe same call sent raw (httpx on one kept-alive connection, a gRPC stub), from the server's "
             f"`server-timing`, ms, median of {len(next(iter(breakdown.values()))['wall'])} calls: \"forward\" is "
@@ -167,8 +168,7 @@ def goals(data: dict) -> list[dict]:
                 "goal": f"<= {service_cost.JSON_GOAL_RATIO:g}x", "measured": f"{ratio:.2f}x",
                 "met": ratio <= service_cost.JSON_GOAL_RATIO})  # fmt: skip
     latency = {v: r["added_ms"] for v, r in records["latency"].items() if v != "in-process"}
-    around = {path: summarize([w - f for w, f in zip(r["wall"], r["forward"], strict=True)]).median
-              for path, r in records.get("breakdown", {}).items()}  # fmt: skip
+    around = {path: summarize(_around_engine(r)).median for path, r in records.get("breakdown", {}).items()}
     measured = ", ".join(f"{v}: {x:+.1f} ms" for v, x in latency.items()) + " against the in-process engine"
     if around:
         measured += "; around the server's own engine stage (raw calls): " + ", ".join(
