@@ -148,13 +148,13 @@ def _load_models(config: ServerConfig) -> dict:
     for name, path in config.model_specs():
         begin = time.perf_counter()
         models[name] = engines.load_served_model(config, name, path)
-        log.info("loaded model %s from %s with engine %s in %.1f s", name, path, config.engine,
-                 time.perf_counter() - begin,
-                 extra={"model": name, "engine": config.engine, "seconds": round(time.perf_counter() - begin, 3)})
+        seconds = time.perf_counter() - begin
+        log.info("loaded model %s from %s with engine %s in %.1f s", name, path, config.engine, seconds,
+                 extra={"model": name, "engine": config.engine, "seconds": round(seconds, 3)})
         begin = time.perf_counter()
         if engines.warm_up(models[name]):  # before readiness: the first requests must not wait for compilers
-            log.info("warmed up model %s in %.1f s", name, time.perf_counter() - begin,
-                     extra={"model": name, "seconds": round(time.perf_counter() - begin, 3)})
+            seconds = time.perf_counter() - begin
+            log.info("warmed up model %s in %.1f s", name, seconds, extra={"model": name, "seconds": round(seconds, 3)})
     if warming is None:
         _warm_wire_kernels()
     else:
