@@ -330,7 +330,7 @@ def breakdown_row(path: str, record: dict, *derived: list[float]) -> list[str]:
     return [path, *(f"{_median(values):.2f}" for values in series)]
 
 
-# Each latency path's floor: the client that floor ran (bench/transport_floor.py FLOOR_PATHS).
+# Each latency path's floor: the client that bench/transport_floor.py `measure` timed for it.
 FLOOR_OF = {"client-http": "httpx", "client-grpc": "grpc", "curl-http": "curl"}
 
 

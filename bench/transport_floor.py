@@ -44,8 +44,6 @@ from fastapi import Request  # at module level: FastAPI resolves the handler's a
 from bench.common import ROOT, summarize
 
 FIELDS = ("row_lengths", "top_ids", "top_logprobs", "token_logprobs", "tail_logprobs")
-# (path, floor kind): the clients below, each against the constant and the encoded answer
-FLOOR_PATHS = tuple((client, kind) for client in ("httpx", "grpc", "curl") for kind in ("constant", "encoded"))
 
 
 def save_results(results: list, path: Path) -> None:
@@ -118,14 +116,9 @@ def serve(results_path: Path) -> None:
 
 
 def measure(results: list, body: dict, reps: int) -> dict[str, list[float]]:
-    """{"CLIENT KIND": [ms per call]} (FLOOR_PATHS) against a floor server holding `results`; `body` is the
-    JSON request the clients send (the service's own for this answer)."""
-    import grpc
-    import httpx
-
+    """{"CLIENT KIND": [ms per call]} (CLIENT httpx, grpc or curl; KIND constant or encoded) against a floor
+    server holding `results`; `body` is the JSON request the clients send (the service's own for this answer)."""
     from bench.service_cost import curl_seconds
-    from dualdistill.protocol import wire
-    from dualdistill.protocol.v1 import teacher_pb2, teacher_pb2_grpc
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("client", "server", "."))}
     with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
@@ -138,7 +131,7 @@ def measure(results: list, body: dict, reps: int) -> dict[str, list[float]]:
             if not line or line[0] != "ports":
                 raise RuntimeError(f"the floor server did not start (exit code {child.poll()})")
             url, target = f"http://127.0.0.1:{line[1]}", f"127.0.0.1:{line[2]}"
-            out = _time_clients(url, target, body, reps, httpx, grpc, wire, teacher_pb2, teacher_pb2_grpc)
+            out = _time_clients(url, target, body, reps)
             raw = json.dumps(body).encode()
             for kind, route in (("constant", "/v1/constant"), ("encoded", "/v1/logits")):
                 out[f"curl {kind}"] = [s * 1e3 for s in curl_seconds(url + route, raw, reps + 1)[1:]]
@@ -148,8 +141,14 @@ def measure(results: list, body: dict, reps: int) -> dict[str, list[float]]:
             child.wait(timeout=30)
 
 
-def _time_clients(url, target, body, reps, httpx, grpc, wire, teacher_pb2, teacher_pb2_grpc) -> dict:
+def _time_clients(url: str, target: str, body: dict, reps: int) -> dict[str, list[float]]:
     """httpx and gRPC calls of both kinds, interleaved; the encoded answers decoded as our client does."""
+    import grpc
+    import httpx
+
+    from dualdistill.protocol import wire
+    from dualdistill.protocol.v1 import teacher_pb2, teacher_pb2_grpc
+
     sequences = [teacher_pb2.Sequence(**s) for s in body["sequences"]]
     fields = {"sequences": sequences, "top_k": body["top_k"], "format": body["format"]}
     requests = {kind: teacher_pb2.LogitsRequest(model=model, **fields)
