@@ -159,3 +159,27 @@ def test_unsupported_versions_and_non_bytes_are_named_in_the_error():
     with pytest.raises(WireFormatError, match="bytes"):
         wire.decode("DDWL")  # type: ignore[arg-type]
     assert issubclass(WireFormatError, ValueError)
+
+
+@pytest.mark.slow
+def test_hostile_payloads_never_index_out_of_bounds_in_the_compiled_decoder(tmp_path, codec_path):
+    """numba does not check array bounds unless told to: an index a hostile payload could steer past an
+    array would read or write memory silently. This module's hostile-payload tests run again in a process
+    with NUMBA_BOUNDSCHECK=1 (a fresh cache: the loops compiled with the checks), where such an index raises
+    IndexError, which those tests count as a failure."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if codec_path != "numba":
+        pytest.skip("a check of the compiled loops")
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path), "DUALDISTILL_WIRE_KERNELS": "numba"}
+    names = ["truncated", "bit_flips", "random_bytes", "tampered", "huge_declared", "zstd_frame"]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "", __file__, "-k",
+         f"({' or '.join(names)}) and numba"],  # fmt: skip
+        env=env, capture_output=True, text=True, timeout=1200, cwd=Path(__file__).resolve().parents[3],
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and " 0 passed" not in run.stdout

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dualdistill.protocol import wire
 from dualdistill.protocol.results import SequenceLogits
-from dualdistill.protocol.wire import intcode, kernels, lossy, quantize
+from dualdistill.protocol.wire import container, intcode, kernels, lossy, quantize
 from dualdistill.protocol.wire.errors import WireFormatError
 from tests.client.wire.synthetic import teacher_response
 
@@ -96,7 +96,7 @@ def _plain(array):
 
 @given(level_rows(), st.booleans())
 @SETTINGS
-def test_the_tie_groups_and_their_inverse_match_numpy(rows, with_order):
+def test_the_tie_groups_match_numpy_and_decode_back(rows, with_order):
     lengths, keys, level, levels, n_dict = rows
     compiled, plain = _both(lossy.encode_levels, lengths, keys, level, levels, n_dict, with_order)
     (perm_c, codes_c, values_c), (perm_p, codes_p, values_p) = compiled, plain
@@ -107,10 +107,10 @@ def test_the_tie_groups_and_their_inverse_match_numpy(rows, with_order):
                                     steps["drop_overflow"])  # fmt: skip
     decoded_values = {"groups_per_row": values_c["groups_per_row"], "group_sizes": sizes,
                       "first_levels": values_c["first_levels"], "level_drops": drops}  # fmt: skip
-    (keys_c, logprobs_c), (keys_p, logprobs_p) = _both(
-        lossy.decode_entries, lengths, codes_c.astype(np.uint64), decoded_values, levels, n_dict
-    )
-    assert keys_c.tolist() == keys_p.tolist() and logprobs_c.tobytes() == logprobs_p.tobytes()
+    keys_back, logprobs = lossy.decode_entries(lengths, codes_c.astype(np.uint64), decoded_values, levels, n_dict)
+    sent = perm_c if perm_c is not None else lossy.encode_levels(lengths, keys, level, levels, n_dict, True)[0]
+    assert keys_back.tolist() == keys[sent].tolist()
+    assert logprobs.tobytes() == quantize.dequantize(level[sent], levels).tobytes()
 
 
 def test_a_repeated_id_in_a_row_is_refused_on_both_paths():
@@ -119,14 +119,28 @@ def test_a_repeated_id_in_a_row_is_refused_on_both_paths():
     assert compiled == plain and compiled[0] is ValueError and "repeat an id" in compiled[1]
 
 
+def _with_group_steps(payload: bytes, steps: bytes) -> bytes:
+    """`payload` (lossy, no overflows) with its group-step stream replaced, directory and CRC made anew."""
+    header, streams = container.unpack(payload, max_entries=1 << 20)
+    raw = [streams.get(i, streams._directory[i][1]) for i in range(container.STREAM_COUNTS[header.variant])]
+    raw[lossy.OFFSETS["group_steps"]] = steps
+    return container.pack(header, raw)
+
+
 @pytest.mark.parametrize(
-    "sizes, drops, first, message",
-    [([5], [0], [2], "tie-group sizes exceed"), ([0], [4], [2], "level drops exceed")],
+    "step, message",
+    [(8 * 5, "tie-group sizes exceed"), (8 * 1 + 6, "level drops exceed")],
 )
-def test_corrupt_groups_are_refused_with_the_same_error(sizes, drops, first, message):
-    values = {"groups_per_row": np.array([2]), "group_sizes": np.array(sizes), "first_levels": np.array(first),
-              "level_drops": np.array(drops)}  # fmt: skip
-    compiled, plain = _both(lossy.decode_entries, np.array([4]), np.zeros(4, dtype=np.uint64), values, 3, 10)
+def test_corrupt_groups_are_refused_with_the_same_error(step, message):
+    """One row of 4 entries in 2 tie groups of 2 (levels 1 and 0: step 8 * (2 - 1) + (1 - 0 - 1) = 8); a step
+    that says a first group of 6 entries, or a drop of 7 levels, is refused by the whole-payload decoder
+    and by numpy's with the same error."""
+    row = SequenceLogits(row_lengths=[4], top_ids=[3, 5, 7, 9], top_logprobs=[-0.01, -0.01, -9, -9],
+                         token_logprobs=[-1], tail_logprobs=[-2])  # fmt: skip
+    payload = wire.encode([row], target_kl=1.0)  # a coarse quantizer, M = 2: levels 1 and 0
+    header, _ = container.unpack(payload, max_entries=1 << 20)
+    assert header.quant == 2 and _with_group_steps(payload, bytes([8])) == payload
+    compiled, plain = _both(wire.decode, _with_group_steps(payload, bytes([step])))
     assert compiled == plain == (WireFormatError, compiled[1]) and message in compiled[1]
 
 
@@ -151,7 +165,7 @@ def test_the_switch_reads_the_environment(monkeypatch):
 def test_warm_up_compiles_every_loop_for_the_types_the_codec_passes():
     """After warm_up, encoding and decoding real payloads compiles nothing more (no request waits)."""
     assert kernels.warm_up() > 0
-    names = ("encode_fields", "decode_fields", "tie_groups", "group_entries", "level_totals")
+    names = ("encode_fields", "decode_fields", "tie_groups", "level_totals", "decode_lossy")
     loops = [getattr(kernels, name) for name in names]
     compiled = [len(loop.compiled.signatures) for loop in loops]
     for results in (teacher_response(sequences=2, rows=40, seed=3), _sampled()):
@@ -183,7 +197,10 @@ def test_a_loop_numba_cannot_cache_is_compiled_in_memory(monkeypatch, caplog):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(numba, "njit", njit)
-    loop = kernels._Lazy(kernels._encode)
+    for name in kernels._LOOPS:  # back to the plain functions, as before the first compilation
+        fn = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, getattr(fn, "py_func", fn))
+    loop = kernels._Lazy("_encode")
     symbols, extra, done = loop(np.array([3, 300], dtype=np.int64))
     want_symbols, want_extra, _ = kernels.encode_fields(np.array([3, 300], dtype=np.int64))
     assert done == 2 and symbols.tobytes() == want_symbols.tobytes() and extra.tobytes() == want_extra.tobytes()

@@ -24,13 +24,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from dualdistill.protocol.results import SequenceLogits
-from dualdistill.protocol.wire import container, dictionary, scratch
+from dualdistill.protocol.wire import container, dictionary, kernels, scratch
 from dualdistill.protocol.wire import lossless as lossless_entries
 from dualdistill.protocol.wire import lossy as lossy_entries
 from dualdistill.protocol.wire.container import FLAG_COUNTS, LOSSLESS, LOSSY, Header, Stream, uint_streams
 from dualdistill.protocol.wire.errors import WireFormatError
-from dualdistill.protocol.wire.quantize import DEFAULT_TARGET_KL, quantize_for_target
-from dualdistill.protocol.wire.ragged import row_blocks, row_offsets, segment_cumsum
+from dualdistill.protocol.wire.quantize import DEFAULT_TARGET_KL, dequantize, quantize_for_target
+from dualdistill.protocol.wire.ragged import row_blocks, row_offsets, segment_cumsum, sort_within_rows
 
 DEFAULT_MAX_ENTRIES = 1 << 27  # decode refuses payloads declaring more rows/entries (~1.6 GB decoded)
 BLOCK_ENTRIES = 1 << 16  # row-local work runs on blocks of about this many entries (cache-sized)
@@ -50,6 +50,13 @@ def encode(
     key_to_id, key_classes, keys = dictionary.build(ids)
     n_rows, n_entries, n_dict = len(row_lengths), len(ids), len(key_to_id)
     quant, level = (0, None) if lossless else quantize_for_target(logprobs, n_rows, target_kl)
+    flags = FLAG_COUNTS if counts is not None else 0
+    header = Header(LOSSLESS if lossless else LOSSY, flags, len(seq_rows), n_rows, n_entries, n_dict, quant)
+    if not lossless and kernels.enabled():
+        streams = _lossy_streams_compiled(seq_rows, row_lengths, keys, level, quant, key_to_id, key_classes, token,
+                                          tail, counts)  # fmt: skip
+        if streams is not None:
+            return container.pack(header, streams)
     parts = _encode_blocks(row_lengths, keys, logprobs if lossless else level, quant, n_dict, counts)
     streams = [
         *uint_streams(seq_rows),
@@ -63,9 +70,36 @@ def encode(
     assert len(streams) == Stream.VARIANT, "the common streams must be laid out as container.Stream says"
     for name, kind in lossless_entries.STREAMS if lossless else lossy_entries.STREAMS:
         streams += uint_streams(parts[name]) if kind == "uint" else [b"".join(parts[name])]
-    flags = FLAG_COUNTS if counts is not None else 0
-    header = Header(LOSSLESS if lossless else LOSSY, flags, len(seq_rows), n_rows, n_entries, n_dict, quant)
     return container.pack(header, streams)
+
+
+def _lossy_streams_compiled(seq_rows, row_lengths, keys, level, quant, key_to_id, key_classes, token, tail, counts):
+    """The lossy variant's streams in one compiled call after the row sort (kernels._encode_lossy: the same
+    bytes as the steps below it), or None where it declines (a value the integer code cannot carry): then
+    `encode`'s step-by-step path runs and raises its error."""
+    n, rows = len(keys), len(row_lengths)
+    # 5 bytes per integer (a symbol, <= 29 extra bits) in every integer stream, the planes and the steps
+    out = np.empty(5 * (len(seq_rows) + 4 * rows + dictionary.NUM_CLASSES + len(key_to_id) + 4 * n) + 8 * rows
+                   + n + 256, dtype=np.uint8)  # fmt: skip
+    offsets = np.zeros(container.STREAM_COUNTS[LOSSY] + 1, dtype=np.int64)
+    # numpy's row-wise sort of packed keys (vectorised) beats a compiled per-row sort; the rest is one call
+    rank, sorted_keys, order = sort_within_rows(row_lengths, quant - 1 - level, quant, keys, max(len(key_to_id), 1),
+                                                counts is not None)  # fmt: skip
+    status = kernels.encode_lossy(
+        seq_rows, row_lengths, rank, sorted_keys, order if order is not None else np.zeros(0, dtype=np.int64),
+        quant, key_to_id, key_classes, _float_bytes(token), _float_bytes(tail),
+        counts if counts is not None else np.zeros(0, dtype=np.int64), out, offsets,
+    )  # fmt: skip
+    if status == 1:
+        raise ValueError(lossy_entries.REPEATED_IDS)
+    if status:
+        return None
+    view = memoryview(out)
+    return [view[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
+
+
+def _float_bytes(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype="<f4").view(np.uint8)
 
 
 def _encode_blocks(row_lengths, keys, values, quant, n_dict, counts) -> dict[str, list]:
@@ -96,6 +130,8 @@ def decode(payload: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> list[Se
     """Inverse of `encode`. Raises WireFormatError on any malformed payload, before allocating more than
     the header's (capped) counts allow."""
     header, streams = container.unpack(payload, max_entries=max_entries)
+    if header.variant == LOSSY and kernels.enabled():
+        return _decode_lossy_compiled(header, streams)
     seq_rows, row_lengths = _structure(header, streams)
     key_to_id, key_classes = _dictionary(header, streams)
     n, n_dict = header.n_entries, header.n_dict
@@ -116,6 +152,29 @@ def decode(payload: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> list[Se
     if not np.array_equal(dictionary.count_class(np.bincount(keys, minlength=n_dict)), key_classes):
         raise WireFormatError("dictionary count classes do not match the keys")
     return _split(seq_rows, row_lengths, key_to_id[keys], logprobs, token, tail, counts)
+
+
+def _decode_lossy_compiled(header: Header, streams: container.Streams) -> list[SequenceLogits]:
+    """`decode` of a lossy payload in one compiled call (kernels._decode_lossy: the same checks and values):
+    the per-call cost of a small payload is a few calls, not a few per stream."""
+    s, r, n, u = header.n_sequences, header.n_rows, header.n_entries, header.n_dict
+    with_counts = bool(header.flags & FLAG_COUNTS)
+    m = n if with_counts else 0
+    # the most bytes each stream can hold: an integer is a symbol byte and at most 29 extra bits
+    caps = [s, 4 * s, r, 4 * r, dictionary.NUM_CLASSES, 4 * dictionary.NUM_CLASSES, u, 4 * u, n, 4 * n, 4 * r,
+            4 * r, m, 4 * m, r, 4 * r, r, 4 * r, n, n, 4 * n, n, 4 * n]  # fmt: skip
+    buf, offsets = streams.joined(caps)
+    seq_rows, row_lengths, ids, counts = (np.empty(size, dtype=np.int32) for size in (s, r, n, m))
+    token, tail = np.empty(4 * r, dtype=np.uint8), np.empty(4 * r, dtype=np.uint8)
+    level, size = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    status, a, b, c = kernels.decode_lossy(
+        buf, offsets, u, header.quant, with_counts, seq_rows, row_lengths, ids, counts, token, tail, level, size
+    )
+    if status:
+        raise WireFormatError(kernels.DECODE_ERRORS[status].format(a=a, b=b, c=c))
+    logprobs = np.repeat(dequantize(level[:a], header.quant), size[:a])
+    return _split(seq_rows, row_lengths, ids, logprobs, token.view("<f4"), tail.view("<f4"),
+                  counts if with_counts else None)  # fmt: skip
 
 
 def _variant_values(

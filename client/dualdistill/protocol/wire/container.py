@@ -124,11 +124,29 @@ class Streams:
         self._dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
 
     def get(self, index: int, expected_len: int) -> bytes:
-        codec, raw_len, _ = self._directory[index]
+        raw_len = self._directory[index][1]
         if raw_len != expected_len:
             raise WireFormatError(
                 f"stream {index} declares {raw_len} bytes, the header implies {expected_len}"
             )
+        return self._read(index)
+
+    def joined(self, caps: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Every stream at once, for a decoder that checks their exact lengths itself: (all streams' bytes
+        as one read-only uint8 array, (n_streams + 1,) int64 offsets). A stream declaring more bytes than
+        its cap (the most the header's counts allow it) is refused before it is decompressed."""
+        parts = []
+        for index, cap in enumerate(caps):
+            raw_len = self._directory[index][1]
+            if raw_len > cap:
+                raise WireFormatError(f"stream {index} declares {raw_len} bytes, the header allows at most {cap}")
+            parts.append(self._read(index))
+        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([len(part) for part in parts], out=offsets[1:])
+        return np.frombuffer(b"".join(parts), dtype=np.uint8), offsets
+
+    def _read(self, index: int) -> bytes:
+        codec, raw_len, _ = self._directory[index]
         data = self._body[self._offsets[index] : self._offsets[index + 1]]
         if codec == CODEC_RAW:
             return bytes(data)

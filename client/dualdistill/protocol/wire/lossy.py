@@ -41,7 +41,7 @@ STREAMS = (
 OFFSETS = variant_offsets(STREAMS)  # stream index of each, as the payload lays them out
 _KEY_MAX = (1 << 31) - 1  # keys index distinct int32 ids
 _CAP = 7  # a step symbol holds sizes and drops below this; larger ones continue in an overflow stream
-_REPEATED_IDS = "top_ids repeat an id within a row; the lossy variant needs distinct ids per row"
+REPEATED_IDS = "top_ids repeat an id within a row; the lossy variant needs distinct ids per row"
 _SIZES_OVERRUN = "tie-group sizes exceed the row length"
 _LEVELS_BELOW_ZERO = "level drops exceed the row's first level"
 
@@ -69,7 +69,7 @@ def encode_levels(
             np.ascontiguousarray(row_lengths, dtype=np.int64), rank, keys
         )
         if not ok:
-            raise ValueError(_REPEATED_IDS)
+            raise ValueError(REPEATED_IDS)
         values = {"groups_per_row": groups, "group_sizes": sizes, "first_levels": (levels - 1) - first_rank,
                   "level_drops": rank_steps}  # fmt: skip
         return perm, codes, values
@@ -90,7 +90,7 @@ def encode_levels(
     codes = keys - before
     # Keys ascend within a group; a repeated key wraps below zero, i.e. above every key (< 2**31).
     if n and int(codes.max()) > _KEY_MAX:
-        raise ValueError(_REPEATED_IDS)
+        raise ValueError(REPEATED_IDS)
     values = {
         "groups_per_row": _count_per_row(row_lengths, in_group),
         "group_sizes": (np.diff(group_at) - 1)[inner],
@@ -159,16 +159,6 @@ def decode_entries(
     first = values["first_levels"].astype(np.int64)
     if int(first.max()) >= levels:
         raise WireFormatError(f"level {int(first.max())} out of range (< {levels})")
-    if kernels.enabled():  # one compiled pass over the groups and entries (kernels.py)
-        keys, group_level, size, status = kernels.group_entries(
-            np.ascontiguousarray(row_lengths, dtype=np.int64), codes, groups, values["group_sizes"], first,
-            values["level_drops"],
-        )  # fmt: skip
-        if status:
-            raise WireFormatError((_SIZES_OVERRUN, _LEVELS_BELOW_ZERO)[status - 1])
-        if int(keys.max()) >= n_dict:
-            raise WireFormatError(f"key {int(keys.max())} out of range (< {n_dict})")
-        return keys, np.repeat(dequantize(group_level, levels), size)
     first_of_row = row_starts(groups, n_groups)
     last_of_row = np.r_[first_of_row[1:], True]
     # Sizes of all but each row's last group; the last one is what is left of the row.
