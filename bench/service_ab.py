@@ -7,8 +7,9 @@ one. Both servers (`dualdistill serve` from each checkout's own code, tiny model
 side by side, and every measurement alternates between them, so a slow moment of a shared machine moves
 both sides:
 - added latency of a one-sequence call (bench/service_cost.py `added_latency`'s paths: our client over
-  HTTP and gRPC, curl on one kept-alive connection; binary, T = 64, start = 8, top_k = 128), as the
-  median call minus the median in-process call of this process;
+  HTTP and gRPC, each side's own client code in a process of its own, and curl on one kept-alive
+  connection; binary, T = 64, start = 8, top_k = 128), as the median call minus the median in-process
+  call of this process;
 - server CPU per returned position and per one-sequence call: each server process's CPU (its threads'
   scheduler time, nanoseconds) per call of B = 1 and B = 32 sequences (binary over HTTP), the slope per
   position and the B = 1 call itself, alternating sides, next to the in-process anchor's;
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -64,27 +65,70 @@ def serve(root: Path, model_dir: Path, *args: str) -> Iterator[tuple[str, str, i
         process.wait(timeout=60)
 
 
-def latency(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: int) -> dict[str, list[float]]:
-    """Seconds per one-sequence call, per path ("in-process", "<side> client-http", ...)."""
-    from bench.service_overhead import InProcess, client_call
-    from dualdistill import TeacherClient
+# One side's client code, in a process of its own (that checkout's PYTHONPATH): reads one JSON line per call,
+# [path, token ids], makes that call and writes its wall seconds (the pipe's round trip is not timed).
+CLIENT_WORKER = r"""
+import json, sys, time
+from dualdistill import TeacherClient
+http_url, grpc_target, start, top_k = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+clients = {"client-http": TeacherClient(http_url, format="binary", timeout=60),
+           "client-grpc": TeacherClient(grpc_target, transport="grpc", format="binary", timeout=60)}
+for line in sys.stdin:
+    path, ids = json.loads(line)
+    begin = time.perf_counter()
+    clients[path].logits("tiny", [ids], [start], top_k=top_k)
+    print(time.perf_counter() - begin, flush=True)
+"""
+
+
+@contextlib.contextmanager
+def client_worker(root: Path, http_url: str, grpc_target: str) -> Iterator[subprocess.Popen]:
+    """CLIENT_WORKER on `root`'s code, against one server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUALDISTILL_")}
+    env |= {"PYTHONPATH": f"{root}/client{os.pathsep}{root}/server", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", CLIENT_WORKER, http_url, grpc_target, str(START), str(TOP_K)]
+    process = subprocess.Popen(command, cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield process
+    finally:
+        process.stdin.close()  # type: ignore[union-attr]
+        process.wait(timeout=60)
+
+
+def _worker_call(worker: subprocess.Popen, path: str) -> Callable[[np.ndarray, int, int], float]:
+    def call(sequence: np.ndarray, start: int, k: int) -> float:
+        worker.stdin.write(json.dumps([path, sequence[0].tolist()]) + "\n")  # type: ignore[union-attr]
+        worker.stdin.flush()  # type: ignore[union-attr]
+        return float(worker.stdout.readline())  # type: ignore[union-attr]
+
+    return call
+
+
+def latency(servers: dict[str, tuple[str, str, int]], roots: dict[str, Path], model_dir: Path, reps: int
+            ) -> dict[str, list[float]]:  # fmt: skip
+    """Seconds per one-sequence call, per path ("in-process", "<side> client-http", ...); each side's calls
+    are made by that side's own client code (CLIENT_WORKER), so the client's share of a change counts too."""
+    from bench.service_overhead import InProcess
 
     anchor = InProcess(model_dir, "cpu", "float32", 1)
-    calls = {"in-process": anchor}
-    for side, (http_url, grpc_target, _) in servers.items():
-        calls[f"{side} client-http"] = client_call(TeacherClient(http_url, format="binary", timeout=60), "tiny")
-        grpc_client = TeacherClient(grpc_target, transport="grpc", format="binary", timeout=60)
-        calls[f"{side} client-grpc"] = client_call(grpc_client, "tiny")
     rng = np.random.default_rng(2)
-    seconds: dict[str, list[float]] = {path: [] for path in calls}
-    for rep in range(reps + 1):  # rep 0 warms up
-        order = list(calls) if rep % 2 == 0 else list(reversed(calls))
-        for path in order:
-            sequence = rng.integers(0, 320, (1, SEQ_LEN), dtype=np.int64)
-            begin = time.perf_counter()
-            calls[path](sequence, START, TOP_K)
-            if rep > 0:
-                seconds[path].append(time.perf_counter() - begin)
+    with contextlib.ExitStack() as stack:
+        calls: dict[str, Callable] = {}
+        for side, (http_url, grpc_target, _) in servers.items():
+            worker = stack.enter_context(client_worker(roots[side], http_url, grpc_target))
+            for path in ("client-http", "client-grpc"):
+                calls[f"{side} {path}"] = _worker_call(worker, path)
+        calls["in-process"] = anchor
+        seconds: dict[str, list[float]] = {path: [] for path in calls}
+        for rep in range(reps + 1):  # rep 0 warms up
+            order = list(calls) if rep % 2 == 0 else list(reversed(calls))
+            for path in order:
+                sequence = rng.integers(0, 320, (1, SEQ_LEN), dtype=np.int64)
+                begin = time.perf_counter()
+                took = calls[path](sequence, START, TOP_K)
+                took = took if isinstance(took, float) else time.perf_counter() - begin
+                if rep > 0:
+                    seconds[path].append(took)
     body = json.dumps({"model": "tiny", "top_k": TOP_K, "format": "binary",
                        "sequences": [{"token_ids": rng.integers(0, 320, SEQ_LEN).tolist(), "start": START}]})  # fmt: skip
     for chunk in range(4):  # curl: a quarter of the repeats per invocation, alternating sides
@@ -171,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = build_tiny_model(Path(tmp) / "tiny")
         with serve(roots["before"], model_dir, "--max-top-k", "256") as before, \
                 serve(roots["after"], model_dir, "--max-top-k", "256") as after:  # fmt: skip
-            seconds = latency({"before": before, "after": after}, model_dir, args.reps)
+            seconds = latency({"before": before, "after": after}, roots, model_dir, args.reps)
             cpu = server_cpu({"before": before, "after": after}, model_dir, args.cpu_reps) if args.cpu_reps else {}
         fair = fairness(roots, model_dir, args.rounds, args.fairness_seconds) if args.rounds else {}
     base = summarize(seconds["in-process"]).median

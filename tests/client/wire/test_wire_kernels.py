@@ -165,7 +165,7 @@ def test_the_switch_reads_the_environment(monkeypatch):
 def test_warm_up_compiles_every_loop_for_the_types_the_codec_passes():
     """After warm_up, encoding and decoding real payloads compiles nothing more (no request waits)."""
     assert kernels.warm_up() > 0
-    names = ("encode_fields", "decode_fields", "tie_groups", "level_totals", "decode_lossy")
+    names = ("encode_fields", "decode_fields", "tie_groups", "level_totals", "decode_lossy", "encode_lossy")
     loops = [getattr(kernels, name) for name in names]
     compiled = [len(loop.compiled.signatures) for loop in loops]
     for results in (teacher_response(sequences=2, rows=40, seed=3), _sampled()):

@@ -602,7 +602,12 @@ def warm_up() -> float:
     lengths = np.array([2], dtype=np.int64)
     for dtype in (np.uint32, np.uint64):  # sort_within_rows packs into either
         tie_groups(lengths, np.array([0, 1], dtype=dtype), np.array([0, 1], dtype=dtype))
-    # the whole-payload decoder, as codec.py passes its arguments (its checks stop it at once here)
+    # the whole-payload encoder and decoder, as codec.py passes their arguments
+    one, two = np.array([1], dtype=np.int64), np.array([2], dtype=np.int64)
+    for dtype in (np.uint32, np.uint64):  # the sorted ranks and keys, as sort_within_rows packs them
+        encode_lossy(one, two, np.array([0, 1], dtype=dtype), np.array([0, 1], dtype=dtype), np.zeros(0, np.int64),
+                     2, np.array([5, 9], dtype=np.int64), np.zeros(2, np.int64), np.zeros(8, np.uint8),
+                     np.zeros(8, np.uint8), np.zeros(0, np.int64), np.empty(256, np.uint8), np.zeros(24, np.int64))  # fmt: skip
     i32, u8, i64 = np.empty(0, np.int32), np.empty(0, np.uint8), np.empty(0, np.int64)
     decode_lossy(np.frombuffer(b"\0", dtype=np.uint8), np.zeros(24, dtype=np.int64), 0, 1, False, i32, i32, i32,
                  i32, u8, u8, i64, i64)  # fmt: skip
