@@ -39,8 +39,9 @@ def sequence_seed(seed: int, token_ids: np.ndarray, start: int) -> int:
     return int.from_bytes(digest.digest(), "little") & _SEED_MASK
 
 
-def sorted_topk(logprobs: torch.Tensor, ks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row top-k_r of `logprobs` (R, V), sorted by value descending, ties toward the lower id.
+def sorted_topk(logprobs: torch.Tensor, ks: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row top-k_r of `logprobs` (R, V), sorted by value descending, ties toward the lower id; `ks` (R,)
+    or one k for every row.
 
     Returns (ids, values), each (R, kmax) with kmax = max(ks); row r is meaningful in its first ks[r]
     columns. torch.topk orders ties arbitrarily, so the kmax(+1) candidates of the rows that hold a tie
@@ -49,24 +50,27 @@ def sorted_topk(logprobs: torch.Tensor, ks: torch.Tensor) -> tuple[torch.Tensor,
     could have picked either id, and only those (rare) rows are redone with a full stable sort.
     """
     rows, vocab = logprobs.shape
-    kmax = int(ks.max())
+    kmax = ks if isinstance(ks, int) else int(ks.max())
     width = min(kmax + 1, vocab)
     values, ids = torch.topk(logprobs, width, dim=-1)  # (R, width), values descending
-    tied = torch.nonzero((values[:, 1:] == values[:, :-1]).any(dim=1) | values.isnan().any(dim=1)).flatten()
+    # not strictly decreasing somewhere: equal neighbours, or a NaN (every comparison with it is False)
+    tied = torch.nonzero(~(values[:, :-1] > values[:, 1:]).all(dim=1)).flatten()
     if len(tied):
         tied_ids, tied_values = ids[tied], values[tied]
         by_id = torch.argsort(tied_ids, dim=-1)
         tied_ids, tied_values = tied_ids.gather(1, by_id), tied_values.gather(1, by_id)
         by_value = torch.sort(tied_values, dim=-1, descending=True, stable=True).indices
         ids[tied], values[tied] = tied_ids.gather(1, by_value), tied_values.gather(1, by_value)
-    has_next = ks < vocab
-    if bool(has_next.any()):
+    boundary_tie = None  # rows whose k-th and (k+1)-th candidates tie
+    if isinstance(ks, int):  # one k: two columns
+        boundary_tie = values[:, ks - 1] == values[:, ks] if ks < vocab else None
+    elif bool((has_next := ks < vocab).any()):
         at_k = values.gather(1, (ks - 1).clamp_max(width - 1)[:, None]).squeeze(1)
         after_k = values.gather(1, ks.clamp_max(width - 1)[:, None]).squeeze(1)
         boundary_tie = has_next & (at_k == after_k)
-        for r in torch.nonzero(boundary_tie).flatten().tolist():
-            full = torch.sort(logprobs[r], descending=True, stable=True)
-            ids[r], values[r] = full.indices[:width], full.values[:width]
+    for r in [] if boundary_tie is None else torch.nonzero(boundary_tie).flatten().tolist():
+        full = torch.sort(logprobs[r], descending=True, stable=True)
+        ids[r], values[r] = full.indices[:width], full.values[:width]
     return ids[:, :kmax], values[:, :kmax]
 
 
@@ -130,8 +134,13 @@ def _topk_rows(
         rows = torch.arange(len(logprobs), device=device)
     else:
         rows = torch.cat([torch.arange(offsets[b], offsets[b + 1], device=device) for b in chosen])
-    per_task = torch.tensor([tasks[b].params.top_k for b in chosen], device=device)
-    ks = per_task.repeat_interleave(torch.tensor([tasks[b].num_rows for b in chosen], device=device))
+    task_ks = [tasks[b].params.top_k for b in chosen]
+    one_k = len(set(task_ks)) == 1
+    if one_k:
+        ks = task_ks[0]
+    else:
+        per_task = torch.tensor(task_ks, device=device)
+        ks = per_task.repeat_interleave(torch.tensor([tasks[b].num_rows for b in chosen], device=device))
     ids, values = sorted_topk(logprobs if len(rows) == len(logprobs) else logprobs[rows], ks)  # (N_topk, kmax)
     ids_host, values_host = ids.cpu().numpy(), values.cpu().numpy()
     out, local = {}, 0
@@ -139,7 +148,7 @@ def _topk_rows(
         n, k = tasks[b].num_rows, tasks[b].params.top_k
         out[b] = (ids_host[local : local + n, :k], values_host[local : local + n, :k])
         local += n
-    if bool((per_task == ids.shape[1]).all()):  # one k: every entry is in a row (no mask, no copy)
+    if one_k:  # every entry is in a row (no mask, no copy)
         return out, rows[:, None].expand_as(ids), ids
     kept = torch.arange(ids.shape[1], device=device)[None, :] < ks[:, None]
     return out, rows[:, None].expand_as(ids)[kept], ids[kept]
@@ -155,11 +164,12 @@ def sequence_distributions(logits: torch.Tensor, tasks: Sequence[LogitsTask]) ->
         if task.params.mode not in LOGITS_MODES:
             raise ValueError(f"mode must be one of {LOGITS_MODES}, got {task.params.mode!r}")
     device = logits.device
-    num_rows = torch.tensor([t.num_rows for t in tasks], device=device)
-    temperature = torch.tensor([float(t.params.temperature) for t in tasks], dtype=torch.float32, device=device)
-    if bool((temperature == 1.0).all()):  # x / 1 == x: skip the (N, V) copy and the division
+    # (a few tensor ops fewer per call matter where a call is one short sequence: each op costs microseconds)
+    if all(float(t.params.temperature) == 1.0 for t in tasks):  # x / 1 == x: skip the (N, V) copy and division
         logprobs = torch.log_softmax(logits.to(torch.float32), dim=-1)  # (N, V) float32
     else:
+        num_rows = torch.tensor([t.num_rows for t in tasks], device=device)
+        temperature = torch.tensor([float(t.params.temperature) for t in tasks], dtype=torch.float32, device=device)
         scaled = logits.to(torch.float32, copy=True).div_(temperature.repeat_interleave(num_rows)[:, None])
         logprobs = torch.log_softmax(scaled, dim=-1)  # (N, V) float32
         del scaled

@@ -81,9 +81,10 @@ def test_topk_rows_with_a_sampled_task_in_the_batch_equal_the_reference() -> Non
     assert results[1].counts is not None
 
 
-def test_sorted_topk_orders_nan_rows_like_a_stable_sort() -> None:
+@pytest.mark.parametrize("ks", [torch.tensor([4]), 4], ids=["per-row", "one-k"])
+def test_sorted_topk_orders_nan_rows_like_a_stable_sort(ks) -> None:
     # NaN is no tie to `==`; such rows still get the stable (value desc, id asc) order torch.sort gives.
     logprobs = torch.tensor([[-1.0, float("nan"), -0.5, float("nan"), -2.0]])
-    ids, _ = sorted_topk(logprobs, torch.tensor([4]))
+    ids, _ = sorted_topk(logprobs, ks)
     expected = torch.sort(logprobs[0], descending=True, stable=True).indices[:4]
     assert ids[0].tolist() == expected.tolist()
