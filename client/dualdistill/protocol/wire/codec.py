@@ -78,9 +78,12 @@ def _lossy_streams_compiled(seq_rows, row_lengths, keys, level, quant, key_to_id
     bytes as the steps below it), or None where it declines (a value the integer code cannot carry): then
     `encode`'s step-by-step path runs and raises its error."""
     n, rows = len(keys), len(row_lengths)
-    # 5 bytes per integer (a symbol, <= 29 extra bits) in every integer stream, the planes and the steps
-    out = np.empty(5 * (len(seq_rows) + 4 * rows + dictionary.NUM_CLASSES + len(key_to_id) + 4 * n) + 8 * rows
-                   + n + 256, dtype=np.uint8)  # fmt: skip
+    # 5 bytes per integer (a symbol, <= 29 extra bits) in every integer stream, the planes and the steps; the
+    # buffers are this thread's scratch (scratch.py: no page faults of fresh full-size arrays on every call),
+    # and the streams (views of `out`) are compressed or copied by container.pack before the next encode
+    out = scratch.array("lossy.out", 5 * (len(seq_rows) + 4 * rows + dictionary.NUM_CLASSES + len(key_to_id) + 4 * n)
+                        + 8 * rows + n + 256, np.uint8)  # fmt: skip
+    work = scratch.array("lossy.work", 6 * n + 2 * rows + len(key_to_id), np.int64)
     offsets = np.zeros(container.STREAM_COUNTS[LOSSY] + 1, dtype=np.int64)
     # numpy's row-wise sort of packed keys (vectorised) beats a compiled per-row sort; the rest is one call
     rank, sorted_keys, order = sort_within_rows(row_lengths, quant - 1 - level, quant, keys, max(len(key_to_id), 1),
@@ -88,7 +91,7 @@ def _lossy_streams_compiled(seq_rows, row_lengths, keys, level, quant, key_to_id
     status = kernels.encode_lossy(
         seq_rows, row_lengths, rank, sorted_keys, order if order is not None else np.zeros(0, dtype=np.int64),
         quant, key_to_id, key_classes, _float_bytes(token), _float_bytes(tail),
-        counts if counts is not None else np.zeros(0, dtype=np.int64), out, offsets,
+        counts if counts is not None else np.zeros(0, dtype=np.int64), out, offsets, work,
     )  # fmt: skip
     if status == 1:
         raise ValueError(lossy_entries.REPEATED_IDS)
@@ -166,10 +169,13 @@ def _decode_lossy_compiled(header: Header, streams: container.Streams) -> list[S
     buf, offsets = streams.joined(caps)
     seq_rows, row_lengths, ids, counts = (np.empty(size, dtype=np.int32) for size in (s, r, n, m))
     token, tail = np.empty(4 * r, dtype=np.uint8), np.empty(4 * r, dtype=np.uint8)
-    level, size = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    # per-entry temporaries in this thread's scratch (scratch.py): [level | size | the kernel's own two]
+    work = scratch.array("lossy.decode", 4 * n, np.int64)
+    level, size = work[:n], work[n : 2 * n]
     status, a, b, c = kernels.decode_lossy(
-        buf, offsets, u, header.quant, with_counts, seq_rows, row_lengths, ids, counts, token, tail, level, size
-    )
+        buf, offsets, u, header.quant, with_counts, seq_rows, row_lengths, ids, counts, token, tail, level, size,
+        work[2 * n :],
+    )  # fmt: skip
     if status:
         raise WireFormatError(kernels.DECODE_ERRORS[status].format(a=a, b=b, c=c))
     logprobs = np.repeat(dequantize(level[:a], header.quant), size[:a])

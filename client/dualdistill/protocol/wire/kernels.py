@@ -222,14 +222,19 @@ def _groups(row_lengths, rank, keys):
     group after a row's first (G - R',), first rank of every non-empty row (R',), ok): lossy.py's tie
     groups. ok is False if a row holds one key twice at one rank (then the rest is undefined)."""
     n, rows = keys.shape[0], row_lengths.shape[0]
-    codes = np.empty(n, dtype=np.int64)
-    groups = np.zeros(rows, dtype=np.int64)
-    sizes = np.empty(n, dtype=np.int64)
-    drops = np.empty(n, dtype=np.int64)
-    first = np.empty(rows, dtype=np.int64)
+    codes, groups = np.empty(n, dtype=np.int64), np.empty(rows, dtype=np.int64)
+    sizes, drops, first = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(rows, dtype=np.int64)
+    inner, nonempty, ok = _groups_into(row_lengths, rank, keys, codes, groups, sizes, drops, first)
+    return codes, groups, sizes[:inner], first[:nonempty], drops[:inner], ok
+
+
+def _groups_into(row_lengths, rank, keys, codes, groups, sizes, drops, first):
+    """`_groups` into given arrays (codes, sizes, drops (>= N,), groups, first (>= R,)) -> (number of inner
+    groups, of non-empty rows, ok)."""
     inner, nonempty, e0 = 0, 0, 0
-    for r in range(rows):
+    for r in range(row_lengths.shape[0]):
         e1 = e0 + row_lengths[r]
+        groups[r] = 0
         if e1 == e0:
             continue
         start, previous_rank, previous_key = e0, np.int64(rank[e0]), np.int64(keys[e0])
@@ -247,24 +252,21 @@ def _groups(row_lengths, rank, keys):
                 start = i
                 codes[i] = key
             elif key <= previous_key:
-                return codes, groups, sizes[:0], first[:0], drops[:0], False
+                return inner, nonempty, False
             else:
                 codes[i] = key - previous_key - 1
             previous_rank, previous_key = this_rank, key
         groups[r] = count
         e0 = e1
-    return codes, groups, sizes[:inner], first[:nonempty], drops[:inner], True
+    return inner, nonempty, True
 
 
-def _entries(row_lengths, codes, groups, sizes, first, drops):
-    """Inverse of `_groups` (in the sent order): (keys (N,), level (G,) and size (G,) of every group,
-    status) with first = the rows' first levels and drops = level drops - 1. status: 0, or 1 if the
+def _entries(row_lengths, codes, groups, sizes, first, drops, keys, level, group_size):
+    """Inverse of `_groups` (in the sent order) into keys (N,) and level, group_size (>= G,) of every group,
+    with first = the rows' first levels and drops = level drops - 1: (G, status), status 0, or 1 if the
     groups overrun a row, 2 if a level drops below 0. Inputs validated as _decode_lossy validates them
     (groups per row checked, array lengths consistent)."""
-    n, rows = codes.shape[0], row_lengths.shape[0]
-    keys = np.empty(n, dtype=np.int64)
-    level = np.empty(sizes.shape[0] + first.shape[0], dtype=np.int64)
-    group_size = np.empty(level.shape[0], dtype=np.int64)
+    rows = row_lengths.shape[0]
     g, inner, nonempty, e = 0, 0, 0, 0
     for r in range(rows):
         length = row_lengths[r]
@@ -277,13 +279,13 @@ def _entries(row_lengths, codes, groups, sizes, first, drops):
             if j + 1 < groups[r]:
                 size = np.int64(sizes[inner]) + 1
                 if size >= left:  # the row's last group needs at least one entry
-                    return keys, level, group_size, 1
+                    return g, 1
             else:
                 size = left
             if j > 0:
                 current -= np.int64(drops[inner - 1]) + 1
                 if current < 0:
-                    return keys, level, group_size, 2
+                    return g, 2
             if j + 1 < groups[r]:
                 inner += 1
             level[g], group_size[g] = current, size
@@ -295,7 +297,7 @@ def _entries(row_lengths, codes, groups, sizes, first, drops):
             e += size
             left -= size
             g += 1
-    return keys, level[:g], group_size[:g], 0
+    return g, 0
 
 
 def _level_totals(root, p, out, levels, low_scale, high_scale):
@@ -332,9 +334,16 @@ def _uints(buf, offs, index, count):
     """Integer stream pair `index` (symbols) / `index + 1` (extra bits) of `count` values, from the
     streams' bytes `buf` (stream i = buf[offs[i]:offs[i + 1]]): (values (count,) int64, status, a, b, c)."""
     values = np.empty(count, dtype=np.int64)
+    status, a, b, c = _uints_into(buf, offs, index, values)
+    return values, status, a, b, c
+
+
+def _uints_into(buf, offs, index, values):
+    """`_uints` into `values` (count,): (status, a, b, c) as `_decode_lossy` returns them."""
+    count = values.shape[0]
     s0, s1 = offs[index], offs[index + 1]
     if s1 - s0 != count:
-        return values, 1, index, s1 - s0, count
+        return 1, index, s1 - s0, count
     total, top = 0, 0
     for i in range(s0, s1):
         symbol = np.int64(buf[i])
@@ -342,12 +351,12 @@ def _uints(buf, offs, index, count):
         if symbol >= 16:
             total += symbol // 4 - 2
     if top >= 128:
-        return values, 2, top, 0, 0
+        return 2, top, 0, 0
     e0, e1 = offs[index + 1], offs[index + 2]
     if e1 - e0 != (total + 7) // 8:
-        return values, 1, index + 1, e1 - e0, (total + 7) // 8
+        return 1, index + 1, e1 - e0, (total + 7) // 8
     if total % 8 and np.int64(buf[e1 - 1]) & ((1 << (8 - total % 8)) - 1):
-        return values, 3, 0, 0, 0
+        return 3, 0, 0, 0
     acc, held, at = np.uint64(0), 0, e0
     for i in range(count):
         symbol = np.int64(buf[s0 + i])
@@ -362,7 +371,7 @@ def _uints(buf, offs, index, count):
         held -= width
         field = np.int64((acc >> np.uint64(held)) & ((np.uint64(1) << np.uint64(width)) - np.uint64(1)))
         values[i] = ((4 + (symbol & 3)) << width) | field
-    return values, 0, 0, 0, 0
+    return 0, 0, 0, 0
 
 
 def _planes(buf, offs, index, out):
@@ -378,11 +387,12 @@ def _planes(buf, offs, index, out):
     return 0, 0, 0, 0
 
 
-def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, counts, token, tail, level, size):
+def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, counts, token, tail, level, size, work):
     """A lossy payload's streams (stream i = buf[offs[i]:offs[i + 1]]) -> the output arrays, which the
     header's counts size: seq (S,), lengths (R,), ids (N,), counts (N,; unused without them) int32; token
     and tail (4R,) uint8, the float32 values' little-endian bytes; level and size (N,) int64 of every tie
-    group in entry order (the first G). Returns (status, a, b, c): status 0 and a = G when valid, else
+    group in entry order (the first G); `work` (>= 2N,) int64 holds the per-entry temporaries (a scratch
+    buffer, for the page faults of fresh full-size arrays). Returns (status, a, b, c): status 0 and a = G when valid, else
     DECODE_ERRORS[status] with its numbers a, b, c for the first check that failed (codec.decode's
     checks, in its order); the outputs are then undefined."""
     n_seq, n_rows, n = seq.shape[0], lengths.shape[0], ids.shape[0]
@@ -425,7 +435,8 @@ def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, cou
     for i in range(1, n_dict):
         if ordered[i] == ordered[i - 1]:
             return 8, 0, 0, 0
-    codes, status, a, b, c = _uints(buf, offs, 8, n)
+    codes, keys = work[:n], work[n : 2 * n]
+    status, a, b, c = _uints_into(buf, offs, 8, codes)
     if status:
         return status, a, b, c
     if n and codes.max() >= n_dict:
@@ -492,7 +503,7 @@ def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, cou
         return 0, 0, 0, 0
     if first.max() >= levels:
         return 13, first.max(), levels, 0
-    keys, group_level, group_size, status = _entries(row_lengths, codes, groups, group_sizes, first, level_drops)
+    n_groups, status = _entries(row_lengths, codes, groups, group_sizes, first, level_drops, keys, level, size)
     if status:
         return 13 + status, 0, 0, 0
     uses = np.zeros(n_dict, dtype=np.int64)
@@ -505,9 +516,6 @@ def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, cou
     for key in range(n_dict):  # each key's count class, floor(log2(uses)), is the one the dictionary sent
         if uses[key] == 0 or uses[key] >> key_class[key] != 1:
             return 17, 0, 0, 0
-    n_groups = group_level.shape[0]
-    level[:n_groups] = group_level
-    size[:n_groups] = group_size
     return 0, n_groups, 0, 0
 
 
@@ -521,25 +529,30 @@ def _put(values, out, offs, index):
 
 
 def _encode_lossy(seq_rows, row_lengths, rank, keys, order, levels, key_to_id, key_class, token, tail, counts, out,
-                  offs):  # fmt: skip
+                  offs, work):  # fmt: skip
     """codec.encode's lossy streams in one pass, the same bytes: rows (R,) of entries (N,) already in the
     sent order (ragged.sort_within_rows: rank = M - 1 - level ascending, then key), with `order` (N,) the
     entries' positions before that sort (read only with counts); the dictionary (key_to_id, key_class
     (U,)); M = levels; token and tail (4R,) uint8, the float32 values' bytes; counts (N,) in the original
     order, or empty (no counts). Stream i is written to out[offs[i]:offs[i + 1]] (offs (24,), out large
-    enough: codec.py sizes it). Returns 0, or 1 if a row holds one key twice at one level, 2 if a value
-    does not fit the integer code (then the caller takes the step-by-step path, which raises its error)."""
+    enough: codec.py sizes it); `work` (>= 6N + 2R + U,) int64 holds the temporaries (a scratch buffer:
+    fresh full-size arrays would cost a page fault per 4 KiB on every call). Returns 0, or 1 if a row
+    holds one key twice at one level, 2 if a value does not fit the integer code (then the caller takes
+    the step-by-step path, which raises its error)."""
     n, rows, n_dict = keys.shape[0], row_lengths.shape[0], key_to_id.shape[0]
-    codes, groups, sizes, first_rank, drops, ok = _groups(row_lengths, rank, keys)
+    codes, sizes, drops = work[:n], work[n : 2 * n], work[2 * n : 3 * n]
+    size_overflow, drop_overflow, sent_counts = work[3 * n : 4 * n], work[4 * n : 5 * n], work[5 * n : 6 * n]
+    groups, first = work[6 * n : 6 * n + rows], work[6 * n + rows : 6 * n + 2 * rows]
+    gaps = work[6 * n + 2 * rows : 6 * n + 2 * rows + n_dict]
+    inner, nonempty, ok = _groups_into(row_lengths, rank, keys, codes, groups, sizes, drops, first)
     if not ok:
         return 1
     # the dictionary: ids per count class (31 down to 0), then each class's ids as gaps
     class_sizes = np.zeros(32, dtype=np.int64)
-    gaps = np.empty(n_dict, dtype=np.int64)
     for u in range(n_dict):
         class_sizes[31 - key_class[u]] += 1
-        first = u == 0 or key_class[u] != key_class[u - 1]
-        gaps[u] = key_to_id[u] if first else key_to_id[u] - key_to_id[u - 1] - 1
+        starts = u == 0 or key_class[u] != key_class[u - 1]
+        gaps[u] = key_to_id[u] if starts else key_to_id[u] - key_to_id[u - 1] - 1
     offs[0] = 0
     fits = _put(seq_rows, out, offs, 0) and _put(row_lengths, out, offs, 2) and _put(class_sizes, out, offs, 4)
     fits = fits and _put(gaps, out, offs, 6) and _put(codes, out, offs, 8)
@@ -550,19 +563,16 @@ def _encode_lossy(seq_rows, row_lengths, rank, keys, order, levels, key_to_id, k
                 out[at + plane * rows + r] = values[4 * r + plane]
         offs[index + 1] = at + 4 * rows
     if counts.shape[0]:
-        sent_counts = np.empty(n, dtype=np.int64)
         for e in range(n):
             sent_counts[e] = counts[order[e]]
         fits = fits and _put(sent_counts, out, offs, 12)
     else:
         offs[13] = offs[14] = offs[12]
     fits = fits and _put(groups, out, offs, 14)
-    first_levels = levels - 1 - first_rank
-    fits = fits and _put(first_levels, out, offs, 16)
-    inner = sizes.shape[0]
+    for r in range(nonempty):  # first levels from first ranks
+        first[r] = levels - 1 - first[r]
+    fits = fits and _put(first[:nonempty], out, offs, 16)
     at = offs[18]
-    size_overflow = np.empty(inner, dtype=np.int64)
-    drop_overflow = np.empty(inner, dtype=np.int64)
     x, y = 0, 0
     for g in range(inner):  # lossy.split_steps: 8 * min(size - 1, 7) + min(drop - 1, 7), the rest overflows
         a, b = sizes[g], drops[g]
@@ -578,7 +588,7 @@ def _encode_lossy(seq_rows, row_lengths, rank, keys, order, levels, key_to_id, k
     return 0 if fits else 2
 
 
-_LOOPS = ("_encode", "_encode_into", "_put", "_encode_lossy", "_decode", "_groups", "_entries", "_level_totals", "_uints", "_planes", "_decode_lossy")
+_LOOPS = ("_encode", "_encode_into", "_put", "_encode_lossy", "_decode", "_groups", "_groups_into", "_entries", "_level_totals", "_uints", "_uints_into", "_planes", "_decode_lossy")
 encode_fields = _Lazy("_encode")
 decode_fields = _Lazy("_decode")
 tie_groups = _Lazy("_groups")
@@ -607,10 +617,11 @@ def warm_up() -> float:
     for dtype in (np.uint32, np.uint64):  # the sorted ranks and keys, as sort_within_rows packs them
         encode_lossy(one, two, np.array([0, 1], dtype=dtype), np.array([0, 1], dtype=dtype), np.zeros(0, np.int64),
                      2, np.array([5, 9], dtype=np.int64), np.zeros(2, np.int64), np.zeros(8, np.uint8),
-                     np.zeros(8, np.uint8), np.zeros(0, np.int64), np.empty(256, np.uint8), np.zeros(24, np.int64))  # fmt: skip
+                     np.zeros(8, np.uint8), np.zeros(0, np.int64), np.empty(256, np.uint8), np.zeros(24, np.int64),
+                     np.empty(16, np.int64))  # fmt: skip
     i32, u8, i64 = np.empty(0, np.int32), np.empty(0, np.uint8), np.empty(0, np.int64)
     decode_lossy(np.frombuffer(b"\0", dtype=np.uint8), np.zeros(24, dtype=np.int64), 0, 1, False, i32, i32, i32,
-                 i32, u8, u8, i64, i64)  # fmt: skip
+                 i32, u8, u8, i64, i64, i64)  # fmt: skip
     root = np.array([0.5, 0.25])
     level_totals(root, root * root, np.empty(2, dtype=np.int64), 8, 8.0, 8.0)
     return time.perf_counter() - begin
