@@ -402,8 +402,9 @@ def reading(cost: dict) -> str:
         text += (
             f" The compiled loops make encode {_ratio(paths, 'encode', '1'):.2f}x / "
             f"{_ratio(paths, 'encode', large):.2f}x and decode {_ratio(paths, 'decode', '1'):.2f}x / "
-            f"{_ratio(paths, 'decode', large):.2f}x faster than numpy alone (B = 1 / B = {large}); what is left of "
-            f"the encoder is numpy's float passes of the KL-sized quantizer, the row sort and zstd."
+            f"{_ratio(paths, 'decode', large):.2f}x faster than numpy alone (B = 1 / B = {large}; a lossy payload's "
+            f"integer work is one compiled call each way); what is left of the encoder is numpy's float passes of "
+            f"the KL-sized quantizer, the row sort and zstd."
         )
     breakdown, latency = cost.get("breakdown"), cost.get("latency")
     if breakdown and latency and "http" in breakdown:
@@ -427,8 +428,8 @@ def reading(cost: dict) -> str:
             f" Against the {LATENCY_GOAL_MS:g} ms goal: with no service at all, the server's own transports and "
             f"codec already take {coded:.1f} ms of a one-sequence call through httpx ({alone:.1f} ms the "
             f"transports, {coded - alone:.1f} ms encoding and decoding the answer in place: the codec's fixed "
-            f"cost per call, its 23 streams each a few numpy and zstd calls, which a one-sequence answer does "
-            f"not amortize), so the goal leaves the service {LATENCY_GOAL_MS - coded:+.1f} ms for its own work, "
+            f"cost per call, the quantizer's KL search, zstd on each of 20 streams, header and CRC, which a "
+            f"one-sequence answer does not amortize), so the goal leaves the service {LATENCY_GOAL_MS - coded:+.1f} ms for its own work, "
             f"which took {added - coded:.1f} ms."
         )
     return text + "\n"

@@ -3,22 +3,25 @@
     encode_fields / decode_fields   intcode.py's bucket code: symbols + bit fields of varying width
     tie_groups                      lossy.py's tie groups of sorted rows
     level_totals                    quantize.py's levels at one M with their per-level mass and count
+    encode_lossy                    codec.encode's 23 lossy streams after numpy's row sort, in one call
     decode_lossy                    codec.decode of a whole lossy payload: every stream's integers, the
                                     dictionary, the tie groups' inverse and every check, in one call
 
 numpy does this work in a fixed series of whole-array steps (offsets, words, shifts, masks, cumulative
 sums: ~40 calls per integer stream), which on a small payload cost more than the data and on a large one
-make ~20 passes over it; a compiled loop reads or writes each field once. A small payload's decoding
-was still a few calls per stream (0.7 ms at 56 rows of 128 entries); decode_lossy makes it one. The loops produce the same
-values and bytes as the numpy code (every codec test runs on both paths: tests/fixtures/codec_paths.py),
-so a payload does not depend on which one made or read it.
+make ~20 passes over it; a compiled loop reads or writes each field once. A small payload still cost a
+few calls per stream that way (decoding 56 rows of 128 entries: 0.6 ms, bench/codec_ab.py); the
+whole-payload loops make it one call each way. The loops produce the same values and bytes as the numpy
+code (every codec test runs on both paths: tests/fixtures/codec_paths.py), so a payload does not depend
+on which one made or read it.
 
     DUALDISTILL_WIRE_KERNELS=numpy    never use them
     DUALDISTILL_WIRE_KERNELS=numba    require them (an ImportError at the first call without numba)
     unset / auto                      use them when numba is installed (the server extra installs it)
 
-numba is imported and each loop compiled on its first call (warm_up: before a server is ready) (about a second; the machine code is cached
-on disk by numba, next to this module or in NUMBA_CACHE_DIR, so later processes load it in a few ms).
+numba is imported and the loops compiled at the first call of one (about a second each; `warm_up` does it
+before a server is ready); the machine code is cached on disk by numba, next to this module or in
+NUMBA_CACHE_DIR, so later processes load it in a few ms.
 """
 
 from __future__ import annotations
