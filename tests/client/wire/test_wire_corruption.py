@@ -151,6 +151,31 @@ def test_a_zstd_frame_declaring_a_huge_size_is_refused_before_allocating():
         wire.decode(_reseal(head + body + b"\0\0\0\0"))
 
 
+def test_streams_longer_than_the_header_allows_are_refused_before_anything_is_decompressed():
+    """A 2 KB payload declaring 2**16 of everything, its streams zero-filled zstd frames of a little more than
+    each may hold (every extra-bit stream 4 bytes per value of its symbol stream, where at most 29 bits
+    fit): refused, with far less memory than decompressing its streams would take (about 2 MiB)."""
+    count = 1 << 16
+    pair = [count, 4 * count]  # an integer stream pair: symbols, extra bits
+    # rows per sequence, entries per row, ids per class (32 values), dictionary, key codes, two float planes,
+    # no counts, groups per row, first levels, steps, size overflows, drop overflows
+    lengths = [*pair, *pair, 32, 128, *pair, *pair, 4 * count, 4 * count, 0, 0, *pair, *pair, count, *pair, *pair]
+    frames = [zstandard.ZstdCompressor().compress(b"\0" * size) if size else b"" for size in lengths]
+    head = _HEADER.pack(b"DDWL", 1, 2, 0, len(lengths), count, count, count, count, 100, 0)
+    directory = b"".join(struct.pack("<BII", 1 if size else 0, size, len(frame))
+                         for size, frame in zip(lengths, frames, strict=True))  # fmt: skip
+    payload = _reseal(head + directory + b"".join(frames) + b"\0\0\0\0")
+    assert len(payload) < 4096
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireFormatError, match="stream 1 declares"):
+            wire.decode(payload)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"decode allocated {peak} bytes"
+
+
 def test_unsupported_versions_and_non_bytes_are_named_in_the_error():
     payload = bytearray(PAYLOADS["lossy"])
     payload[4] = 2

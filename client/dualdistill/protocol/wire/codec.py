@@ -158,15 +158,20 @@ def decode(payload: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> list[Se
 
 
 def _decode_lossy_compiled(header: Header, streams: container.Streams) -> list[SequenceLogits]:
-    """`decode` of a lossy payload in one compiled call (kernels._decode_lossy: the same checks and values):
-    the per-call cost of a small payload is a few calls, not a few per stream."""
+    """`decode` of a lossy payload in one compiled call (kernels._decode_lossy: the same checks, messages and
+    values; where a payload fails several checks, the one named may differ from the step-by-step path's, as
+    every stream is read first): the per-call cost of a small payload is a few calls, not a few per stream."""
     s, r, n, u = header.n_sequences, header.n_rows, header.n_entries, header.n_dict
     with_counts = bool(header.flags & FLAG_COUNTS)
     m = n if with_counts else 0
-    # the most bytes each stream can hold: an integer is a symbol byte and at most 29 extra bits
-    caps = [s, 4 * s, r, 4 * r, dictionary.NUM_CLASSES, 4 * dictionary.NUM_CLASSES, u, 4 * u, n, 4 * n, 4 * r,
-            4 * r, m, 4 * m, r, 4 * r, r, 4 * r, n, n, 4 * n, n, 4 * n]  # fmt: skip
-    buf, offsets = streams.joined(caps)
+    # Each stream's length, checked before anything is decompressed: exact where the header fixes it (a
+    # symbol byte per integer, 4 bytes per float), bounded where it depends on other streams' contents
+    # (first levels: one per non-empty row; steps and overflows: one per group after a row's first).
+    extra = ("extra", 0)
+    limits = [("exact", s), extra, ("exact", r), extra, ("exact", dictionary.NUM_CLASSES), extra, ("exact", u), extra,
+              ("exact", n), extra, ("exact", 4 * r), ("exact", 4 * r), ("exact", m), extra, ("exact", r), extra,
+              ("max", r), extra, ("max", n), ("max", n), extra, ("max", n), extra]  # fmt: skip
+    buf, offsets = streams.joined(limits)
     seq_rows, row_lengths, ids, counts = (np.empty(size, dtype=np.int32) for size in (s, r, n, m))
     token, tail = np.empty(4 * r, dtype=np.uint8), np.empty(4 * r, dtype=np.uint8)
     # per-entry temporaries in this thread's scratch (scratch.py): [level | size | the kernel's own two]

@@ -131,19 +131,27 @@ class Streams:
             )
         return self._read(index)
 
-    def joined(self, caps: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Every stream at once, for a decoder that checks their exact lengths itself: (all streams' bytes
-        as one read-only uint8 array, (n_streams + 1,) int64 offsets). A stream declaring more bytes than
-        its cap (the most the header's counts allow it) is refused before it is decompressed."""
-        parts = []
-        for index, cap in enumerate(caps):
-            raw_len = self._directory[index][1]
-            if raw_len > cap:
-                raise WireFormatError(f"stream {index} declares {raw_len} bytes, the header allows at most {cap}")
-            parts.append(self._read(index))
-        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
-        np.cumsum([len(part) for part in parts], out=offsets[1:])
-        return np.frombuffer(b"".join(parts), dtype=np.uint8), offsets
+    def joined(self, limits: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Every stream at once, for a decoder that checks the rest itself: (all streams' bytes in one uint8
+        array, (n_streams + 1,) int64 offsets). Each stream's declared length is checked before anything is
+        decompressed, against its limit: ("exact", n) where the header fixes it, ("max", n) where it
+        bounds it, ("extra", 0) for the extra bits of the integer stream before it (at most 29 bits per
+        value of that stream's declared length). One buffer of the declared total takes them in turn."""
+        lengths = [raw_len for _, raw_len, _ in self._directory]
+        for index, (kind, limit) in enumerate(limits):
+            raw_len = lengths[index]
+            if kind == "exact" and raw_len != limit:
+                raise WireFormatError(f"stream {index} declares {raw_len} bytes, the header implies {limit}")
+            limit = (29 * lengths[index - 1] + 7) // 8 if kind == "extra" else limit
+            if raw_len > limit:
+                raise WireFormatError(f"stream {index} declares {raw_len} bytes, above the {limit} its header allows")
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        out = np.empty(int(offsets[-1]), dtype=np.uint8)
+        view = memoryview(out)
+        for index, at in enumerate(offsets[:-1].tolist()):
+            view[at : at + lengths[index]] = self._read(index)
+        return out, offsets
 
     def _read(self, index: int) -> bytes:
         codec, raw_len, _ = self._directory[index]

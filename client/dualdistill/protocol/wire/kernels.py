@@ -397,7 +397,9 @@ def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, cou
     group in entry order (the first G); `work` (>= 2N,) int64 holds the per-entry temporaries (a scratch
     buffer, for the page faults of fresh full-size arrays). Returns (status, a, b, c): status 0 and a = G when valid, else
     DECODE_ERRORS[status] with its numbers a, b, c for the first check that failed (codec.decode's
-    checks, in its order); the outputs are then undefined."""
+    checks and messages; where a payload fails several, the one named may differ: the tie groups' two
+    checks run group by group here, and the step-by-step path runs them per block of rows); the outputs
+    are then undefined."""
     n_seq, n_rows, n = seq.shape[0], lengths.shape[0], ids.shape[0]
     values, status, a, b, c = _uints(buf, offs, 0, n_seq)
     if status:
@@ -623,7 +625,7 @@ def warm_up() -> float:
                      np.zeros(8, np.uint8), np.zeros(0, np.int64), np.empty(256, np.uint8), np.zeros(24, np.int64),
                      np.empty(16, np.int64))  # fmt: skip
     i32, u8, i64 = np.empty(0, np.int32), np.empty(0, np.uint8), np.empty(0, np.int64)
-    decode_lossy(np.frombuffer(b"\0", dtype=np.uint8), np.zeros(24, dtype=np.int64), 0, 1, False, i32, i32, i32,
+    decode_lossy(np.zeros(1, dtype=np.uint8), np.zeros(24, dtype=np.int64), 0, 1, False, i32, i32, i32,
                  i32, u8, u8, i64, i64, i64)  # fmt: skip
     root = np.array([0.5, 0.25])
     level_totals(root, root * root, np.empty(2, dtype=np.int64), 8, 8.0, 8.0)
