@@ -177,12 +177,15 @@ def _decode_lossy_compiled(header: Header, streams: container.Streams) -> list[S
     # per-entry temporaries in this thread's scratch (scratch.py): [level | size | the kernel's own two]
     work = scratch.array("lossy.decode", 4 * n, np.int64)
     level, size = work[:n], work[n : 2 * n]
+    key_to_id = np.empty(u, dtype=np.int64)
     status, a, b, c = kernels.decode_lossy(
-        buf, offsets, u, header.quant, with_counts, seq_rows, row_lengths, ids, counts, token, tail, level, size,
-        work[2 * n :],
+        buf, offsets, header.quant, with_counts, seq_rows, row_lengths, key_to_id, ids, counts, token, tail, level,
+        size, work[2 * n :],
     )  # fmt: skip
     if status:
         raise WireFormatError(kernels.DECODE_ERRORS[status].format(a=a, b=b, c=c))
+    if len(np.unique(key_to_id)) != u:
+        raise WireFormatError(kernels.DECODE_ERRORS[8])
     logprobs = np.repeat(dequantize(level[:a], header.quant), size[:a])
     return _split(seq_rows, row_lengths, ids, logprobs, token.view("<f4"), tail.view("<f4"),
                   counts if with_counts else None)  # fmt: skip

@@ -390,9 +390,33 @@ def _planes(buf, offs, index, out):
     return 0, 0, 0, 0
 
 
-def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, counts, token, tail, level, size, work):
+def _top(values):
+    """values.max() of a non-empty array, -1 for an empty one. (Plain loops: numba compiles array methods
+    and slice assignments with casts into much more code, seconds of compile time in a big function.)"""
+    top = -1
+    for i in range(values.shape[0]):
+        top = max(top, values[i])
+    return top
+
+
+def _total(values):
+    total = 0
+    for i in range(values.shape[0]):
+        total += values[i]
+    return total
+
+
+def _copy(source, target):
+    for i in range(source.shape[0]):
+        target[i] = source[i]
+
+
+def _decode_lossy(buf, offs, levels, with_counts, seq, lengths, key_to_id, ids, counts, token, tail, level, size,
+                  work):  # fmt: skip
     """A lossy payload's streams (stream i = buf[offs[i]:offs[i + 1]]) -> the output arrays, which the
-    header's counts size: seq (S,), lengths (R,), ids (N,), counts (N,; unused without them) int32; token
+    header's counts size: key_to_id (U,) int64 (the dictionary; the caller checks its ids are distinct, a
+    sort numba would take seconds to compile); seq (S,), lengths (R,), ids (N,), counts (N,; unused
+    without them) int32; token
     and tail (4R,) uint8, the float32 values' little-endian bytes; level and size (N,) int64 of every tie
     group in entry order (the first G); `work` (>= 2N,) int64 holds the per-entry temporaries (a scratch
     buffer, for the page faults of fresh full-size arrays). Returns (status, a, b, c): status 0 and a = G when valid, else
@@ -400,31 +424,30 @@ def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, cou
     checks and messages; where a payload fails several, the one named may differ: the tie groups' two
     checks run group by group here, and the step-by-step path runs them per block of rows); the outputs
     are then undefined."""
-    n_seq, n_rows, n = seq.shape[0], lengths.shape[0], ids.shape[0]
+    n_seq, n_rows, n, n_dict = seq.shape[0], lengths.shape[0], ids.shape[0], key_to_id.shape[0]
     values, status, a, b, c = _uints(buf, offs, 0, n_seq)
     if status:
         return status, a, b, c
-    if values.sum() != n_rows:
+    if _total(values) != n_rows:
         return 4, 0, 0, 0
-    seq[:] = values
+    _copy(values, seq)
     row_lengths, status, a, b, c = _uints(buf, offs, 2, n_rows)
     if status:
         return status, a, b, c
-    if n_rows and row_lengths.max() > _INT32_MAX:
+    if n_rows and _top(row_lengths) > _INT32_MAX:
         return 5, 0, 0, 0
-    if row_lengths.sum() != n:
+    if _total(row_lengths) != n:
         return 6, 0, 0, 0
-    lengths[:] = row_lengths
+    _copy(row_lengths, lengths)
     # the dictionary: ids per count class (31 down to 0), then each class's ids as gaps
     sizes, status, a, b, c = _uints(buf, offs, 4, _NUM_CLASSES)
     if status:
         return status, a, b, c
-    if sizes.sum() != n_dict:
+    if _total(sizes) != n_dict:
         return 7, 0, 0, 0
     gaps, status, a, b, c = _uints(buf, offs, 6, n_dict)
     if status:
         return status, a, b, c
-    key_to_id = np.empty(n_dict, dtype=np.int64)
     key_class = np.empty(n_dict, dtype=np.int64)
     at = 0
     for j in range(_NUM_CLASSES):
@@ -436,29 +459,27 @@ def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, cou
             key_to_id[at], key_class[at] = value, _NUM_CLASSES - 1 - j
             previous = value
             at += 1
-    ordered = np.sort(key_to_id)
-    for i in range(1, n_dict):
-        if ordered[i] == ordered[i - 1]:
-            return 8, 0, 0, 0
     codes, keys = work[:n], work[n : 2 * n]
     status, a, b, c = _uints_into(buf, offs, 8, codes)
     if status:
         return status, a, b, c
-    if n and codes.max() >= n_dict:
-        return 9, codes.max(), n_dict, 0
-    for index, out in ((10, token), (11, tail)):
-        status, a, b, c = _planes(buf, offs, index, out)
-        if status:
-            return status, a, b, c
+    if n and _top(codes) >= n_dict:
+        return 9, _top(codes), n_dict, 0
+    status, a, b, c = _planes(buf, offs, 10, token)
+    if status:
+        return status, a, b, c
+    status, a, b, c = _planes(buf, offs, 11, tail)
+    if status:
+        return status, a, b, c
     if with_counts:
         values, status, a, b, c = _uints(buf, offs, 12, n)
         if status:
             return status, a, b, c
-        if n and values.max() > _INT32_MAX:
+        if n and _top(values) > _INT32_MAX:
             return 10, 0, 0, 0
-        counts[:] = values
+        _copy(values, counts)
     else:
-        for index in (12, 13):
+        for index in range(12, 14):
             if offs[index + 1] != offs[index]:
                 return 1, index, offs[index + 1] - offs[index], 0
     # the variant's streams: groups per row, first levels, steps (+ overflows), as lossy.py lays them out
@@ -469,7 +490,8 @@ def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, cou
     for r in range(n_rows):
         if (groups[r] > 0) != (row_lengths[r] > 0) or groups[r] > row_lengths[r]:
             return 11, 0, 0, 0
-        nonempty += row_lengths[r] > 0
+        if row_lengths[r] > 0:
+            nonempty += 1
         total_groups += groups[r]
     inner = total_groups - nonempty
     first, status, a, b, c = _uints(buf, offs, 16, nonempty)
@@ -482,8 +504,10 @@ def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, cou
     for i in range(s0, s1):
         step = np.int64(buf[i])
         top = max(top, step)
-        size_overflows += step >> 3 == _STEP_CAP
-        drop_overflows += step & 7 == _STEP_CAP
+        if step >> 3 == _STEP_CAP:
+            size_overflows += 1
+        if step & 7 == _STEP_CAP:
+            drop_overflows += 1
     if top >= 64:
         return 12, top, 0, 0
     size_extra, status, a, b, c = _uints(buf, offs, 19, size_overflows)
@@ -506,8 +530,8 @@ def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, cou
             y += 1
     if n == 0:
         return 0, 0, 0, 0
-    if first.max() >= levels:
-        return 13, first.max(), levels, 0
+    if _top(first) >= levels:
+        return 13, _top(first), levels, 0
     n_groups, status = _entries(row_lengths, codes, groups, group_sizes, first, level_drops, keys, level, size)
     if status:
         return 13 + status, 0, 0, 0
@@ -515,7 +539,7 @@ def _decode_lossy(buf, offs, n_dict, levels, with_counts, seq, lengths, ids, cou
     for e in range(n):
         key = keys[e]
         if key >= n_dict:
-            return 16, keys.max(), n_dict, 0
+            return 16, _top(keys), n_dict, 0
         uses[key] += 1
         ids[e] = key_to_id[key]
     for key in range(n_dict):  # each key's count class, floor(log2(uses)), is the one the dictionary sent
@@ -531,6 +555,15 @@ def _put(values, out, offs, index):
     extra, done = _encode_into(values, out[at : at + n], out[at + n :])
     offs[index + 1], offs[index + 2] = at + n, at + n + extra
     return done == n
+
+
+def _put_planes(values, out, offs, index):
+    """Float32 values' bytes (4R,) as byte planes (byte 0 of every value, then 1, 2, 3) into stream `index`."""
+    rows, at = values.shape[0] // 4, offs[index]
+    for plane in range(4):
+        for r in range(rows):
+            out[at + plane * rows + r] = values[4 * r + plane]
+    offs[index + 1] = at + 4 * rows
 
 
 def _encode_lossy(seq_rows, row_lengths, rank, keys, order, levels, key_to_id, key_class, token, tail, counts, out,
@@ -561,12 +594,8 @@ def _encode_lossy(seq_rows, row_lengths, rank, keys, order, levels, key_to_id, k
     offs[0] = 0
     fits = _put(seq_rows, out, offs, 0) and _put(row_lengths, out, offs, 2) and _put(class_sizes, out, offs, 4)
     fits = fits and _put(gaps, out, offs, 6) and _put(codes, out, offs, 8)
-    for index, values in ((10, token), (11, tail)):  # float32 byte planes: byte 0 of every value, then 1, ...
-        at = offs[index]
-        for plane in range(4):
-            for r in range(rows):
-                out[at + plane * rows + r] = values[4 * r + plane]
-        offs[index + 1] = at + 4 * rows
+    _put_planes(token, out, offs, 10)
+    _put_planes(tail, out, offs, 11)
     if counts.shape[0]:
         for e in range(n):
             sent_counts[e] = counts[order[e]]
@@ -593,7 +622,7 @@ def _encode_lossy(seq_rows, row_lengths, rank, keys, order, levels, key_to_id, k
     return 0 if fits else 2
 
 
-_LOOPS = ("_encode", "_encode_into", "_put", "_encode_lossy", "_decode", "_groups", "_groups_into", "_entries", "_level_totals", "_uints", "_uints_into", "_planes", "_decode_lossy")
+_LOOPS = ("_encode", "_encode_into", "_put", "_put_planes", "_encode_lossy", "_decode", "_groups", "_groups_into", "_entries", "_level_totals", "_uints", "_uints_into", "_planes", "_top", "_total", "_copy", "_decode_lossy")
 encode_fields = _Lazy("_encode")
 decode_fields = _Lazy("_decode")
 tie_groups = _Lazy("_groups")
@@ -625,8 +654,8 @@ def warm_up() -> float:
                      np.zeros(8, np.uint8), np.zeros(0, np.int64), np.empty(256, np.uint8), np.zeros(24, np.int64),
                      np.empty(16, np.int64))  # fmt: skip
     i32, u8, i64 = np.empty(0, np.int32), np.empty(0, np.uint8), np.empty(0, np.int64)
-    decode_lossy(np.zeros(1, dtype=np.uint8), np.zeros(24, dtype=np.int64), 0, 1, False, i32, i32, i32,
-                 i32, u8, u8, i64, i64, i64)  # fmt: skip
+    decode_lossy(np.zeros(1, dtype=np.uint8), np.zeros(24, dtype=np.int64), 1, False, i32, i32, i64, i32, i32, u8,
+                 u8, i64, i64, i64)  # fmt: skip
     root = np.array([0.5, 0.25])
     level_totals(root, root * root, np.empty(2, dtype=np.int64), 8, 8.0, 8.0)
     return time.perf_counter() - begin
