@@ -206,7 +206,7 @@ def decode_uints(symbol_bytes: bytes, nbits: np.ndarray, extra_bytes: bytes) -> 
     if total == 0:
         return symbols.astype(np.uint64)
     if kernels.enabled():
-        return kernels.decode_fields(symbols, nbits, np.frombuffer(extra_bytes, dtype=np.uint8))
+        return kernels.decode_fields(symbols, np.frombuffer(extra_bytes, dtype=np.uint8))
     if len(symbols) <= _PYTHON_INTS:
         return _python_decode(symbols, nbits, extra_bytes)
     out = symbols.astype(np.uint64)

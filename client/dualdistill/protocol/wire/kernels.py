@@ -19,9 +19,10 @@ on which one made or read it.
     DUALDISTILL_WIRE_KERNELS=numba    require them (an ImportError at the first call without numba)
     unset / auto                      use them when numba is installed (the server extra installs it)
 
-numba is imported and the loops compiled at the first call of one (about a second each; `warm_up` does it
-before a server is ready); the machine code is cached on disk by numba, next to this module or in
-NUMBA_CACHE_DIR, so later processes load it in a few ms.
+numba is imported and the loops compiled at the first call of one (all of them: about 15 s on 2 slow cores,
+most of it the whole-payload decoder; `warm_up` does it before a server is ready); the machine code is
+cached on disk by numba, next to this module or in NUMBA_CACHE_DIR, so later processes load it in under
+a second (docs/wire-format.md §9).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import os
 import sys
 
 import numpy as np
+
+from dualdistill.protocol.wire.dictionary import NUM_CLASSES
 
 ENV = "DUALDISTILL_WIRE_KERNELS"
 _CHOICES = ("auto", "numba", "numpy")
@@ -123,7 +126,6 @@ def _compile_loops() -> None:
 
 
 _INT32_MAX = (1 << 31) - 1
-_NUM_CLASSES = 32  # dictionary.NUM_CLASSES
 _STEP_CAP = 7  # lossy._CAP
 
 # Status codes of `_decode_lossy` (0: valid), with the message each stands for; a, b, c: its numbers.
@@ -197,27 +199,30 @@ def _encode_into(values, symbols, out):
     return at, n
 
 
-def _decode(symbols, nbits, extra):
-    """Inverse of `_encode` given nbits (V,) (the extra bits of each symbol) and the validated extra-bit
-    bytes (uint8): (V,) uint64."""
-    n = symbols.shape[0]
-    out = np.empty(n, dtype=np.uint64)
-    acc = np.uint64(0)
-    held = 0
-    at = 0
-    for i in range(n):
-        width = nbits[i]
-        if width == 0:
-            out[i] = symbols[i]
+def _decode(symbols, extra):
+    """Inverse of `_encode` given the validated extra-bit bytes (uint8) of the symbols (V,): (V,) uint64."""
+    out = np.empty(symbols.shape[0], dtype=np.uint64)
+    _read_fields(symbols, extra, out)
+    return out
+
+
+def _read_fields(symbols, extra, out):
+    """The values of `symbols` (V,) with their extra bits read from `extra` (validated: as many bytes as the
+    symbols' fields need) into `out` (V,)."""
+    acc, held, at = np.uint64(0), 0, 0
+    for i in range(symbols.shape[0]):
+        symbol = np.int64(symbols[i])
+        if symbol < 16:
+            out[i] = symbol
             continue
+        width = symbol // 4 - 2  # floor(log2 value) - 2 (intcode.py)
         while held < width:
             acc = (acc << np.uint64(8)) | np.uint64(extra[at])
             at += 1
             held += 8
         held -= width
         field = (acc >> np.uint64(held)) & ((np.uint64(1) << np.uint64(width)) - np.uint64(1))
-        out[i] = (np.uint64(4 + (symbols[i] & 3)) << np.uint64(width)) | field
-    return out
+        out[i] = (np.uint64(4 + (symbol & 3)) << np.uint64(width)) | field
 
 
 def _groups(row_lengths, rank, keys):
@@ -360,20 +365,7 @@ def _uints_into(buf, offs, index, values):
         return 1, index + 1, e1 - e0, (total + 7) // 8
     if total % 8 and np.int64(buf[e1 - 1]) & ((1 << (8 - total % 8)) - 1):
         return 3, 0, 0, 0
-    acc, held, at = np.uint64(0), 0, e0
-    for i in range(count):
-        symbol = np.int64(buf[s0 + i])
-        if symbol < 16:
-            values[i] = symbol
-            continue
-        width = symbol // 4 - 2
-        while held < width:
-            acc = (acc << np.uint64(8)) | np.uint64(buf[at])
-            at += 1
-            held += 8
-        held -= width
-        field = np.int64((acc >> np.uint64(held)) & ((np.uint64(1) << np.uint64(width)) - np.uint64(1)))
-        values[i] = ((4 + (symbol & 3)) << width) | field
+    _read_fields(buf[s0:s1], buf[e0:e1], values)
     return 0, 0, 0, 0
 
 
@@ -440,7 +432,7 @@ def _decode_lossy(buf, offs, levels, with_counts, seq, lengths, key_to_id, ids, 
         return 6, 0, 0, 0
     _copy(row_lengths, lengths)
     # the dictionary: ids per count class (31 down to 0), then each class's ids as gaps
-    sizes, status, a, b, c = _uints(buf, offs, 4, _NUM_CLASSES)
+    sizes, status, a, b, c = _uints(buf, offs, 4, NUM_CLASSES)
     if status:
         return status, a, b, c
     if _total(sizes) != n_dict:
@@ -450,13 +442,13 @@ def _decode_lossy(buf, offs, levels, with_counts, seq, lengths, key_to_id, ids, 
         return status, a, b, c
     key_class = np.empty(n_dict, dtype=np.int64)
     at = 0
-    for j in range(_NUM_CLASSES):
+    for j in range(NUM_CLASSES):
         previous = np.int64(-1)
         for _ in range(sizes[j]):
             value = gaps[at] + previous + 1  # a class's first id: previous = -1, so the gap itself
             if value > _INT32_MAX:
                 return 8, 0, 0, 0
-            key_to_id[at], key_class[at] = value, _NUM_CLASSES - 1 - j
+            key_to_id[at], key_class[at] = value, NUM_CLASSES - 1 - j
             previous = value
             at += 1
     codes, keys = work[:n], work[n : 2 * n]
@@ -622,7 +614,7 @@ def _encode_lossy(seq_rows, row_lengths, rank, keys, order, levels, key_to_id, k
     return 0 if fits else 2
 
 
-_LOOPS = ("_encode", "_encode_into", "_put", "_put_planes", "_encode_lossy", "_decode", "_groups", "_groups_into", "_entries", "_level_totals", "_uints", "_uints_into", "_planes", "_top", "_total", "_copy", "_decode_lossy")
+_LOOPS = ("_encode", "_encode_into", "_put", "_put_planes", "_encode_lossy", "_decode", "_read_fields", "_groups", "_groups_into", "_entries", "_level_totals", "_uints", "_uints_into", "_planes", "_top", "_total", "_copy", "_decode_lossy")
 encode_fields = _Lazy("_encode")
 decode_fields = _Lazy("_decode")
 tie_groups = _Lazy("_groups")
@@ -641,8 +633,7 @@ def warm_up() -> float:
     begin = time.perf_counter()
     symbols, extra, _ = encode_fields(np.array([3, 300], dtype=np.int64))
     # as the decoder passes them: read-only views of the payload's bytes (a type of their own to numba)
-    decode_fields(np.frombuffer(symbols.tobytes(), dtype=np.uint8), np.array([0, 4], dtype=np.int8),
-                  np.frombuffer(extra.tobytes(), dtype=np.uint8))  # fmt: skip
+    decode_fields(np.frombuffer(symbols.tobytes(), dtype=np.uint8), np.frombuffer(extra.tobytes(), dtype=np.uint8))
     lengths = np.array([2], dtype=np.int64)
     for dtype in (np.uint32, np.uint64):  # sort_within_rows packs into either
         tie_groups(lengths, np.array([0, 1], dtype=dtype), np.array([0, 1], dtype=dtype))
