@@ -95,6 +95,17 @@ def client_worker(root: Path, http_url: str, grpc_target: str) -> Iterator[subpr
         process.wait(timeout=60)
 
 
+def _timed(fn: Callable) -> Callable[[np.ndarray, int, int], float]:
+    """`fn` as a call that returns its wall seconds, as `_worker_call`'s do."""
+
+    def call(sequence: np.ndarray, start: int, k: int) -> float:
+        begin = time.perf_counter()
+        fn(sequence, start, k)
+        return time.perf_counter() - begin
+
+    return call
+
+
 def _worker_call(worker: subprocess.Popen, path: str) -> Callable[[np.ndarray, int, int], float]:
     def call(sequence: np.ndarray, start: int, k: int) -> float:
         worker.stdin.write(json.dumps([path, sequence[0].tolist()]) + "\n")  # type: ignore[union-attr]
@@ -118,15 +129,12 @@ def latency(servers: dict[str, tuple[str, str, int]], roots: dict[str, Path], mo
             worker = stack.enter_context(client_worker(roots[side], http_url, grpc_target))
             for path in ("client-http", "client-grpc"):
                 calls[f"{side} {path}"] = _worker_call(worker, path)
-        calls["in-process"] = anchor
+        calls["in-process"] = _timed(anchor)
         seconds: dict[str, list[float]] = {path: [] for path in calls}
         for rep in range(reps + 1):  # rep 0 warms up
             order = list(calls) if rep % 2 == 0 else list(reversed(calls))
             for path in order:
-                sequence = rng.integers(0, 320, (1, SEQ_LEN), dtype=np.int64)
-                begin = time.perf_counter()
-                took = calls[path](sequence, START, TOP_K)
-                took = took if isinstance(took, float) else time.perf_counter() - begin
+                took = calls[path](rng.integers(0, 320, (1, SEQ_LEN), dtype=np.int64), START, TOP_K)
                 if rep > 0:
                     seconds[path].append(took)
     body = json.dumps({"model": "tiny", "top_k": TOP_K, "format": "binary",
