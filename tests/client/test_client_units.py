@@ -327,3 +327,49 @@ def test_retry_after_is_honoured_over_http():
         thread.join()
     assert info.name == "m" and info.bos_token_id is None and info.eos_token_id == 2
     assert delays == [0.4] and elapsed >= 0.4
+
+
+class _ForwardProxy(BaseHTTPRequestHandler):
+    """An HTTP forward proxy that answers the proxied request itself: it records the absolute-form target
+    a client sends to a proxy ("GET http://host:port/path HTTP/1.1") and answers with `body`."""
+
+    targets: list = []
+    body = b""
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self.targets.append(self.path)
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_http_requests_go_through_the_environment_proxy(monkeypatch):
+    """The HTTP transport sends each attempt to the connection pool httpx picks for the server's URL, so
+    HTTP_PROXY applies as it does to any httpx client (the host below does not resolve: only the proxy
+    can answer)."""
+    _ForwardProxy.targets = []
+    _ForwardProxy.body = json.dumps({"models": []}).encode()
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _ForwardProxy)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+
+    async def async_models():
+        async with AsyncTeacherClient("http://teacher.invalid:8000", retries=NO_RETRIES) as client:
+            return await client.models()
+
+    try:
+        with TeacherClient("http://teacher.invalid:8000", retries=NO_RETRIES) as client:
+            assert client.models() == []
+        assert asyncio.run(async_models()) == []
+    finally:
+        proxy.shutdown()
+        thread.join()
+    assert _ForwardProxy.targets == ["http://teacher.invalid:8000/v1/models"] * 2

@@ -26,6 +26,7 @@ from tests.deploy.support import (
 )
 
 BIN = Path(sys.executable).parent
+SEED_DIR = "/opt/numba-cache"  # where the build stage compiles the wire codec's loops
 
 
 def stages() -> list[list]:
@@ -82,7 +83,10 @@ def test_multi_stage_runtime_copies_only_the_virtualenv():
     assert groups[4][0].value[0] == "torch-${VARIANT}"
     assert f"torch-{args_of(groups[0])['VARIANT']}" in names
     copies = [c for c in runtime_stage() if c.cmd == "COPY" and not c.heredocs]
-    assert [(c.flags, c.value) for c in copies] == [(("--from=build",), ("/opt/venv", "/opt/venv"))]
+    assert [(c.flags, c.value) for c in copies] == [
+        (("--from=build",), ("/opt/venv", "/opt/venv")),
+        (("--from=build",), (SEED_DIR, SEED_DIR)),  # the compiled wire loops (test below)
+    ]
 
 
 def test_cpu_variant_refuses_to_build_without_the_cpu_index():
@@ -210,3 +214,42 @@ def test_dockerignore_lets_the_package_sources_through():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     package_dirs = set(pyproject["tool"]["setuptools"]["packages"]["find"]["where"])
     assert package_dirs | {"pyproject.toml"} <= allowed
+
+
+# The loops report numba's cache lookups per argument types: hits only, no misses, means nothing compiled.
+_CACHE_LOOKUPS = """
+from dualdistill.protocol.wire import kernels
+kernels.warm_up()
+loops = [getattr(kernels, name) for name in kernels._LOOPS]
+print(sum(sum(loop.stats.cache_hits.values()) for loop in loops),
+      sum(sum(loop.stats.cache_misses.values()) for loop in loops))
+"""
+
+
+def test_the_image_compiles_the_wire_loops_once_and_the_entrypoint_seeds_them(tmp_path):
+    """The build stage's precompile step, run here into a directory of its own, fills a cache that a
+    container's empty NUMBA_CACHE_DIR gets from the entrypoint: the codec's warm-up then loads every loop
+    and compiles none. An entrypoint that cannot create NUMBA_CACHE_DIR still starts the command."""
+    build = stages()[4]
+    (step,) = [c.value[0] for c in build if c.cmd == "RUN" and "warm_up" in c.value[0]]
+    seed = tmp_path / "seed"
+    env = {"PATH": f"{BIN}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("client", "server"))}  # fmt: skip
+    subprocess.run(["sh", "-c", step.replace(SEED_DIR, str(seed))], env=env, check=True, timeout=600)
+    assert any(seed.rglob("*.nbi")), "the precompile step left no numba cache index"
+
+    script = entrypoint_script().replace(SEED_DIR, str(seed)).replace('exec dualdistill "$@"', 'exec "$@"')
+    entrypoint = tmp_path / "entrypoint"
+    entrypoint.write_text(script)
+    cache = tmp_path / "container" / "numba"
+    run = [sys.executable, "-c", _CACHE_LOOKUPS]
+    lookups = subprocess.run(["sh", str(entrypoint), *run], env={**env, "NUMBA_CACHE_DIR": str(cache)},
+                             capture_output=True, text=True, check=True, timeout=300)  # fmt: skip
+    hits, misses = map(int, lookups.stdout.split())
+    assert hits > 0 and misses == 0, lookups.stdout
+    assert sorted(p.name for p in cache.rglob("*.nbi")) == sorted(p.name for p in seed.rglob("*.nbi"))
+
+    unusable = {**env, "NUMBA_CACHE_DIR": "/proc/no-such-dir/numba"}  # mkdir fails there, even for root
+    started = subprocess.run(["sh", str(entrypoint), "echo", "started"], env=unusable, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert started.returncode == 0 and started.stdout == "started\n", started.stderr
