@@ -139,23 +139,42 @@ def added_latency(
     start: int,
     top_k: int,
     reps: int,
+    pid: int | None = None,
 ) -> dict:
-    """{variant: {"seconds": [...], "added_ms": median - anchor median}} for one-sequence calls."""
+    """{variant: {"seconds": [...], "added_ms": median - anchor median, "cpu_ms": {...}}} for one-sequence
+    calls. "cpu_ms" (our client's paths and the anchor; with the server's `pid`): CPU per call, in lists,
+    of the calling thread ("caller": the client, or the in-process forward + top-k) and of the server's
+    threads: its event loop (the main thread), the model's worker ("model-" threads) and all of them."""
     rng = np.random.default_rng(2)
     seconds: dict[str, list[float]] = {"in-process": [], **{v: [] for v in calls}}
+    cpu: dict[str, dict[str, list[float]]] = {v: {} for v in seconds}
+
+    def server_threads() -> tuple[float, float, float]:
+        if pid is None:
+            return 0.0, 0.0, 0.0
+        loop = int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+        return loop, threads_cpu_seconds(pid, "model-"), threads_cpu_seconds(pid)
+
     for rep in range(reps + 1):
         for variant in ["in-process", *calls]:
             seq = rng.integers(0, vocab, (1, seq_len), dtype=np.int64)
             call = anchor if variant == "in-process" else calls[variant]
-            begin = time.perf_counter()
+            server_before = server_threads()
+            caller, begin = time.thread_time(), time.perf_counter()
             call(seq, start, top_k)
+            took, caller = time.perf_counter() - begin, time.thread_time() - caller
+            server = [after - before for after, before in zip(server_threads(), server_before, strict=True)]
             if rep > 0:
-                seconds[variant].append(time.perf_counter() - begin)
+                seconds[variant].append(took)
+                for name, value in zip(("caller", "server loop", "server model", "server all"), [caller, *server],
+                                       strict=True):  # fmt: skip
+                    cpu[variant].setdefault(name, []).append(value * 1000)
     body = {"model": model, "sequences": [{"token_ids": rng.integers(0, vocab, seq_len).tolist(), "start": start}],
             "top_k": top_k, "format": "binary"}  # fmt: skip
     seconds["curl-http"] = curl_seconds(http_url + "/v1/logits", json.dumps(body).encode(), reps + 1)[1:]
     base = summarize(seconds["in-process"]).median
-    return {v: {"seconds": s, "added_ms": (summarize(s).median - base) * 1000} for v, s in seconds.items()}
+    return {v: {"seconds": s, "added_ms": (summarize(s).median - base) * 1000, **({"cpu_ms": cpu[v]} if pid and v in cpu else {})}
+            for v, s in seconds.items()}  # fmt: skip
 
 
 BREAKDOWN_STAGES = ("parse", "queue", "forward", "encode")
@@ -267,6 +286,16 @@ def render(cost: dict) -> str:
             f"(connecting) one left out. Goal: added <= {LATENCY_GOAL_MS:g} ms.\n"
         )
         lines.append(_table(["path", "ms per call", "added ms"], rows))
+        if "cpu_ms" in latency["in-process"]:
+            lines.append(
+                "\nThe same calls' CPU, ms per call (median): the calling thread's (our client; for in-process, "
+                "its forward + top-k) and the server's threads' (scheduler time): the event loop (HTTP or gRPC "
+                "stack, validation, encoding), the model's worker (the forward and its post-processing) and all "
+                "of them. The calls run one at a time, so wall time is about the sum of the caller's and the "
+                "server's CPU.\n"
+            )
+            lines.append(_table(["path", "wall", "caller CPU", "server event loop", "server model thread",
+                                 "server, all threads"], latency_cpu_rows(latency)))  # fmt: skip
     breakdown = cost.get("breakdown")
     if breakdown:
         lines.append(
@@ -320,6 +349,19 @@ def latency_rows(latency: dict) -> list[list[str]]:
     """[path, ms per call, added ms] of `added_latency`'s result (medians; the anchor has no "added")."""
     return [[v, f"{_median(r['seconds']) * 1000:.2f}", "" if v == "in-process" else f"{r['added_ms']:+.2f}"]
             for v, r in latency.items()]  # fmt: skip
+
+
+def latency_cpu_rows(latency: dict) -> list[list[str]]:
+    rows = []
+    for variant, r in latency.items():
+        if "cpu_ms" not in r:
+            continue
+        c = r["cpu_ms"]
+        server = [f"{_median(c[name]):.2f}" for name in ("server loop", "server model", "server all")]
+        if variant == "in-process":
+            server = ["", "", ""]
+        rows.append([variant, f"{_median(r['seconds']) * 1000:.2f}", f"{_median(c['caller']):.2f}", *server])
+    return rows
 
 
 def breakdown_row(path: str, record: dict, *derived: list[float]) -> list[str]:

@@ -149,6 +149,7 @@ def measure_cost(server, name: str, anchor, calls: dict, vocab: int, args: argpa
     latency = service_cost.added_latency(
         server.http_url, name, anchor, {"client-http": calls["http-binary"], "client-grpc": calls["grpc-unary"]},
         vocab, seq_len=args.seq_len, start=args.start, top_k=args.top_k, reps=4 * args.cost_reps,
+        pid=server.process.pid,
     )
     breakdown = service_cost.latency_breakdown(
         server.http_url, server.grpc_target, name, vocab, seq_len=args.seq_len, start=args.start, top_k=args.top_k,
