@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from types import SimpleNamespace
 from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dualdistill.protocol.formats import BINARY_CONTENT_TYPE
 
@@ -51,6 +52,16 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 DEADLINE_HEADER = "x-deadline-seconds"
+
+
+def _endpoint_app(endpoint: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
+    """An endpoint `async (Request) -> Response` as a plain ASGI app, for RequestMiddleware's direct routes."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        response = await endpoint(Request(scope, receive))
+        await response(scope, receive, send)
+
+    return app
 
 
 def _header_deadline(request: Request) -> float | None:
@@ -147,5 +158,6 @@ def create_app(service: TeacherService, config: ServerConfig) -> FastAPI:
         api_keys=service.api_keys,
         limits=service.limits,
         route_paths=frozenset(getattr(route, "path", "") for route in app.routes),
+        direct_routes={("POST", "/v1/logits"): _endpoint_app(logits)},
     )
     return app
