@@ -1,6 +1,7 @@
 """Before / after of the service's per-call latency and fairness: two checkouts' servers in one run.
 
-    python bench/service_ab.py --before DIR [--after DIR] [--reps 40] [--cpu-reps 5] [--rounds 2] [--fairness-seconds 20]
+    python bench/service_ab.py --before DIR [--after DIR] [--reps 40] [--cpu-reps 5] [--thread-rounds 8] [--rounds 2]
+        [--fairness-seconds 20]
 
 DIR is a checkout of the project (e.g. `git worktree add /tmp/before main`); --after defaults to this
 one. Both servers (`dualdistill serve` from each checkout's own code, tiny model, `--cache none`) run
@@ -13,6 +14,8 @@ both sides:
 - server CPU per returned position and per one-sequence call: each server process's CPU (its threads'
   scheduler time, nanoseconds) per call of B = 1 and B = 32 sequences (binary over HTTP), the slope per
   position and the B = 1 call itself, alternating sides, next to the in-process anchor's;
+- the server's threads' CPU per one-sequence call (its event loop and the model's worker), over rounds of
+  calls with the sides alternating, and the after - before differences paired round by round;
 - fairness: this checkout's `tests/reliability/loadgen.py` (64 closed-loop clients) against each
   server's default settings, `--rounds` runs each in alternating order; p99 / p50 per run.
 Prints a Markdown table; writes nothing.
@@ -192,6 +195,49 @@ def server_cpu(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: 
     return {"slope": slopes, "one_call": one_call}
 
 
+def thread_cpu(servers: dict[str, tuple[str, str, int]], rounds: int, calls: int = 40) -> dict:
+    """{transport: {side: [(wall, event loop CPU, model thread CPU) ms per call, one per round]}}: the server's
+    own threads (scheduler time) over `calls` one-sequence calls of this process's client per round, the
+    sides alternating within each round, so `paired` differences (after - before, round by round) cancel
+    the machine's slower and faster moments."""
+    from bench.service_cost import threads_cpu_seconds
+    from dualdistill import TeacherClient
+
+    def loop_cpu(pid: int) -> float:  # the event loop runs on the main thread, whose id is the process id
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+    clients = {(side, transport): TeacherClient(http if transport == "http" else grpc_target, transport=transport,
+                                                format="binary", timeout=60)
+               for side, (http, grpc_target, _) in servers.items() for transport in ("http", "grpc")}  # fmt: skip
+    rng = np.random.default_rng(5)
+    out: dict[str, dict[str, list[tuple[float, float, float]]]] = {"http": {}, "grpc": {}}
+    for index in range(rounds + 1):  # round 0 warms up
+        for (side, transport) in (list(clients) if index % 2 == 0 else list(reversed(clients))):
+            pid = servers[side][2]
+            loop, model, begin = loop_cpu(pid), threads_cpu_seconds(pid, "model-"), time.perf_counter()
+            for _ in range(calls):
+                clients[side, transport].logits("tiny", [rng.integers(0, 320, SEQ_LEN).tolist()], [START], top_k=TOP_K)
+            sample = ((time.perf_counter() - begin) / calls * 1e3, (loop_cpu(pid) - loop) / calls * 1e3,
+                      (threads_cpu_seconds(pid, "model-") - model) / calls * 1e3)  # fmt: skip
+            if index > 0:
+                out[transport].setdefault(side, []).append(sample)
+    for client in clients.values():
+        client.close()
+    return out
+
+
+def _thread_rows(threads: dict) -> list[list[str]]:
+    rows = []
+    for transport, sides in threads.items():
+        for side, samples in sides.items():
+            rows.append([transport, side, *(f"{summarize([s[i] for s in samples]).median:.2f}" for i in range(3))])
+        before, after = (np.array(sides[side]) for side in ("before", "after"))
+        paired = after - before
+        rows.append([transport, "after - before, paired by round", *(
+            f"{np.median(paired[:, i]):+.2f} [{paired[:, i].min():+.2f}, {paired[:, i].max():+.2f}]" for i in range(3))])
+    return rows
+
+
 def _with_added(values: dict[str, list[float]], side: str, digits: int) -> list[str]:
     """Median [min, max] of a side's repeats, and its median minus the anchor's ("" for the anchor)."""
     v, anchor = values[side], summarize(values["in-process"]).median
@@ -222,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="loadgen runs per side (0: no fairness run)")
     parser.add_argument("--fairness-seconds", type=float, default=20.0)
     parser.add_argument("--cpu-reps", type=int, default=5, help="repeats of the server-CPU slope (0: skip it)")
+    parser.add_argument("--thread-rounds", type=int, default=8,
+                        help="rounds of the per-thread CPU of one-sequence calls (0: skip them)")
     args = parser.parse_args(argv)
     roots = {"before": args.before.resolve(), "after": args.after.resolve()}
     from tests.fixtures.tiny_model import build_tiny_model
@@ -232,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
                 serve(roots["after"], model_dir, "--max-top-k", "256") as after:  # fmt: skip
             seconds, client_cpu = latency({"before": before, "after": after}, roots, model_dir, args.reps)
             cpu = server_cpu({"before": before, "after": after}, model_dir, args.cpu_reps) if args.cpu_reps else {}
+            threads = thread_cpu({"before": before, "after": after}, args.thread_rounds) if args.thread_rounds else {}
         fair = fairness(roots, model_dir, args.rounds, args.fairness_seconds) if args.rounds else {}
     base = summarize(seconds["in-process"]).median
     rows = [[path, f"{summarize(s).median * 1000:.2f}", "" if path == "in-process" else
@@ -249,6 +298,12 @@ def main(argv: list[str] | None = None) -> None:
               f"= minus the in-process anchor's (forward + top-k):\n")
         print(markdown_table(["server", "CPU us/position", "added us/position", "CPU ms per B=1 call",
                               "added ms per B=1 call"], rows))  # fmt: skip
+    if threads:
+        print(f"\nOne-sequence calls of this process's client, {args.thread_rounds} rounds of 40 calls per transport "
+              "and side, sides alternating: ms per call, median over rounds; the server's own threads' CPU "
+              "(scheduler time): its event loop (transport stack, validation, encoding) and the model's worker; "
+              "the paired row: median [min, max] of the round-by-round differences:\n")
+        print(markdown_table(["transport", "server", "wall", "event loop CPU", "model thread CPU"], _thread_rows(threads)))
     if fair:
         rows = [[side, ", ".join(f"{r['p99_ms'] / r['p50_ms']:.2f}" for r in runs),
                  ", ".join(f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}" for r in runs),

@@ -317,7 +317,7 @@ def render(cost: dict) -> str:
         calls = len(next(iter(cost["floor"]["ms"].values())))
         lines.append(
             f"\nThe floor under that added latency (bench/transport_floor.py, same run, median of {calls} calls): "
-            f"the server's own HTTP and gRPC stacks (FastAPI on uvicorn with the server's protocol and socket "
+            f"the server's own HTTP and gRPC stacks (an ASGI route on uvicorn with the server's protocol and socket "
             f"settings; grpc.aio) answering with no parse, model or batcher, timed with the same clients: "
             f"\"constant\" sends one answer's payload encoded once (the transports alone); \"encoded\" encodes "
             f"the answer's results on every call, and our clients decode it (the transports and the codec, in "

@@ -288,7 +288,7 @@ def reading(records: list[dict], anchor: dict, device: str) -> str:
         return "\n".join(out) + "\n"
     out.append(
         "\nWhere the model's own call takes milliseconds (tiny), the service's own costs dominate and the ratio "
-        "goal is far from met. Per request: the HTTP stack (h11, the ASGI middleware, routing, parsing) or gRPC's, "
+        "goal is far from met. Per request: the HTTP stack (httptools, the ASGI middleware, parsing) or gRPC's, "
         "the hop to the model's worker thread and back (and to an encoding thread and back when other requests "
         "are in flight or the response holds over 8192 top-k entries), and the binary encoder's fixed cost per "
         "call. Per returned entry: the binary "

@@ -3,9 +3,10 @@ codec, without the service.
 
     python bench/transport_floor.py [--reps R]
 
-`serve` (a child process) runs what the teacher server runs around its service, and nothing else: a
-FastAPI app on uvicorn with the server's own settings (its guarded HTTP/1.1 protocol, a TCP_NODELAY
-listening socket, no access log) and a grpc.aio server. They hold one answer's results, computed before
+`serve` (a child process) runs what the teacher server runs around its service, and nothing else: an
+ASGI app on uvicorn with the server's own settings (its guarded HTTP/1.1 protocol, a TCP_NODELAY
+listening socket, no access log; a plain ASGI route, as the service serves POST /v1/logits past FastAPI's
+router) and a grpc.aio server. They hold one answer's results, computed before
 (a `.npz` of SequenceLogits arrays), and answer every call after reading it, without parsing it, a
 model or a batcher, in two ways:
 - "constant": the same payload bytes, encoded once at start (POST /v1/constant; GetLogits with model
@@ -39,7 +40,6 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from fastapi import Request  # at module level: FastAPI resolves the handler's annotation in these globals
 
 from bench.common import ROOT, summarize
 
@@ -63,7 +63,7 @@ def serve(results_path: Path) -> None:
     """The floor server (blocks): prints "ports HTTP GRPC" once both listen."""
     import grpc
     import uvicorn
-    from fastapi import FastAPI
+    from starlette.requests import Request
     from starlette.responses import Response
 
     from dualdistill.protocol import wire
@@ -76,17 +76,11 @@ def serve(results_path: Path) -> None:
     results = load_results(results_path)
     constant = wire.encode(results)
     config = ServerConfig()
-    app = FastAPI()
 
-    @app.post("/v1/constant")
-    async def constant_answer(request: Request) -> Response:
-        await request.body()
-        return Response(constant, media_type=BINARY_CONTENT_TYPE)
-
-    @app.post("/v1/logits")
-    async def encoded_answer(request: Request) -> Response:
-        await request.body()
-        return Response(wire.encode(results), media_type=BINARY_CONTENT_TYPE)
+    async def app(scope, receive, send) -> None:  # POST /v1/constant or /v1/logits (uvicorn: HTTP only)
+        await Request(scope, receive).body()
+        payload = constant if scope["path"] == "/v1/constant" else wire.encode(results)
+        await Response(payload, media_type=BINARY_CONTENT_TYPE)(scope, receive, send)
 
     class Teacher(teacher_pb2_grpc.TeacherServicer):
         async def GetLogits(self, request, context):  # noqa: N802 - the proto's name
