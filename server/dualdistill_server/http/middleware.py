@@ -16,10 +16,9 @@ including those of the exception handlers. Order of work per request:
 6. `direct_routes` (POST /v1/logits): the route's endpoint is called from here, past FastAPI's router and
    its exception, exit-stack and error middlewares, which cost about 0.1 ms of the event loop's CPU per
    one-sequence call (`bench/service_ab.py --thread-rounds 16` against a checkout without it: -0.11 ms,
-   the median of paired rounds). The
-   endpoint is the same function FastAPI registers (it still documents the route and answers its other
-   methods), and its errors are answered below as FastAPI's handler answers them: a ServiceError with
-   `error_response`, anything else with a logged 500.
+   the median of paired rounds). The endpoint is the same function FastAPI registers (FastAPI still
+   documents the route and answers its other methods), and its errors are answered below as FastAPI's
+   handler answers them: a ServiceError with `error_response`, anything else with a logged 500.
 """
 
 from __future__ import annotations
