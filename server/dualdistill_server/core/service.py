@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -287,6 +288,9 @@ async def _within(timeout: float | None, awaitable):
         awaitable.close()
         raise DeadlineExceeded("the request's deadline had passed when it arrived")
     try:
+        if sys.version_info >= (3, 11):  # the work runs in this task: wait_for would wrap it in a new one
+            async with asyncio.timeout(timeout):
+                return await awaitable
         return await asyncio.wait_for(awaitable, timeout)
     except asyncio.TimeoutError:
         raise DeadlineExceeded(f"no result within the deadline ({timeout:.3g} s)") from None
