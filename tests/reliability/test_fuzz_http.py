@@ -38,7 +38,8 @@ def _operations(server) -> dict:
 
 
 def _check_response(label: str, body, response: requests.Response) -> None:
-    context = f"{label} {str(body)[:300]!r} -> {response.status_code} {response.text[:300]!r}"
+    # the answer as bytes: a binary 200 (format "binary") is not text
+    context = f"{label} {str(body)[:300]!r} -> {response.status_code} {response.content[:300]!r}"
     # 504 is the contract's answer to a deadline the request itself set (deadline_seconds: 5e-324).
     deadline = isinstance(body, dict) and body.get("deadline_seconds") is not None
     assert response.status_code < 500 or (response.status_code == 504 and deadline), context
