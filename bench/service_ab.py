@@ -200,11 +200,9 @@ def thread_cpu(servers: dict[str, tuple[str, str, int]], rounds: int, calls: int
     own threads (scheduler time) over `calls` one-sequence calls of this process's client per round, the
     sides alternating within each round, so `paired` differences (after - before, round by round) cancel
     the machine's slower and faster moments."""
+    from bench.service_cost import main_thread_cpu_seconds as loop_cpu
     from bench.service_cost import threads_cpu_seconds
     from dualdistill import TeacherClient
-
-    def loop_cpu(pid: int) -> float:  # the event loop runs on the main thread, whose id is the process id
-        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
 
     clients = {(side, transport): TeacherClient(http if transport == "http" else grpc_target, transport=transport,
                                                 format="binary", timeout=60)

@@ -54,6 +54,12 @@ def threads_cpu_seconds(pid: int, prefix: str | None = None) -> float:
     return total / 1e9
 
 
+def main_thread_cpu_seconds(pid: int) -> float:
+    """CPU time of `pid`'s main thread (the server's event loop; its thread id is the process id), from
+    the same scheduler account as `threads_cpu_seconds`."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
 def cpu_per_position(
     pid: int,
     anchor: Callable,
@@ -152,8 +158,7 @@ def added_latency(
     def server_threads() -> tuple[float, float, float]:
         if pid is None:
             return 0.0, 0.0, 0.0
-        loop = int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
-        return loop, threads_cpu_seconds(pid, "model-"), threads_cpu_seconds(pid)
+        return main_thread_cpu_seconds(pid), threads_cpu_seconds(pid, "model-"), threads_cpu_seconds(pid)
 
     for rep in range(reps + 1):
         for variant in ["in-process", *calls]:

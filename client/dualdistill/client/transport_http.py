@@ -32,28 +32,25 @@ def _headers(api_key: str | None) -> dict[str, str]:
 
 
 class _Requests:
-    """Builds each attempt's `httpx.Request` from parts made once: the headers, each path's parsed URL and
-    each timeout's settings (httpx parses and merges them again on every `client.request`)."""
+    """Builds each attempt's `httpx.Request` from parts made once: the headers and each path's parsed URL
+    (httpx parses and merges them again on every `client.request`; the paths are the API's few routes)."""
 
     def __init__(self, client: httpx.Client | httpx.AsyncClient) -> None:
         self._base = str(client.base_url).rstrip("/")
         self._headers = dict(client.headers)
         self._urls: dict[str, httpx.URL] = {}
-        self._timeouts: dict[float, dict[str, Any]] = {}
 
     def build(self, op: Operation[Any], timeout: float) -> httpx.Request:
         url = self._urls.get(op.http_path)
         if url is None:
             url = self._urls[op.http_path] = httpx.URL(self._base + op.http_path)
-        timeouts = self._timeouts.get(timeout)
-        if timeouts is None:
-            timeouts = self._timeouts[timeout] = httpx.Timeout(timeout).as_dict()
         headers = {**self._headers, "x-request-id": op.request_id}
         content = None
         if op.body is not None:
             content = json.dumps(op.body, separators=(",", ":")).encode()
             headers["content-type"] = "application/json"
-        return httpx.Request(op.http_method, url, headers=headers, content=content, extensions={"timeout": timeouts})
+        extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        return httpx.Request(op.http_method, url, headers=headers, content=content, extensions=extensions)
 
 
 def _result(op: Operation[T], response: httpx.Response) -> T:
