@@ -47,6 +47,13 @@ class ServerConfig(BaseSettings):
         description="How long an idle batcher waits to fill a batch (0: a request starts at once; requests "
         "that arrive during a forward form the next batch).",
     )
+    inline_forward_ms: float = Field(
+        5.0, ge=0, le=1000,
+        description="A forward expected to take at most this long (learned from earlier forwards of as many "
+        "tokens) runs on the event loop's thread when no other request is in flight: an idle server's short "
+        "call skips the hand-off to the model's worker thread and back. Requests arriving meanwhile wait up "
+        "to this long to be read. 0: every forward on the worker thread. hf engine only.",
+    )
     max_queue_tokens: int = Field(
         262_144, ge=1, description="Tokens queued per model before requests get 429 / RESOURCE_EXHAUSTED."
     )

@@ -9,6 +9,8 @@ Names are part of the operations contract (dashboards and alerts use them):
 - dualdistill_forward_tokens_total{model}        real (unpadded) tokens through the model
 - dualdistill_batch_tokens{model}                padded tokens per forward (batch size x longest sequence)
 - dualdistill_batch_sequences{model}             sequences per forward
+- dualdistill_inline_forwards_total{model}       forwards run on the event loop's thread (an idle server's
+                                                  short ones, core/batcher.py), of all counted in forward_seconds
 - dualdistill_queue_tokens{model}                tokens waiting for a forward now
 - dualdistill_deduplicated_sequences_total{model} sequences served by joining an identical one in flight
 - dualdistill_cache_hits_total{model}            sequences answered by the result cache
@@ -62,6 +64,10 @@ class Metrics:
         )
         self.queue_tokens = Gauge(
             "dualdistill_queue_tokens", "Tokens waiting for a forward.", ("model",), registry=r
+        )
+        self.inline_forwards = Counter(
+            "dualdistill_inline_forwards_total",
+            "Forwards run on the event loop's thread (an idle server's short ones).", ("model",), registry=r,
         )
         self.deduplicated = Counter(
             "dualdistill_deduplicated_sequences_total",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -238,6 +239,102 @@ def test_generation_runs_on_the_forward_worker_thread(tiny_model) -> None:
         return name
 
     assert {_run(main())} == spy.threads
+
+
+class PacedModel(SpyModel):
+    """A SpyModel whose forwards take at least `delay` seconds more (set from the test between calls)."""
+
+    delay = 0.0
+
+    def compute_logits(self, tasks):
+        time.sleep(self.delay)
+        return super().compute_logits(tasks)
+
+
+def _inline_batcher(model, metrics: Metrics, quiet=lambda: True) -> Batcher:
+    return _batcher(model, max_wait_s=0.0, metrics=metrics, inline_forward_s=1.0, quiet=quiet)
+
+
+def test_an_idle_servers_short_forwards_run_on_the_loops_thread_after_one_on_the_worker(tiny_model) -> None:
+    spy, metrics = SpyModel(tiny_model), Metrics()
+    tasks = [_task(12, seed=s) for s in range(3)]
+
+    async def main():
+        batcher = _inline_batcher(spy, metrics)
+        threads, results = [], []
+        for task in tasks:
+            spy.threads.clear()
+            results.append((await batcher.compute([_item(task)]))[0])
+            threads.append(spy.threads.pop())
+        await batcher.close()
+        return threads, results
+
+    threads, results = _run(main())
+    # nothing is known of the model's speed before its first forward: that one runs on the worker
+    assert threads[0].startswith("model-tiny") and threads[1:] == [threading.main_thread().name] * 2, threads
+    assert metrics.inline_forwards.labels(model="tiny")._value.get() == 2
+    for task, result in zip(tasks, results, strict=True):
+        assert_same_result(result, tiny_model.compute_logits([task])[0])
+
+
+def test_forwards_go_to_the_worker_when_the_server_is_busy_longer_or_slow(tiny_model) -> None:
+    paced, busy = PacedModel(tiny_model), [False]
+
+    async def main():
+        batcher = _batcher(paced, max_wait_s=0.0, inline_forward_s=0.2, quiet=lambda: not busy[0])
+        where = []
+
+        async def call(length: int) -> None:
+            paced.threads.clear()
+            await batcher.compute([_item(_task(length, seed=len(where)))])
+            where.append("loop" if paced.threads.pop() == threading.main_thread().name else "worker")
+
+        await call(12)  # learns: 12 tokens fit
+        await call(12)
+        busy[0] = True  # another request in flight: the loop stays free for it
+        await call(12)
+        busy[0] = False
+        await call(13)  # longer than any forward seen within the bound
+        await call(13)  # ...until one was
+        paced.delay = 0.3  # over the bound: 13 tokens and more go back to the worker
+        await call(13)
+        paced.delay = 0.0
+        await call(12)  # 12 still fit
+        await call(13)  # measured fast again on the worker
+        await call(13)
+        await batcher.close()
+        return where
+
+    assert _run(main()) == ["worker", "loop", "worker", "worker", "loop", "loop", "loop", "worker", "loop"]
+
+
+def test_no_forward_runs_on_the_loop_while_the_worker_holds_the_model(tiny_model) -> None:
+    # A call on the worker (generation) whose caller left still holds the model until it ends: a forward
+    # on the loop meanwhile would race with it on the model.
+    spy = SpyModel(tiny_model)
+    release, order = threading.Event(), []
+
+    def generation() -> None:
+        release.wait(timeout=30)
+        order.append("generation")
+
+    async def main():
+        batcher = _inline_batcher(spy, Metrics())
+        await batcher.compute([_item(_task(12))])  # learns that 12 tokens fit
+        waiting = asyncio.ensure_future(batcher.run_on_worker(generation))
+        await asyncio.sleep(0.05)
+        waiting.cancel()  # the caller leaves; the call goes on
+        spy.threads.clear()
+        forward = asyncio.ensure_future(batcher.compute([_item(_task(12, seed=1))]))
+        await asyncio.sleep(0.05)
+        assert not forward.done() and order == [], "the forward did not wait for the worker's call"
+        release.set()
+        await forward
+        order.append("forward")
+        await batcher.close()
+
+    _run(main())
+    assert order == ["generation", "forward"] and spy.threads == {"model-tiny_0"}, (order, spy.threads)
 
 
 # ---- the service core ----------------------------------------------------------------------------------

@@ -33,7 +33,16 @@ by request parameters, whose cancelled requests still ran, and whose one bad req
 - If a batched forward raises, each of its sequences is retried alone, so the exception reaches only
   the requests whose sequence fails by itself.
 - The model runs on ONE worker thread per model; `run_on_worker` (generation) uses the same thread, so
-  generation and forwards never race on the model, and the event loop never blocks on torch.
+  generation and forwards never race on the model, and the event loop does not block on torch while
+  anything else needs it.
+- Except when nothing else does: a forward runs on the event loop's own thread when the server has no
+  other request in flight, nothing else is pending, the worker thread is idle, and forwards of at least
+  as many padded tokens finished within `inline_forward_s` (learned from the forwards so far: none
+  before the first has run on the worker). The hand-off to the worker and back wakes two idle threads;
+  on 2 CPU cores that was 0.3-0.7 ms of a one-sequence call (bench/service_ab.py). The loop does
+  nothing else during such a forward, so a request arriving then waits up to `inline_forward_s` to be
+  read, about as long as it would wait for the model anyway. The vLLM engine computes on its own threads:
+  its forwards always go through the worker (service.py passes 0).
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -102,7 +111,11 @@ class Batcher:
         max_queue_tokens: int,
         metrics: Metrics,
         on_result: Callable[[bytes, SequenceLogits], None] | None = None,
+        inline_forward_s: float = 0.0,
+        quiet: Callable[[], bool] | None = None,
     ) -> None:
+        """`inline_forward_s`: the longest forward that may run on the event loop's thread (0: none, see the
+        module docstring); `quiet()`: whether the server has no request in flight besides the caller's."""
         self.name = name
         self._model = model
         self._max_batch_tokens = max_batch_tokens
@@ -110,6 +123,13 @@ class Batcher:
         self._max_queue_tokens = max_queue_tokens
         self._metrics = metrics
         self._on_result = on_result
+        self._inline_forward_s = inline_forward_s
+        self._quiet = quiet
+        # Padded tokens up to which a forward is expected within inline_forward_s: the largest that did,
+        # lowered below any that did not (a slower forward of as many tokens, e.g. a cold cache or a
+        # collection, sends forwards of that size back to the worker until one is fast again there).
+        self._inline_tokens = 0
+        self._worker_jobs: deque[Future] = deque()  # submitted to the worker, in order; the oldest may run
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}",
                                             initializer=name_os_thread, initargs=(f"model-{name}",))
         self._pending: dict[bytes, _Entry] = {}  # not started, insertion (= arrival) order
@@ -146,7 +166,7 @@ class Batcher:
         """Run `fn` on the model's worker thread, in turn with the batched forwards."""
         if self._closed:
             raise Unavailable(f"model {self.name!r} is shutting down")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        return await self._on_worker(partial(fn, *args, **kwargs))
 
     async def close(self) -> None:
         """Fail what is still queued, stop the scheduler, release the worker thread."""
@@ -317,10 +337,35 @@ class Batcher:
                 served += sum(entry.tokens for entry in request)
                 heapq.heappush(turns, (served, queues[tenant][0][0].ticket, tenant))
 
+    def _worker_idle(self) -> bool:
+        """No call submitted to the worker is running or waiting. A call whose caller left stays counted
+        until it ends (or is cancelled before it starts), since only then is the model free."""
+        while self._worker_jobs and self._worker_jobs[0].done():  # one thread: they end in order
+            self._worker_jobs.popleft()
+        return not self._worker_jobs
+
+    async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        job = self._executor.submit(fn, *args)
+        self._worker_jobs.append(job)
+        return await asyncio.wrap_future(job)
+
+    def _runs_inline(self, batch: list[_Entry]) -> bool:
+        """Whether `batch`'s forward runs on the event loop's thread (module docstring)."""
+        return (
+            self._inline_forward_s > 0
+            and not self._pending
+            and _padded_tokens(batch) <= self._inline_tokens
+            and self._worker_idle()
+            and (self._quiet is None or self._quiet())
+        )
+
     async def _execute(self, batch: list[_Entry]) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._executor, self._forward, batch)
+            if self._runs_inline(batch):
+                results = self._forward(batch)
+                self._metrics.inline_forwards.labels(model=self.name).inc()
+            else:
+                results = await self._on_worker(self._forward, batch)
         except Exception as exc:
             if len(batch) == 1:
                 self._resolve(batch[0], error=exc)
@@ -329,7 +374,7 @@ class Batcher:
                         len(batch), self.name, exc)
             for entry in batch:
                 try:
-                    (result,) = await loop.run_in_executor(self._executor, self._forward, [entry])
+                    (result,) = await self._on_worker(self._forward, [entry])
                 except Exception as single_exc:
                     self._resolve(entry, error=single_exc)
                 else:
@@ -339,13 +384,20 @@ class Batcher:
             self._resolve(entry, result=result)
 
     def _forward(self, batch: list[_Entry]) -> list[SequenceLogits]:
-        """On the worker thread: one padded forward, with its metrics and its entries' forward times."""
+        """One padded forward (on the worker thread, or the loop's: `_runs_inline`), with its metrics, its
+        entries' forward times and what it says of the forwards that may run inline."""
         tasks = [entry.task for entry in batch]
         lengths = [len(task.token_ids) for task in tasks]
         begin = time.perf_counter()
         results = self._model.compute_logits(tasks)
         end = time.perf_counter()
         seconds = end - begin
+        if self._inline_forward_s > 0:
+            padded = len(tasks) * max(lengths)
+            if seconds <= self._inline_forward_s:
+                self._inline_tokens = max(self._inline_tokens, padded)
+            else:
+                self._inline_tokens = min(self._inline_tokens, padded - 1)
         for entry in batch:
             entry.forward_began, entry.forward_ended = begin, end
         if len(results) != len(tasks):
@@ -372,6 +424,10 @@ class Batcher:
             except Exception:  # a failing cache must not fail the request
                 log.exception("storing a result of model %s failed", self.name)
         entry.future.set_result(result)
+
+
+def _padded_tokens(batch: list[_Entry]) -> int:
+    return len(batch) * max(entry.tokens for entry in batch)
 
 
 def _record_timings(entries: list[_Entry], admitted: float) -> None:
