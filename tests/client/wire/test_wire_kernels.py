@@ -246,3 +246,14 @@ def test_an_unsure_level_is_reported_and_left_to_numpy():
     entries.approx_root[1] = 13 / 64
     compiled, plain = _both(lambda: tuple(a.copy() for a in entries.level_totals(levels)))
     assert all(np.array_equal(a, b) for a, b in zip(compiled, plain, strict=True))
+
+
+@given(st.lists(st.integers(0, 1 << 20), min_size=1, max_size=300), st.sampled_from([1, 2, 7, 494, 4097, 16384, 70000]))
+@SETTINGS
+def test_the_decoders_level_table_gives_dequantize_bit_for_bit(numbers, levels):
+    """`dequantized` (a cached table per M, or the plain call above the cached sizes) equals `dequantize`
+    on every level, whatever the array's length and order (numpy's vectorised log on the table's run
+    against the same log on the decoded levels)."""
+    level = np.array(numbers, dtype=np.int64) % levels
+    assert quantize.dequantized(level, levels).tobytes() == quantize.dequantize(level, levels).tobytes()
+    assert quantize.dequantized(level[::-1], levels).tobytes() == quantize.dequantize(level[::-1], levels).tobytes()

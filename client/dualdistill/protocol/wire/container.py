@@ -16,6 +16,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import accumulate
 
 import numpy as np
 import zstandard
@@ -104,6 +105,14 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
     return out + _CRC.pack(zlib.crc32(out))
 
 
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor (one per payload cost about as much as decompressing a small one's streams)."""
+    dctx = getattr(_local, "decompressor", None)
+    if dctx is None:
+        dctx = _local.decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    return dctx
+
+
 def _compressor() -> zstandard.ZstdCompressor:
     """This thread's compressor (a ZstdCompressor is not thread-safe; making one per payload costs more
     than compressing the small streams)."""
@@ -120,8 +129,8 @@ class Streams:
 
     def __init__(self, body: memoryview, directory: list[tuple[int, int, int]]):
         self._body, self._directory = body, directory
-        self._offsets = np.cumsum([0] + [stored for _, _, stored in directory]).tolist()
-        self._dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        self._offsets = list(accumulate((stored for _, _, stored in directory), initial=0))
+        self._dctx = _decompressor()
 
     def get(self, index: int, expected_len: int) -> bytes:
         raw_len = self._directory[index][1]
@@ -214,7 +223,7 @@ def unpack(payload: bytes, *, max_entries: int) -> tuple[Header, Streams]:
         raise WireFormatError(f"dictionary size {n_dict} inconsistent with {n_entries} entries")
     if (variant == LOSSY) != (quant > 0) or quant > MAX_LEVELS:
         raise WireFormatError(f"quantizer parameter {quant} invalid for variant {variant}")
-    directory = [_ENTRY.unpack_from(view, _HEADER.size + i * _ENTRY.size) for i in range(n_streams)]
+    directory = list(_ENTRY.iter_unpack(view[_HEADER.size : _HEADER.size + n_streams * _ENTRY.size]))
     body = view[_HEADER.size + n_streams * _ENTRY.size : len(view) - _CRC.size]
     if sum(stored for _, _, stored in directory) != len(body):
         raise WireFormatError("stream directory does not match the payload length")

@@ -53,6 +53,21 @@ def dequantize(level: np.ndarray, levels: int) -> np.ndarray:
     return (2.0 * (np.log(level.astype(np.float64) + 0.5) - math.log(levels))).astype(np.float32)
 
 
+def dequantized(level: np.ndarray, levels: int) -> np.ndarray:
+    """`dequantize(level, levels)` read from a table of every level's value, cached for the M of ordinary
+    payloads (one logarithm per level of M instead of one per tie group of a payload)."""
+    if levels > _CACHED_LEVELS:
+        return dequantize(level, levels)
+    return _dequantize_table(levels)[level]
+
+
+@functools.lru_cache(maxsize=64)
+def _dequantize_table(levels: int) -> np.ndarray:
+    table = dequantize(np.arange(levels), levels)
+    table.flags.writeable = False
+    return table
+
+
 class _Entries:
     """The exact logprobs of a payload as the KL search needs them, each computed once: p = exp(log_p)
     and approx_root = sqrt(p) (float64, (N,)); approx_root equals `quantize`'s exp(log_p / 2) to within a
