@@ -23,6 +23,7 @@ SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-samples", "max_samples", int, "largest `samples` in sample mode (default 1024)"),
     ("--max-batch-tokens", "max_batch_tokens", int, "padded tokens per forward pass (default 8192)"),
     ("--max-wait-ms", "max_wait_ms", float, "batcher fill window in ms while the model is idle (default 0)"),
+    ("--inline-forward-ms", "inline_forward_ms", float, "longest forward an idle server runs on its event loop's thread (default 5; 0 = never)"),
     ("--max-queue-tokens", "max_queue_tokens", int, "queued tokens per model before 429 (default 262144)"),
     ("--max-body-bytes", "max_body_bytes", int, "largest HTTP body; 413 above (default 32 MiB)"),
     ("--max-message-bytes", "max_message_bytes", int, "largest gRPC message sent (default 256 MiB)"),
