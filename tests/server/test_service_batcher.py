@@ -385,3 +385,26 @@ def test_service_limits_deadline_and_drain(tiny_model) -> None:
         await service.close()
 
     _run(main())
+
+
+def test_the_service_runs_an_idle_calls_forward_inline_unless_told_not_to_or_the_engine_computes_elsewhere(
+    tiny_model,
+) -> None:
+    class EngineElsewhere(SpyModel):
+        concurrent_generate = True  # as the vllm engine: its own threads compute
+
+    def forward_threads(model: SpyModel, config: ServerConfig) -> set[str]:
+        async def main():
+            service = TeacherService({"tiny": model}, config)
+            for n in (8, 9, 10):  # one call at a time: the server is idle for each
+                await service.logits(_request(sequences=[{"token_ids": [5, 6, 7, n], "start": 1}]))
+            await service.close()
+
+        _run(main())
+        return model.threads
+
+    loop_thread = threading.main_thread().name  # asyncio.run's loop runs on the calling thread
+    generous = ServerConfig(inline_forward_ms=1000)  # any forward of the tiny model, however busy the machine
+    assert loop_thread in forward_threads(SpyModel(tiny_model), generous)
+    assert loop_thread not in forward_threads(SpyModel(tiny_model), ServerConfig(inline_forward_ms=0))
+    assert loop_thread not in forward_threads(EngineElsewhere(tiny_model), generous)
