@@ -297,7 +297,8 @@ def render(cost: dict) -> str:
                 "its forward + top-k) and the server's threads' (scheduler time): the event loop (HTTP or gRPC "
                 "stack, validation, encoding), the model's worker (the forward and its post-processing) and all "
                 "of them. The calls run one at a time, so wall time is about the sum of the caller's and the "
-                "server's CPU.\n"
+                "server's CPU. An idle server runs a short forward on its event loop's thread (`inline_forward_ms`, "
+                "core/batcher.py), so with the default settings the loop's column holds the forward too.\n"
             )
             lines.append(_table(["path", "wall", "caller CPU", "server event loop", "server model thread",
                                  "server, all threads"], latency_cpu_rows(latency)))  # fmt: skip
@@ -462,9 +463,9 @@ def reading(cost: dict) -> str:
         text += (
             f" A one-sequence HTTP call took {_median(r['wall']):.1f} ms against {anchor:.1f} ms for the anchor's "
             f"forward + top-k in-process: the server's forward stage {_median(r['forward']):.1f} ms (the forward "
-            f"and all the post-processing, on the model's thread), encoding {_median(r['encode']):.1f} ms, parse "
+            f"and all the post-processing; on the event loop's thread when the server is idle), encoding {_median(r['encode']):.1f} ms, parse "
             f"and queue {_median(r['parse']) + _median(r['queue']):.1f} ms, the rest of the server (transport "
-            f"stack, thread hops) {other:.1f} ms, and {outside:.1f} ms outside the server (the client's HTTP "
+            f"stack, metrics, logs) {other:.1f} ms, and {outside:.1f} ms outside the server (the client's HTTP "
             f"stack, the loopback network, the response's bytes)."
         )
     floors = latency_floors(cost)

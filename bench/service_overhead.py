@@ -289,8 +289,9 @@ def reading(records: list[dict], anchor: dict, device: str) -> str:
     out.append(
         "\nWhere the model's own call takes milliseconds (tiny), the service's own costs dominate and the ratio "
         "goal is far from met. Per request: the HTTP stack (httptools, the ASGI middleware, parsing) or gRPC's, "
-        "the hop to the model's worker thread and back (and to an encoding thread and back when other requests "
-        "are in flight or the response holds over 8192 top-k entries), and the binary encoder's fixed cost per "
+        "the hop to the model's worker thread and back when other requests are in flight (an idle server runs a "
+        "short forward on its event loop's thread), to an encoding thread and back when other requests are in "
+        "flight or the response holds over 8192 top-k entries, and the binary encoder's fixed cost per "
         "call. Per returned entry: the binary "
         "encoder (`wire.encode`: quantizer, id dictionary, integer streams, zstd), which now costs more than the "
         "post-processing and the JSON body (stage profile below). Where the forward takes hundreds of "
