@@ -1,17 +1,20 @@
-"""HTTP transport (httpx): one attempt of an `Operation` against the FastAPI side of the service.
+"""HTTP transport: one attempt of an `Operation` against the FastAPI side of the service.
 
 The sync and async classes differ only in the `send` call; building the request and reading the answer
-(or the failure) is shared. Connection pooling is httpx's: one client per TeacherClient, thread-safe.
+(or the failure) is shared. One connection pool per TeacherClient, thread-safe.
 
-Each attempt goes straight to the connection pool the client would pick for the server's URL (its proxy
-and TLS settings included), not through `Client.send`: that layer's work per call (auth flow, redirect
-loop, cookie extraction through `email.message`, URL merging) is for features this client never uses
-(it sends its key as a header, follows no redirect and keeps no cookies). A one-sequence logits call took
-1.80 ms of client CPU this way against 1.95 ms through `Client.send` (bench/service_ab.py, same run).
+The blocking transport sends over the standard library's http.client (plain_http.py) where the server's
+URL is plain http:// and no proxy applies: a one-sequence call spends more time in the client's HTTP stack
+than in the server's, and that path costs about half of httpx's (bench/client_http.py). Otherwise, and
+always for the asyncio transport, each attempt goes straight to the connection pool httpx would pick for
+the server's URL (its proxy and TLS settings included), not through `Client.send`: that layer's work per
+call (auth flow, redirect loop, cookie extraction through `email.message`, URL merging) is for features
+this client never uses (it sends its key as a header, follows no redirect and keeps no cookies).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 from typing import Any, TypeVar
 
@@ -19,6 +22,7 @@ import httpx
 
 from dualdistill.client import errors
 from dualdistill.client.operations import Operation
+from dualdistill.client.plain_http import PlainHttpConnections
 from dualdistill.protocol.formats import BINARY_CONTENT_TYPE
 
 T = TypeVar("T")
@@ -37,6 +41,7 @@ class _Requests:
 
     def __init__(self, client: httpx.Client | httpx.AsyncClient) -> None:
         self._base = str(client.base_url).rstrip("/")
+        self._path = client.base_url.raw_path.decode("ascii").rstrip("/")  # a prefix the server sits under
         self._headers = dict(client.headers)
         self._urls: dict[str, httpx.URL] = {}
 
@@ -44,24 +49,30 @@ class _Requests:
         url = self._urls.get(op.http_path)
         if url is None:
             url = self._urls[op.http_path] = httpx.URL(self._base + op.http_path)
+        _, headers, content = self.parts(op)
+        extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        return httpx.Request(op.http_method, url, headers=headers, content=content, extensions=extensions)
+
+    def parts(self, op: Operation[Any]) -> tuple[str, dict[str, str], bytes | None]:
+        """(request target: the base URL's path + the route's, headers, body) of one attempt."""
         headers = {**self._headers, "x-request-id": op.request_id}
         content = None
         if op.body is not None:
             content = json.dumps(op.body, separators=(",", ":")).encode()
             headers["content-type"] = "application/json"
-        extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
-        return httpx.Request(op.http_method, url, headers=headers, content=content, extensions=extensions)
+        return self._path + op.http_path, headers, content
 
 
-def _result(op: Operation[T], response: httpx.Response) -> T:
-    if response.status_code >= 400:
-        raise errors.from_http_response(response.status_code, response.headers, response.content)
-    content_type = response.headers.get("content-type", "")
+def _result(op: Operation[T], status: int, headers: Any, content: bytes) -> T:
+    """The answer's value, or its error; `headers`: any mapping with a case-insensitive `get`."""
+    if status >= 400:
+        raise errors.from_http_response(status, headers, content)
+    content_type = headers.get("content-type") or ""
     if content_type.startswith(BINARY_CONTENT_TYPE):
         if op.from_binary is None:
             raise errors.TeacherServiceError("INTERNAL", f"unexpected binary answer to {op.http_path}")
-        return op.from_binary(response.content)
-    return op.from_json(json.loads(response.content))
+        return op.from_binary(content)
+    return op.from_json(json.loads(content))
 
 
 def _failure(base_url: str, timeout: float, exc: httpx.TransportError) -> errors.TeacherServiceError:
@@ -70,16 +81,30 @@ def _failure(base_url: str, timeout: float, exc: httpx.TransportError) -> errors
     return errors.unreachable(base_url, exc)
 
 
+def _plain_connections(client: httpx.Client, pool: httpx.BaseTransport) -> PlainHttpConnections | None:
+    """Standard-library connections to the client's server where they can stand in for httpx's: plain
+    http:// and no proxy for it (httpx's own transport is the one it picked), else None."""
+    url = client.base_url
+    if url.scheme != "http" or pool is not client._transport:
+        return None
+    return PlainHttpConnections(url.host, url.port or 80)
+
+
 class HttpTransport:
     """Synchronous HTTP transport; `base_url` is "http(s)://host:port"."""
 
-    def __init__(self, base_url: str, api_key: str | None) -> None:
+    def __init__(self, base_url: str, api_key: str | None, *, standard_library: bool = True) -> None:
+        """`standard_library`: send through `plain_http` where it applies (plain http://, no proxy);
+        False: always through httpx."""
         self.base_url = base_url
         self._client = httpx.Client(base_url=base_url, headers=_headers(api_key))
         self._requests = _Requests(self._client)
         self._pool = self._client._transport_for_url(self._client.base_url)  # the proxy's, if one applies
+        self._plain = _plain_connections(self._client, self._pool) if standard_library else None
 
     def send(self, op: Operation[T], timeout: float) -> T:
+        if self._plain is not None:
+            return self._send_plain(op, timeout)
         try:
             response = self._pool.handle_request(self._requests.build(op, timeout))
             try:
@@ -88,9 +113,22 @@ class HttpTransport:
                 response.close()
         except httpx.TransportError as exc:
             raise _failure(self.base_url, timeout, exc) from exc
-        return _result(op, response)
+        return _result(op, response.status_code, response.headers, response.content)
+
+    def _send_plain(self, op: Operation[T], timeout: float) -> T:
+        target, headers, body = self._requests.parts(op)
+        assert self._plain is not None
+        try:
+            status, response_headers, content = self._plain.request(op.http_method, target, headers, body, timeout)
+        except TimeoutError as exc:
+            raise errors.timed_out(self.base_url, timeout, exc) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise errors.unreachable(self.base_url, exc) from exc
+        return _result(op, status, response_headers, content)
 
     def close(self) -> None:
+        if self._plain is not None:
+            self._plain.close()
         self._client.close()
 
 
@@ -112,7 +150,7 @@ class AsyncHttpTransport:
                 await response.aclose()
         except httpx.TransportError as exc:
             raise _failure(self.base_url, timeout, exc) from exc
-        return _result(op, response)
+        return _result(op, response.status_code, response.headers, response.content)
 
     async def close(self) -> None:
         await self._client.aclose()
