@@ -11,7 +11,7 @@ and whatever the service adds decides the throughput a GPU forward would allow:
 - added_latency: one-sequence calls, wall time of a path minus the anchor's, medians over repeats:
   our TeacherClient over HTTP (one kept-alive connection) and over gRPC, and curl sending every request
   of one invocation on one kept-alive connection (its first request, which opens the connection, left out).
-- latency_breakdown: the same one-sequence call sent raw (httpx over HTTP, a gRPC stub), with the server's
+- latency_breakdown: the same one-sequence call sent raw (our client's HTTP stack, a gRPC stub), with the server's
   own account of it (its `server-timing`: parse, queue, forward, encode, total): what the wall time spends
   inside the server's stages, in the server outside them, and outside the server (both network stacks
   and the client).
@@ -188,24 +188,30 @@ BREAKDOWN_STAGES = ("parse", "queue", "forward", "encode")
 def latency_breakdown(http_url: str, grpc_target: str, model: str, vocab: int, *, seq_len: int, start: int,
                       top_k: int, reps: int) -> dict:  # fmt: skip
     """{path: {"wall": [...], "server": [...], stage: [...]}} in ms per call, for one-sequence binary calls
-    sent raw over HTTP (httpx, one kept-alive connection) and gRPC, from their `server-timing`."""
+    sent raw over HTTP (the blocking client's http.client connections, one kept alive) and gRPC, from their
+    `server-timing`."""
     import grpc
     import httpx
 
+    from dualdistill.client.plain_http import PlainHttpConnections
     from dualdistill.protocol.v1 import teacher_pb2 as pb
     from dualdistill.protocol.v1 import teacher_pb2_grpc
 
     rng = np.random.default_rng(4)
     out: dict[str, dict[str, list[float]]] = {}
-    with httpx.Client(base_url=http_url, timeout=60) as http, grpc.insecure_channel(grpc_target) as channel:
+    url = httpx.URL(http_url)
+    http = PlainHttpConnections(url.host, url.port)
+    with grpc.insecure_channel(grpc_target) as channel:
         stub = teacher_pb2_grpc.TeacherStub(channel)
 
         def http_call(ids: list[int]) -> str:
             body = {"model": model, "sequences": [{"token_ids": ids, "start": start}], "top_k": top_k,
                     "format": "binary"}  # fmt: skip
-            response = http.post("/v1/logits", json=body)
-            response.raise_for_status()
-            return response.headers["server-timing"]
+            status, headers, _ = http.request("POST", "/v1/logits", {"content-type": "application/json"},
+                                              json.dumps(body).encode(), 60.0)  # fmt: skip
+            if status != 200:
+                raise RuntimeError(f"the server answered {status}")
+            return headers["server-timing"]
 
         def grpc_call(ids: list[int]) -> str:
             request = pb.LogitsRequest(model=model, sequences=[pb.Sequence(token_ids=ids, start=start)],
@@ -228,6 +234,7 @@ def latency_breakdown(http_url: str, grpc_target: str, model: str, vocab: int, *
                 record["server"].append(stages["total"])
                 for stage in BREAKDOWN_STAGES:
                     record[stage].append(stages.get(stage, 0.0))
+    http.close()
     return out
 
 
@@ -305,7 +312,7 @@ def render(cost: dict) -> str:
     breakdown = cost.get("breakdown")
     if breakdown:
         lines.append(
-            f"\nWhere a one-sequence call's time goes (the same call sent raw: httpx on one kept-alive connection, "
+            f"\nWhere a one-sequence call's time goes (the same call sent raw: our client's http.client connection, "
             f"a gRPC stub), from the server's `server-timing` of each call, ms, median of "
             f"{len(next(iter(breakdown.values()))['wall'])} calls: the stages; \"server, other\" = the server's "
             f"total (first byte in to the response's start) minus its stages (HTTP or gRPC stack, routing, the "
@@ -379,7 +386,7 @@ def breakdown_row(path: str, record: dict, *derived: list[float]) -> list[str]:
 
 
 # Each latency path's floor: the client that bench/transport_floor.py `measure` timed for it.
-FLOOR_OF = {"client-http": "httpx", "client-grpc": "grpc", "curl-http": "curl"}
+FLOOR_OF = {"client-http": "http", "client-grpc": "grpc", "curl-http": "curl"}
 
 
 def latency_floors(cost: dict) -> dict[str, tuple[float, float]]:
@@ -474,7 +481,7 @@ def reading(cost: dict) -> str:
         added = latency["client-http"]["added_ms"]
         text += (
             f" Against the {LATENCY_GOAL_MS:g} ms goal: with no service at all, the server's own transports and "
-            f"codec already take {coded:.1f} ms of a one-sequence call through httpx ({alone:.1f} ms the "
+            f"codec already take {coded:.1f} ms of a one-sequence call through our client ({alone:.1f} ms the "
             f"transports, {coded - alone:.1f} ms encoding and decoding the answer in place: the codec's fixed "
             f"cost per call, the quantizer's KL search, zstd on each of 20 streams, header and CRC, which a "
             f"one-sequence answer does not amortize), so the goal leaves the service {LATENCY_GOAL_MS - coded:+.1f} ms for its own work, "

@@ -16,7 +16,8 @@ model or a batcher, in two ways:
   (`wire.decode`): the transports and the codec, in place (a codec call right after the network's is
   slower than the same call repeated alone).
 
-`measure` times both with the clients the service bench times: httpx on one kept-alive connection, a
+`measure` times both with the clients the service bench times: our blocking client's HTTP connections
+(client/plain_http.py, one kept alive), a
 gRPC stub on one channel, and curl sending every request of one invocation on one connection
 (bench/service_cost.py; curl does not decode). No service on these transports and this codec answers
 faster than "encoded"; service_overhead.py reads the service's added latency against it: what is left is
@@ -110,7 +111,7 @@ def serve(results_path: Path) -> None:
 
 
 def measure(results: list, body: dict, reps: int) -> dict[str, list[float]]:
-    """{"CLIENT KIND": [ms per call]} (CLIENT httpx, grpc or curl; KIND constant or encoded) against a floor
+    """{"CLIENT KIND": [ms per call]} (CLIENT http, grpc or curl; KIND constant or encoded) against a floor
     server holding `results`; `body` is the JSON request the clients send (the service's own for this answer)."""
     from bench.service_cost import curl_seconds
 
@@ -136,10 +137,11 @@ def measure(results: list, body: dict, reps: int) -> dict[str, list[float]]:
 
 
 def _time_clients(url: str, target: str, body: dict, reps: int) -> dict[str, list[float]]:
-    """httpx and gRPC calls of both kinds, interleaved; the encoded answers decoded as our client does."""
+    """HTTP and gRPC calls of both kinds, interleaved; the encoded answers decoded as our client does."""
     import grpc
     import httpx
 
+    from dualdistill.client.plain_http import PlainHttpConnections
     from dualdistill.protocol import wire
     from dualdistill.protocol.v1 import teacher_pb2, teacher_pb2_grpc
 
@@ -148,17 +150,21 @@ def _time_clients(url: str, target: str, body: dict, reps: int) -> dict[str, lis
     requests = {kind: teacher_pb2.LogitsRequest(model=model, **fields)
                 for kind, model in (("constant", "constant"), ("encoded", body["model"]))}  # fmt: skip
     out: dict[str, list[float]] = {}
-    with httpx.Client(base_url=url, timeout=60) as http, grpc.insecure_channel(target) as channel:
+    parsed = httpx.URL(url)
+    http = PlainHttpConnections(parsed.host, parsed.port)
+    raw = json.dumps(body).encode()
+    with grpc.insecure_channel(target) as channel:
         stub = teacher_pb2_grpc.TeacherStub(channel)
 
         def http_call(route: str) -> bytes:
-            response = http.post(route, json=body)
-            response.raise_for_status()
-            return response.content
+            status, _, content = http.request("POST", route, {"content-type": "application/json"}, raw, 60.0)
+            if status != 200:
+                raise RuntimeError(f"the floor server answered {status}")
+            return content
 
         calls = {
-            "httpx constant": lambda: http_call("/v1/constant"),
-            "httpx encoded": lambda: wire.decode(http_call("/v1/logits")),
+            "http constant": lambda: http_call("/v1/constant"),
+            "http encoded": lambda: wire.decode(http_call("/v1/logits")),
             "grpc constant": lambda: stub.GetLogits(requests["constant"], timeout=60),
             "grpc encoded": lambda: wire.decode(stub.GetLogits(requests["encoded"], timeout=60).payload),
         }
@@ -168,6 +174,7 @@ def _time_clients(url: str, target: str, body: dict, reps: int) -> dict[str, lis
                 call()
                 if rep:
                     out.setdefault(path, []).append((time.perf_counter() - begin) * 1e3)
+    http.close()
     return out
 
 
