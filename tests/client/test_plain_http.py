@@ -3,7 +3,9 @@ servers (http.server) that count their connections and close them in the ways re
 
 from __future__ import annotations
 
+import gzip
 import json
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -98,6 +100,8 @@ def test_calls_share_one_kept_alive_connection(server):
         for _ in range(5):
             assert client.models() == []
     assert (s.requests, s.connections) == (5, 1)
+    with pytest.raises(RuntimeError, match="closed"):  # as httpx's closed client: no new connection
+        client.models()
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(server):
@@ -171,3 +175,64 @@ def test_a_base_url_path_prefixes_every_route(server):
     finally:
         _Handler.do_GET = original
     assert seen == ["/teacher/v1/models"]
+
+
+class _Compressing(BaseHTTPRequestHandler):
+    """Gzips its answer when the request accepts gzip (as a compressing reverse proxy does)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        body, gzipped = MODELS, "gzip" in self.headers.get("accept-encoding", "")
+        if gzipped:
+            body = gzip.compress(body)
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        if gzipped:
+            self.send_header("content-encoding", "gzip")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_answers_come_unencoded_since_the_standard_library_decodes_no_content_encoding():
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Compressing)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with TeacherClient(f"http://127.0.0.1:{proxy.server_address[1]}", retries=NO_RETRIES) as client:
+            assert client.models() == []
+    finally:
+        proxy.shutdown()
+        thread.join()
+        proxy.server_close()
+
+
+def test_a_refusal_sent_before_the_body_was_read_is_the_answer():
+    # A server at its connection cap answers 503 with Retry-After and closes without reading the request's
+    # body: the client's send fails, and the answer it already has decides the error (and the wait).
+    listener = socket.create_server(("127.0.0.1", 0))
+    answer = json.dumps({"error": {"code": "UNAVAILABLE", "message": "too many connections"}}).encode()
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 7\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(answer), answer))  # fmt: skip
+        conn.close()  # the unread body makes this a reset
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with TeacherClient(url, retries=NO_RETRIES, timeout=10) as client, pytest.raises(TeacherServiceError) as info:
+            client.logits("m", [list(range(1, 2_000_000))], [1])  # a body of about 16 MB
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+    assert (info.value.code, info.value.status, info.value.retry_after) == ("UNAVAILABLE", 503, 7.0)

@@ -308,6 +308,45 @@ def test_forwards_go_to_the_worker_when_the_server_is_busy_longer_or_slow(tiny_m
     assert _run(main()) == ["worker", "loop", "worker", "worker", "loop", "loop", "loop", "worker", "loop"]
 
 
+def test_more_returned_rows_than_any_forward_in_time_go_to_the_worker(tiny_model) -> None:
+    # The same 12 tokens: a forward returning 6 rows was in time; one returning 11 has not been seen.
+    spy = SpyModel(tiny_model)
+
+    def task(start: int, seed: int) -> LogitsTask:
+        return LogitsTask(token_ids=np.arange(12, dtype=np.int64) + seed, start=start, params=LogitsParams(top_k=4))
+
+    async def main():
+        batcher = _inline_batcher(spy, Metrics())
+        where = []
+        for start, seed in [(6, 0), (6, 1), (1, 2), (1, 3)]:
+            spy.threads.clear()
+            await batcher.compute([_item(task(start, seed))])
+            where.append("loop" if spy.threads.pop() == threading.main_thread().name else "worker")
+        await batcher.close()
+        return where
+
+    assert _run(main()) == ["worker", "loop", "worker", "loop"]
+
+
+def test_the_worker_calls_kept_for_the_inline_check_do_not_pile_up(tiny_model) -> None:
+    # Finished calls are dropped as new ones are sent (and none are kept with inline forwards off): a
+    # finished call holds its result, so a long-running server would otherwise keep every one.
+    spy = PacedModel(tiny_model)
+    spy.delay = 0.02  # over the bound below: every forward stays on the worker
+
+    async def main():
+        kept = []
+        for inline_forward_s in (0.0, 0.001):
+            batcher = _batcher(spy, max_wait_s=0.0, inline_forward_s=inline_forward_s, quiet=lambda: True)
+            for seed in range(12):
+                await batcher.compute([_item(_task(9, seed=seed))])
+            kept.append(len(batcher._worker_jobs))
+            await batcher.close()
+        return kept
+
+    assert _run(main()) == [0, 1]
+
+
 def test_no_forward_runs_on_the_loop_while_the_worker_holds_the_model(tiny_model) -> None:
     # A call on the worker (generation) whose caller left still holds the model until it ends: a forward
     # on the loop meanwhile would race with it on the model.

@@ -8,9 +8,10 @@ server).
 
 Thread-safe: each request takes an idle connection (or opens one) and gives it back when the answer is
 read whole. Before it is reused, an idle connection whose socket has become readable (the server closed it,
-e.g. after its idle timeout) is dropped; a request whose reused connection fails before any byte of the
-answer (the server closed it just then) is sent once more on a new connection, as httpx does not but
-urllib3 does, since every request of this client is idempotent.
+e.g. after its idle timeout) is dropped; a request whose reused connection fails before the answer's
+status line (the server closed it just then) is sent once more on a new connection, within what is left of
+its timeout, as urllib3 does and httpx does not: every request of this client is idempotent. That resend is
+the connection's, not a retry of the client's policy (`stats` does not count it).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import http.client
 import select
 import socket
 import threading
+import time
 from email.message import Message
 
 MAX_IDLE = 32  # idle connections kept; more (after a burst of threads) are closed when given back
@@ -28,7 +30,9 @@ _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
 
 class PlainHttpConnections:
     """`request(method, target, headers, body, timeout)` -> (status, headers, body) over kept-alive
-    connections to `host`:`port`; raises OSError (TimeoutError on a timeout) or http.client.HTTPException."""
+    connections to `host`:`port`; raises OSError (TimeoutError on a timeout) or http.client.HTTPException.
+    `http.client` decodes no content encoding, so every request asks for none (`accept-encoding: identity`:
+    a compressing proxy in front of the server then sends the bytes as they are)."""
 
     def __init__(self, host: str, port: int) -> None:
         self._host, self._port = host, port
@@ -39,28 +43,39 @@ class PlainHttpConnections:
     def request(
         self, method: str, target: str, headers: dict[str, str], body: bytes | None, timeout: float
     ) -> tuple[int, Message, bytes]:
+        if self._closed:
+            raise RuntimeError("the client's HTTP connections are closed")
+        headers = {**headers, "accept-encoding": "identity"}
+        deadline = time.monotonic() + timeout
         connection, reused = self._take(timeout)
         try:
-            answer = _exchange(connection, method, target, headers, body)
+            response = _send(connection, method, target, headers, body)
         except _STALE:
             connection.close()
-            if not reused:
+            left = deadline - time.monotonic()
+            if not reused or left <= 0:
                 raise
-            connection, reused = self._open(timeout), False
+            # The server closed the reused connection before answering (its idle timeout crossed the
+            # request): once more on a new one, within what is left of the timeout.
+            connection = self._open(left)
             try:
-                answer = _exchange(connection, method, target, headers, body)
+                response = _send(connection, method, target, headers, body)
             except BaseException:
                 connection.close()
                 raise
         except BaseException:
             connection.close()
             raise
-        status, message, content, will_close = answer
-        if will_close:
+        try:
+            content = response.read()
+        except BaseException:
+            connection.close()
+            raise
+        if response.will_close:
             connection.close()
         else:
             self._give_back(connection)
-        return status, message, content
+        return response.status, response.headers, content
 
     def close(self) -> None:
         with self._lock:
@@ -82,7 +97,8 @@ class PlainHttpConnections:
     def _open(self, timeout: float) -> http.client.HTTPConnection:
         connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         connection.connect()
-        # Head and body leave in separate sends; without this the body would wait for the head's ACK.
+        # http.client sends a small request's head and body at once; a larger body follows in more
+        # writes, which must not wait for the head's ACK.
         connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection
 
@@ -94,13 +110,20 @@ class PlainHttpConnections:
         connection.close()
 
 
-def _exchange(
+def _send(
     connection: http.client.HTTPConnection, method: str, target: str, headers: dict[str, str], body: bytes | None
-) -> tuple[int, Message, bytes, bool]:
-    connection.request(method, target, body=body, headers=headers)
-    response = connection.getresponse()
-    content = response.read()
-    return response.status, response.headers, content, response.will_close
+) -> http.client.HTTPResponse:
+    """The request, and the answer's status line and headers (its body is left to read)."""
+    try:
+        connection.request(method, target, body=body, headers=headers)
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        # A server may answer and close before it has read the whole request (a refusal such as 503 at
+        # its connection cap, with a Retry-After): read what it said, if it said anything.
+        try:
+            return connection.getresponse()
+        except (OSError, http.client.HTTPException):
+            raise exc from None
+    return connection.getresponse()
 
 
 def _usable(connection: http.client.HTTPConnection) -> bool:

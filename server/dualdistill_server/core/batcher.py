@@ -37,8 +37,8 @@ by request parameters, whose cancelled requests still ran, and whose one bad req
   anything else needs it.
 - Except when nothing else does: a forward runs on the event loop's own thread when the server has no
   other request in flight, nothing else is pending, the worker thread is idle, and forwards of at least
-  as many padded tokens finished within `inline_forward_s` (learned from the forwards so far: none
-  before the first has run on the worker). The hand-off to the worker and back wakes two idle threads;
+  as many padded tokens and returned rows finished within `inline_forward_s` (learned from the forwards
+  so far: none before the first has run on the worker). The hand-off to the worker and back wakes two idle threads;
   on 2 CPU cores that was 0.3-0.7 ms of a one-sequence call (bench/service_ab.py). The loop does
   nothing else during such a forward, so a request arriving then waits up to `inline_forward_s` to be
   read, about as long as it would wait for the model anyway. The vLLM engine computes on its own threads:
@@ -125,10 +125,12 @@ class Batcher:
         self._on_result = on_result
         self._inline_forward_s = inline_forward_s
         self._quiet = quiet
-        # Padded tokens up to which a forward is expected within inline_forward_s: the largest that did,
-        # lowered below any that did not (a slower forward of as many tokens, e.g. a cold cache or a
-        # collection, sends forwards of that size back to the worker until one is fast again there).
-        self._inline_tokens = 0
+        # (padded tokens, returned rows) up to which a forward is expected within inline_forward_s: the
+        # forward's cost grows with both (the model's pass, the post-processing of every returned row).
+        # Each is the largest of a forward that finished in time, lowered below those of one that did
+        # not (a cold cache or a collection sends forwards of that size back to the worker until one is
+        # fast again there).
+        self._inline_limits = (0, 0)
         self._worker_jobs: deque[Future] = deque()  # submitted to the worker, in order; the oldest may run
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}",
                                             initializer=name_os_thread, initargs=(f"model-{name}",))
@@ -346,15 +348,20 @@ class Batcher:
 
     async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         job = self._executor.submit(fn, *args)
-        self._worker_jobs.append(job)
+        if self._inline_forward_s > 0:
+            self._worker_idle()  # drops the finished ones: the deque holds what may still run, no more
+            self._worker_jobs.append(job)
         return await asyncio.wrap_future(job)
 
     def _runs_inline(self, batch: list[_Entry]) -> bool:
         """Whether `batch`'s forward runs on the event loop's thread (module docstring)."""
+        if self._inline_forward_s <= 0 or self._pending:
+            return False
+        padded, rows = _size([entry.task for entry in batch])
+        max_padded, max_rows = self._inline_limits
         return (
-            self._inline_forward_s > 0
-            and not self._pending
-            and _padded_tokens(batch) <= self._inline_tokens
+            padded <= max_padded
+            and rows <= max_rows
             and self._worker_idle()
             and (self._quiet is None or self._quiet())
         )
@@ -393,11 +400,12 @@ class Batcher:
         end = time.perf_counter()
         seconds = end - begin
         if self._inline_forward_s > 0:
-            padded = len(tasks) * max(lengths)
+            padded, rows = _size(tasks)
+            max_padded, max_rows = self._inline_limits
             if seconds <= self._inline_forward_s:
-                self._inline_tokens = max(self._inline_tokens, padded)
+                self._inline_limits = (max(max_padded, padded), max(max_rows, rows))
             else:
-                self._inline_tokens = min(self._inline_tokens, padded - 1)
+                self._inline_limits = (min(max_padded, padded - 1), min(max_rows, rows - 1))
         for entry in batch:
             entry.forward_began, entry.forward_ended = begin, end
         if len(results) != len(tasks):
@@ -426,8 +434,9 @@ class Batcher:
         entry.future.set_result(result)
 
 
-def _padded_tokens(batch: list[_Entry]) -> int:
-    return len(batch) * max(entry.tokens for entry in batch)
+def _size(tasks: list[Any]) -> tuple[int, int]:
+    """(padded tokens, returned rows) of one forward over `tasks` (models.LogitsTask)."""
+    return len(tasks) * max(len(task.token_ids) for task in tasks), sum(task.num_rows for task in tasks)
 
 
 def _record_timings(entries: list[_Entry], admitted: float) -> None:
