@@ -5,11 +5,12 @@ The sync and async classes differ only in the `send` call; building the request 
 
 The blocking transport sends over the standard library's http.client (plain_http.py) where the server's
 URL is plain http:// and no proxy applies: a one-sequence call spends more time in the client's HTTP stack
-than in the server's, and that path takes 0.4-0.5 ms less client CPU per call (bench/client_http.py). Otherwise, and
-always for the asyncio transport, each attempt goes straight to the connection pool httpx would pick for
-the server's URL (its proxy and TLS settings included), not through `Client.send`: that layer's work per
-call (auth flow, redirect loop, cookie extraction through `email.message`, URL merging) is for features
-this client never uses (it sends its key as a header, follows no redirect and keeps no cookies).
+than in the server's, and that path takes 0.4-0.5 ms less client CPU per call (bench/client_http.py).
+Otherwise, and always for the asyncio transport, each attempt goes straight to the connection pool httpx
+would pick for the server's URL (its proxy and TLS settings included), not through `Client.send`: that
+layer's work per call (auth flow, redirect loop, cookie extraction through `email.message`, URL merging)
+is for features this client never uses (it sends its key as a header, follows no redirect and keeps no
+cookies).
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ def _result(op: Operation[T], status: int, headers: Any, content: bytes) -> T:
     return op.from_json(json.loads(content))
 
 
-def _failure(base_url: str, timeout: float, exc: httpx.TransportError) -> errors.TeacherServiceError:
-    if isinstance(exc, httpx.TimeoutException):
+def _failure(base_url: str, timeout: float, exc: Exception) -> errors.TeacherServiceError:
+    """No answer, from either stack: httpx's TransportError, or plain_http's OSError / HTTPException."""
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
         return errors.timed_out(base_url, timeout, exc)
     return errors.unreachable(base_url, exc)
 
@@ -120,10 +122,8 @@ class HttpTransport:
         assert self._plain is not None
         try:
             status, response_headers, content = self._plain.request(op.http_method, target, headers, body, timeout)
-        except TimeoutError as exc:
-            raise errors.timed_out(self.base_url, timeout, exc) from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise errors.unreachable(self.base_url, exc) from exc
+            raise _failure(self.base_url, timeout, exc) from exc
         return _result(op, status, response_headers, content)
 
     def close(self) -> None:
