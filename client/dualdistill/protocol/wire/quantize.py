@@ -54,18 +54,26 @@ def dequantize(level: np.ndarray, levels: int) -> np.ndarray:
 
 
 def dequantized(level: np.ndarray, levels: int) -> np.ndarray:
-    """`dequantize(level, levels)` read from a table of every level's value, cached for the M of ordinary
-    payloads (one logarithm per level of M instead of one per tie group of a payload)."""
+    """`dequantize(level, levels)` read from the table of every level's value (`_level_values`) for the M
+    of ordinary payloads: one logarithm per level of M instead of one per tie group of a payload."""
     if levels > _CACHED_LEVELS:
         return dequantize(level, levels)
-    return _dequantize_table(levels)[level]
+    return _level_values(levels)[level]
 
 
-@functools.lru_cache(maxsize=64)
-def _dequantize_table(levels: int) -> np.ndarray:
+def _level_values(levels: int) -> np.ndarray:
+    """dequantize(arange(M), M) (M,) float32, read-only; cached for the M of ordinary payloads (they repeat
+    from one payload to the next). The decoder reads its values from it, the KL search its (log q, q)."""
+    return _level_values_cached(levels) if levels <= _CACHED_LEVELS else _level_table(levels)
+
+
+def _level_table(levels: int) -> np.ndarray:
     table = dequantize(np.arange(levels), levels)
     table.flags.writeable = False
     return table
+
+
+_level_values_cached = functools.lru_cache(maxsize=64)(_level_table)
 
 
 class _Entries:
@@ -145,7 +153,7 @@ def _decoded(levels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decoded_values(levels: int) -> tuple[np.ndarray, np.ndarray]:
-    log_q = dequantize(np.arange(levels), levels).astype(np.float64)
+    log_q = _level_values(levels).astype(np.float64)
     q = np.exp(log_q)
     log_q.flags.writeable = q.flags.writeable = False
     return log_q, q
