@@ -50,7 +50,8 @@ class ServerConfig(BaseSettings):
     inline_forward_ms: float = Field(
         5.0, ge=0, le=1000,
         description="A forward expected to take at most this long (learned from earlier forwards of as many "
-        "tokens) runs on the event loop's thread when no other request is in flight: an idle server's short "
+        "padded tokens and returned rows) runs on the event loop's thread when no other request is in flight: "
+        "an idle server's short "
         "call skips the hand-off to the model's worker thread and back. Requests arriving meanwhile wait up "
         "to this long to be read. 0: every forward on the worker thread. hf engine only.",
     )

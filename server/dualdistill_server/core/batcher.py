@@ -38,11 +38,11 @@ by request parameters, whose cancelled requests still ran, and whose one bad req
 - Except when nothing else does: a forward runs on the event loop's own thread when the server has no
   other request in flight, nothing else is pending, the worker thread is idle, and forwards of at least
   as many padded tokens and returned rows finished within `inline_forward_s` (learned from the forwards
-  so far: none before the first has run on the worker). The hand-off to the worker and back wakes two idle threads;
-  on 2 CPU cores that was 0.3-0.7 ms of a one-sequence call (bench/service_ab.py). The loop does
-  nothing else during such a forward, so a request arriving then waits up to `inline_forward_s` to be
-  read, about as long as it would wait for the model anyway. The vLLM engine computes on its own threads:
-  its forwards always go through the worker (service.py passes 0).
+  so far: none before the first has run on the worker). The hand-off to the worker and back wakes two
+  idle threads; on 2 CPU cores that was 0.3-0.7 ms of a one-sequence call (bench/service_ab.py). The
+  loop does nothing else during such a forward, so a request arriving then waits up to
+  `inline_forward_s` to be read, about as long as it would wait for the model anyway. The vLLM engine
+  computes on its own threads: its forwards always go through the worker (service.py passes 0).
 """
 
 from __future__ import annotations

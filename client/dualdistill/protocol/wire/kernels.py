@@ -411,10 +411,10 @@ def _decode_lossy(buf, offs, levels, with_counts, seq, lengths, key_to_id, ids, 
     without them) int32; token and tail (4R,) uint8, the float32 values' little-endian bytes; level and
     size (N,) int64 of every tie group in entry order (the first G); `work` (>= 2N,) int64 holds the
     per-entry temporaries (a scratch buffer, for the page faults of fresh full-size arrays). Returns
-    (status, a, b, c): status 0 and a = G when valid, else DECODE_ERRORS[status] with its numbers a, b, c for the first check that failed (codec.decode's
-    checks and messages; where a payload fails several, the one named may differ: the tie groups' two
-    checks run group by group here, and the step-by-step path runs them per block of rows); the outputs
-    are then undefined."""
+    (status, a, b, c): status 0 and a = G when valid, else DECODE_ERRORS[status] with its numbers a, b, c
+    for the first check that failed (codec.decode's checks and messages; where a payload fails several,
+    the one named may differ: the tie groups' two checks run group by group here, and the step-by-step
+    path runs them per block of rows); the outputs are then undefined."""
     n_seq, n_rows, n, n_dict = seq.shape[0], lengths.shape[0], ids.shape[0], key_to_id.shape[0]
     values, status, a, b, c = _uints(buf, offs, 0, n_seq)
     if status:
