@@ -152,7 +152,7 @@ def latency(servers: dict[str, tuple[str, str, int]], roots: dict[str, Path], mo
     for chunk in range(4):  # curl: a quarter of the repeats per invocation, alternating sides
         for side in list(servers) if chunk % 2 == 0 else list(reversed(servers)):
             url = servers[side][0] + "/v1/logits"
-            seconds.setdefault(f"{side} curl-http", []).extend(curl_seconds(url, body.encode(), reps // 4 + 1)[1:])
+            seconds.setdefault(f"{side} curl-http", []).extend(curl_seconds(url, body.encode(), max(reps // 4, 1) + 1)[1:])
     return seconds, {path: cpu[1:] for path, cpu in client_cpu.items()}  # without the warm-up call
 
 

@@ -133,11 +133,7 @@ class Streams:
         self._dctx = _decompressor()
 
     def get(self, index: int, expected_len: int) -> bytes:
-        raw_len = self._directory[index][1]
-        if raw_len != expected_len:
-            raise WireFormatError(
-                f"stream {index} declares {raw_len} bytes, the header implies {expected_len}"
-            )
+        _check_exact(index, self._directory[index][1], expected_len)
         return self._read(index)
 
     def joined(self, limits: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -149,8 +145,8 @@ class Streams:
         lengths = [raw_len for _, raw_len, _ in self._directory]
         for index, (kind, limit) in enumerate(limits):
             raw_len = lengths[index]
-            if kind == "exact" and raw_len != limit:
-                raise WireFormatError(f"stream {index} declares {raw_len} bytes, the header implies {limit}")
+            if kind == "exact":
+                _check_exact(index, raw_len, limit)
             limit = (29 * lengths[index - 1] + 7) // 8 if kind == "extra" else limit
             if raw_len > limit:
                 raise WireFormatError(f"stream {index} declares {raw_len} bytes, above the {limit} its header allows")
@@ -182,6 +178,11 @@ class Streams:
         nbits = symbol_extra_bits(np.frombuffer(symbols, dtype=np.uint8))
         extra = self.get(index + 1, (int(nbits.sum(dtype=np.int64)) + 7) // 8)
         return decode_uints(symbols, nbits, extra)
+
+
+def _check_exact(index: int, raw_len: int, expected_len: int) -> None:
+    if raw_len != expected_len:
+        raise WireFormatError(f"stream {index} declares {raw_len} bytes, the header implies {expected_len}")
 
 
 def uint_streams(values: np.ndarray | list[np.ndarray]) -> list[bytes]:
