@@ -55,12 +55,13 @@ def sorted_topk(logprobs: torch.Tensor, ks: torch.Tensor | int) -> tuple[torch.T
     values, ids = torch.topk(logprobs, width, dim=-1)  # (R, width), values descending
     # not strictly decreasing somewhere: equal neighbours, or a NaN (every comparison with it is False)
     tied = torch.nonzero(~(values[:, :-1] > values[:, 1:]).all(dim=1)).flatten()
-    if len(tied):
-        tied_ids, tied_values = ids[tied], values[tied]
-        by_id = torch.argsort(tied_ids, dim=-1)
-        tied_ids, tied_values = tied_ids.gather(1, by_id), tied_values.gather(1, by_id)
-        by_value = torch.sort(tied_values, dim=-1, descending=True, stable=True).indices
-        ids[tied], values[tied] = tied_ids.gather(1, by_value), tied_values.gather(1, by_value)
+    if not len(tied):  # every row strictly decreasing over all kmax + 1 columns: no tie at any row's k either
+        return ids[:, :kmax], values[:, :kmax]
+    tied_ids, tied_values = ids[tied], values[tied]
+    by_id = torch.argsort(tied_ids, dim=-1)
+    tied_ids, tied_values = tied_ids.gather(1, by_id), tied_values.gather(1, by_id)
+    by_value = torch.sort(tied_values, dim=-1, descending=True, stable=True).indices
+    ids[tied], values[tied] = tied_ids.gather(1, by_value), tied_values.gather(1, by_value)
     boundary_tie = None  # rows whose k-th and (k+1)-th candidates tie
     if isinstance(ks, int):  # one k: two columns
         boundary_tie = values[:, ks - 1] == values[:, ks] if ks < vocab else None
