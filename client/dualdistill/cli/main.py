@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import re
 import sys
 
 # Order here is the order in `--help`.
@@ -40,6 +42,47 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        message = missing_dependency(exc)
+        if message is None:
+            raise
+        print(f"dualdistill {args.command}: {message}", file=sys.stderr)
+        return 2
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared_extras(distribution: str = "dualdistill") -> dict[str, list[str]]:
+    """{canonical requirement name: the extras of `distribution` that list it} from its installed metadata
+    ({} where it is not installed, e.g. run from a source tree)."""
+    try:
+        requirements = importlib.metadata.requires(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    out: dict[str, list[str]] = {}
+    for text in requirements:
+        name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", text)
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", text)
+        if name and extra:
+            out.setdefault(_canonical(name.group()), []).append(extra.group(1))
+    return out
+
+
+def missing_dependency(exc: ModuleNotFoundError) -> str | None:
+    """What to tell the user when a command's module is not installed; None for one of our own modules
+    (a broken install, whose traceback is the useful answer)."""
+    missing = (exc.name or "").partition(".")[0]
+    if not missing or missing in ("dualdistill", "dualdistill_server"):
+        return None
+    extras = declared_extras().get(_canonical(missing))
+    if extras:
+        hint = " or ".join(f"pip install 'dualdistill[{extra}]'" for extra in extras)
+        return f"the Python module {missing!r} is not installed; this command needs it: {hint}"
+    return (f"the Python module {missing!r} is not installed; the serving and training commands need the "
+            "project's extras: pip install 'dualdistill[server]' (serve, models) or 'dualdistill[train]' (train, "
+            "pairs, capture)")
 
 
 if __name__ == "__main__":
