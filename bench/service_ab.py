@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--thread-rounds", type=int, default=8,
                         help="rounds of the per-thread CPU of one-sequence calls (0: skip them)")
     args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
     roots = {"before": args.before.resolve(), "after": args.after.resolve()}
     from tests.fixtures.tiny_model import build_tiny_model
 
@@ -285,8 +287,8 @@ def main(argv: list[str] | None = None) -> None:
              f"{(summarize(s).median - base) * 1000:+.2f}",
              f"{summarize(client_cpu[path]).median * 1000:.2f}" if path in client_cpu else ""]
             for path, s in seconds.items()]  # fmt: skip
-    print(f"One-sequence calls (T = {SEQ_LEN}, start = {START}, top_k = {TOP_K}, binary), median of {args.reps}; "
-          "client CPU: the calling thread's CPU time per call, our client's paths:\n")
+    print(f"One-sequence calls (T = {SEQ_LEN}, start = {START}, top_k = {TOP_K}, binary), median of {args.reps} "
+          f"(curl: {4 * max(args.reps // 4, 1)}); client CPU: the calling thread's CPU time per call, our client's paths:\n")
     print(markdown_table(["path", "ms per call", "added ms", "client CPU ms"], rows))
     if cpu:
         rows = [[side, *_with_added(cpu["slope"], side, 1), *_with_added(cpu["one_call"], side, 2)]
