@@ -33,6 +33,35 @@ _TOKENS = tuple(2**i for i in range(4, 21))
 _SEQUENCES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+class _CachedLabels:
+    """`labels(...)` answered from a dict of the children earlier calls made: prometheus_client checks and
+    converts the values and takes a lock on every call, and a request makes about ten. A miss asks
+    prometheus_client, which makes or finds the child, so the same values always give the same child."""
+
+    def labels(self, *values: str, **named: str):
+        key = (values, tuple(named.items()))
+        try:
+            return self._children_by_call[key]
+        except AttributeError:
+            self._children_by_call: dict = {}
+        except KeyError:
+            pass
+        child = self._children_by_call[key] = super().labels(*values, **named)
+        return child
+
+
+class _Counter(_CachedLabels, Counter):
+    pass
+
+
+class _Gauge(_CachedLabels, Gauge):
+    pass
+
+
+class _Histogram(_CachedLabels, Histogram):
+    pass
+
+
 class Metrics:
     """All metrics of one TeacherService; `registry` is what /metrics exposes."""
 
@@ -41,57 +70,57 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
+        self.requests = _Counter(
             "dualdistill_requests_total", "Requests by route, model, tenant and outcome code.",
             ("route", "model", "tenant", "code"),
             registry=r,
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = _Histogram(
             "dualdistill_request_seconds", "Request wall time.", ("route",), buckets=_SECONDS, registry=r
         )
-        self.forward_seconds = Histogram(
+        self.forward_seconds = _Histogram(
             "dualdistill_forward_seconds", "Wall time of one batched forward.", ("model",), buckets=_SECONDS,
             registry=r,
         )
-        self.forward_tokens = Counter(
+        self.forward_tokens = _Counter(
             "dualdistill_forward_tokens_total", "Real (unpadded) tokens through the model.", ("model",), registry=r
         )
-        self.batch_tokens = Histogram(
+        self.batch_tokens = _Histogram(
             "dualdistill_batch_tokens", "Padded tokens per forward.", ("model",), buckets=_TOKENS, registry=r
         )
-        self.batch_sequences = Histogram(
+        self.batch_sequences = _Histogram(
             "dualdistill_batch_sequences", "Sequences per forward.", ("model",), buckets=_SEQUENCES, registry=r
         )
-        self.queue_tokens = Gauge(
+        self.queue_tokens = _Gauge(
             "dualdistill_queue_tokens", "Tokens waiting for a forward.", ("model",), registry=r
         )
-        self.inline_forwards = Counter(
+        self.inline_forwards = _Counter(
             "dualdistill_inline_forwards_total",
             "Forwards run on the event loop's thread (an idle server's short ones).", ("model",), registry=r,
         )
-        self.deduplicated = Counter(
+        self.deduplicated = _Counter(
             "dualdistill_deduplicated_sequences_total",
             "Sequences answered by an identical sequence already in flight.", ("model",), registry=r,
         )
-        self.response_bytes = Counter(
+        self.response_bytes = _Counter(
             "dualdistill_response_bytes_total", "Response bytes sent.", ("route",), registry=r
         )
-        self.cache_hits = Counter(
+        self.cache_hits = _Counter(
             "dualdistill_cache_hits_total", "Sequences answered by the result cache.", ("model",), registry=r
         )
-        self.cache_misses = Counter(
+        self.cache_misses = _Counter(
             "dualdistill_cache_misses_total", "Sequences not in the result cache.", ("model",), registry=r
         )
-        self.cache_errors = Counter(
+        self.cache_errors = _Counter(
             "dualdistill_cache_errors_total", "Result-cache failures (answered as misses).", ("backend", "op"),
             registry=r,
         )
-        self.tenant_rejections = Counter(
+        self.tenant_rejections = _Counter(
             "dualdistill_tenant_rejections_total", "Requests refused by a per-tenant limit.", ("tenant", "limit"),
             registry=r,
         )
 
-        self.dialect_requests = Counter(
+        self.dialect_requests = _Counter(
             "dualdistill_dialect_requests_total", "Requests per API dialect (dualdistill, openai, trl) and code.",
             ("dialect", "code"), registry=r,
         )
