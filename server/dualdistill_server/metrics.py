@@ -38,15 +38,15 @@ class _CachedLabels:
     converts the values and takes a lock on every call, and a request makes about ten. A miss asks
     prometheus_client, which makes or finds the child, so the same values always give the same child."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._children_by_call: dict = {}
+
     def labels(self, *values: str, **named: str):
         key = (values, tuple(named.items()))
-        try:
-            return self._children_by_call[key]
-        except AttributeError:
-            self._children_by_call: dict = {}
-        except KeyError:
-            pass
-        child = self._children_by_call[key] = super().labels(*values, **named)
+        child = self._children_by_call.get(key)
+        if child is None:
+            child = self._children_by_call[key] = super().labels(*values, **named)
         return child
 
 
