@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 import tomllib
 from packaging.requirements import Requirement
 
+from dualdistill.cli.main import canonical_name
 from tests.deploy.support import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -32,10 +32,6 @@ SOURCES = {"dualdistill": ROOT / "client" / "dualdistill", "dualdistill_server":
 # Optional engines, imported only when asked for (`--engine vllm`): a module whose import fails on one of
 # these is fine, a module failing on anything else is not.
 OPTIONAL = {"vllm"}
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def requirement_closure(extras: tuple[str, ...]) -> set[str]:
@@ -47,7 +43,7 @@ def requirement_closure(extras: tuple[str, ...]) -> set[str]:
     done: dict[str, set[str]] = {}  # distribution -> the extras whose requirements were followed ("" = its own)
     while pending:
         requirement = pending.pop()
-        name = _canonical(requirement.name)
+        name = canonical_name(requirement.name)
         wanted = {"", *requirement.extras} - done.get(name, set())
         if not wanted:
             continue
@@ -81,16 +77,16 @@ def absent_modules(closure: set[str]) -> list[str]:
     inside = closure | {"dualdistill"}
     absent = []
     for module, providers in metadata.packages_distributions().items():
-        names = {_canonical(d) for d in providers}
+        names = {canonical_name(d) for d in providers}
         if not module.isidentifier():
             continue
         if not names & inside:
             absent.append(module)
         elif names - inside:
             ours = set().union(*(_second_level(metadata.distribution(d), module) for d in providers
-                                 if _canonical(d) in inside))  # fmt: skip
+                                 if canonical_name(d) in inside))  # fmt: skip
             theirs = set().union(*(_second_level(metadata.distribution(d), module) for d in providers
-                                   if _canonical(d) not in inside))  # fmt: skip
+                                   if canonical_name(d) not in inside))  # fmt: skip
             absent += sorted(theirs - ours)
     return sorted(absent)
 

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """A distribution's name as the package index compares them (PEP 503: runs of -_. as one -, lower case)."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -66,7 +67,7 @@ def declared_extras(distribution: str = "dualdistill") -> dict[str, list[str]]:
         name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", text)
         extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", text)
         if name and extra:
-            out.setdefault(_canonical(name.group()), []).append(extra.group(1))
+            out.setdefault(canonical_name(name.group()), []).append(extra.group(1))
     return out
 
 
@@ -76,7 +77,7 @@ def missing_dependency(exc: ModuleNotFoundError) -> str | None:
     missing = (exc.name or "").partition(".")[0]
     if not missing or missing in ("dualdistill", "dualdistill_server"):
         return None
-    extras = declared_extras().get(_canonical(missing))
+    extras = declared_extras().get(canonical_name(missing))
     if extras:
         hint = " or ".join(f"pip install 'dualdistill[{extra}]'" for extra in extras)
         return f"the Python module {missing!r} is not installed; this command needs it: {hint}"
