@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import summarize
+from bench.common import post_json, summarize
 
 CPU_VARIANTS = ("http-binary", "http-json", "grpc-binary")
 LATENCY_VARIANTS = ("client-http", "curl-http", "client-grpc")
@@ -207,10 +207,7 @@ def latency_breakdown(http_url: str, grpc_target: str, model: str, vocab: int, *
         def http_call(ids: list[int]) -> str:
             body = {"model": model, "sequences": [{"token_ids": ids, "start": start}], "top_k": top_k,
                     "format": "binary"}  # fmt: skip
-            status, headers, _ = http.request("POST", "/v1/logits", {"content-type": "application/json"},
-                                              json.dumps(body).encode(), 60.0)  # fmt: skip
-            if status != 200:
-                raise RuntimeError(f"the server answered {status}")
+            headers, _ = post_json(http, "/v1/logits", json.dumps(body).encode())
             return headers["server-timing"]
 
         def grpc_call(ids: list[int]) -> str:

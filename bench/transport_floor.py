@@ -42,7 +42,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from bench.common import ROOT, summarize
+from bench.common import ROOT, post_json, summarize
 
 FIELDS = ("row_lengths", "top_ids", "top_logprobs", "token_logprobs", "tail_logprobs")
 
@@ -157,10 +157,7 @@ def _time_clients(url: str, target: str, body: dict, reps: int) -> dict[str, lis
         stub = teacher_pb2_grpc.TeacherStub(channel)
 
         def http_call(route: str) -> bytes:
-            status, _, content = http.request("POST", route, {"content-type": "application/json"}, raw, 60.0)
-            if status != 200:
-                raise RuntimeError(f"the floor server answered {status}")
-            return content
+            return post_json(http, route, raw)[1]
 
         calls = {
             "http constant": lambda: http_call("/v1/constant"),
