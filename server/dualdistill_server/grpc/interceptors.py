@@ -14,6 +14,7 @@ calls pass through untouched (they need no key).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -178,12 +179,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     response = await behavior(await _checked(request, method), rpc_context)
                 call.response_bytes = response.ByteSize()
                 call.set_trailers()
-                return response
             except BaseException as exc:
-                await call.fail(exc)
+                try:
+                    await call.fail(exc)
+                finally:
+                    call.finish()
                 raise  # only reached for aborts and cancellations (fail() aborts otherwise)
-            finally:
-                call.finish()
+            call.finish_after_response()
+            return response
 
         return unary
 
@@ -306,7 +309,22 @@ class _Call:
         await self.rpc_context.abort(error.grpc_code, error.detail)
 
     def finish(self) -> None:
+        """Record the call and close its request context, now."""
+        self._record(time.perf_counter() - self.ctx.began)
+        context.close_request(self.token)
+
+    def finish_after_response(self) -> None:
+        """`finish` for a unary response about to be returned: the metrics and the log line wait for the
+        event loop's next turn. grpc.aio starts sending the response when the handler returns, before its
+        task next yields, so this bookkeeping (about 0.1 ms of a one-sequence call on 2 CPU cores) is no
+        longer part of the call's latency. The log line keeps the request's id and tenant: it runs in a
+        copy of the request's context."""
         seconds = time.perf_counter() - self.ctx.began
+        request_context = contextvars.copy_context()
+        context.close_request(self.token)
+        asyncio.get_running_loop().call_soon(self._record, seconds, context=request_context)
+
+    def _record(self, seconds: float) -> None:
         code = self.ctx.code or "OK"
         self.metrics.observe_request(
             self.method, self.ctx.model, code, seconds, tenant=self.ctx.tenant, response_bytes=self.response_bytes,
@@ -317,4 +335,3 @@ class _Call:
             extra={"route": self.method, "code": code, "model": self.ctx.model, "seconds": round(seconds, 6),
                    "bytes": self.response_bytes},
         )
-        context.close_request(self.token)

@@ -59,25 +59,39 @@ class ServedModel:
             return []
         lengths = [len(t.token_ids) for t in tasks]
         longest = max(lengths)
+        input_ids, mask = self._inputs(tasks, lengths, longest)
+        first = min(t.start for t in tasks) - 1  # earliest logits position any task needs
+        with torch.inference_mode():
+            extra = {"logits_to_keep": longest - first} if self._has_logits_to_keep else {}
+            logits = self.model(
+                input_ids=input_ids.to(self.device), attention_mask=None if mask is None else mask.to(self.device),
+                use_cache=False, **extra,
+            ).logits  # (B, longest - first, V) or (B, longest, V)
+            offset = longest - logits.shape[1]
+            results: list[SequenceLogits] = []
+            for group in self._groups(tasks):
+                if len(group) == 1:  # one sequence's rows are consecutive: a view, no index tensors, no copy
+                    b = group[0]
+                    rows = logits[b, tasks[b].start - 1 - offset : lengths[b] - 1 - offset]  # (N_group, V)
+                else:
+                    batch_index = torch.cat([torch.full((tasks[b].num_rows,), b, dtype=torch.long) for b in group])
+                    position = torch.cat([torch.arange(tasks[b].start - 1, lengths[b] - 1) for b in group])
+                    rows = logits[batch_index.to(self.device), (position - offset).to(self.device)]  # (N_group, V)
+                results.extend(sequence_distributions(rows, [tasks[b] for b in group]))
+            return results
+
+    def _inputs(self, tasks: list[LogitsTask], lengths: list[int], longest: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(input_ids (B, longest) right-padded with pad_id, attention mask (B, longest)), on the host. The
+        mask is None when no sequence is padded: all ones means no mask, and without one transformers
+        skips building and checking it (the logits are the same, bit for bit)."""
+        if all(length == longest for length in lengths):
+            return torch.from_numpy(np.stack([np.asarray(t.token_ids, dtype=np.int64) for t in tasks])), None
         input_ids = torch.full((len(tasks), longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(tasks), longest), dtype=torch.long)
         for b, task in enumerate(tasks):
             input_ids[b, : lengths[b]] = torch.from_numpy(np.asarray(task.token_ids, dtype=np.int64))
             mask[b, : lengths[b]] = 1
-        first = min(t.start for t in tasks) - 1  # earliest logits position any task needs
-        with torch.inference_mode():
-            extra = {"logits_to_keep": longest - first} if self._has_logits_to_keep else {}
-            logits = self.model(
-                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False, **extra
-            ).logits  # (B, longest - first, V) or (B, longest, V)
-            offset = longest - logits.shape[1]
-            results: list[SequenceLogits] = []
-            for group in self._groups(tasks):
-                batch_index = torch.cat([torch.full((tasks[b].num_rows,), b, dtype=torch.long) for b in group])
-                position = torch.cat([torch.arange(tasks[b].start - 1, lengths[b] - 1) for b in group])
-                rows = logits[batch_index.to(self.device), (position - offset).to(self.device)]  # (N_group, V)
-                results.extend(sequence_distributions(rows, [tasks[b] for b in group]))
-            return results
+        return input_ids, mask
 
     def _groups(self, tasks: list[LogitsTask]) -> list[list[int]]:
         """Consecutive task indices, at most max_postprocess_rows rows per group (a longer task alone)."""
