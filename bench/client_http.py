@@ -1,6 +1,6 @@
-"""The blocking HTTP transport's two stacks side by side: the standard library's http.client
-(client/dualdistill/client/plain_http.py, used for plain http:// without a proxy) and httpx's connection
-pool (proxies, TLS, and the asyncio client).
+"""The blocking HTTP transport's two stacks side by side: its own HTTP/1.1 connections
+(client/dualdistill/client/plain_http.py and http11.py, used for plain http:// without a proxy) and httpx's
+connection pool (proxies, TLS, and the asyncio client).
 
     python bench/client_http.py [--reps 200] [--rounds 6]
 
@@ -11,7 +11,7 @@ calls per stack back to back ("busy"), then `reps` calls per stack each after a 
 a trainer's thread sleeps while the teacher computes); the stacks alternate call by call, and which one
 goes first alternates by round. Prints, per stack and pattern, the median over rounds of each round's
 median wall time and client CPU (thread time) per call, and the median of the per-round ratios
-httpx / http.client.
+httpx / plain_http.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from bench.common import ROOT, markdown_table
 
 SEQ_LEN, START, TOP_K = 64, 8, 128
 IDLE_S = 0.005
-STACKS = ("http.client", "httpx")
+STACKS = ("plain_http", "httpx")
 
 
 def _rounds(url: str, reps: int, rounds: int) -> dict[tuple[str, str], list[tuple[float, float]]]:
@@ -42,7 +42,7 @@ def _rounds(url: str, reps: int, rounds: int) -> dict[tuple[str, str], list[tupl
     from dualdistill.client.transport_http import HttpTransport
     from dualdistill.protocol.params import LogitsParams
 
-    transports = {stack: HttpTransport(url, None, standard_library=stack == "http.client") for stack in STACKS}
+    transports = {stack: HttpTransport(url, None, plain_http=stack == "plain_http") for stack in STACKS}
     rng = np.random.default_rng(0)
     out: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
@@ -95,12 +95,12 @@ def main(argv: list[str] | None = None) -> None:
             child.wait(timeout=30)
     rows = []
     for pattern in ("busy", "after idle"):
-        ours, theirs = rounds[("http.client", pattern)], rounds[("httpx", pattern)]
-        for stack, values in (("http.client", ours), ("httpx", theirs)):
+        ours, theirs = rounds[("plain_http", pattern)], rounds[("httpx", pattern)]
+        for stack, values in (("plain_http", ours), ("httpx", theirs)):
             rows.append([pattern, stack, f"{np.median([w for w, _ in values]) * 1e3:.3f}",
                          f"{np.median([c for _, c in values]) * 1e3:.3f}"])  # fmt: skip
         ratio = np.median([t[0] / o[0] for o, t in zip(ours, theirs, strict=True)])
-        rows.append([pattern, "httpx / http.client (wall, per round)", f"{ratio:.2f}x", ""])
+        rows.append([pattern, "httpx / plain_http (wall, per round)", f"{ratio:.2f}x", ""])
     print(f"One-sequence logits calls through the blocking HTTP transport against a floor server, {args.rounds} "
           f"rounds of {args.reps} calls per stack and pattern; medians over rounds of per-round medians:\n")  # fmt: skip
     print(markdown_table(["pattern", "stack", "wall ms per call", "client CPU ms per call"], rows))

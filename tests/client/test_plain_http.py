@@ -1,5 +1,6 @@
-"""client/plain_http.py: the blocking HTTP transport's standard-library connections, against real loopback
-servers (http.server) that count their connections and close them in the ways real servers do."""
+"""client/plain_http.py and http11.py: the blocking HTTP transport's own connections, against real loopback
+servers (http.server, raw sockets) that count their connections, close them in the ways real servers do
+and frame their answers in every way HTTP/1.1 allows."""
 
 from __future__ import annotations
 
@@ -146,11 +147,11 @@ def test_threads_each_take_their_own_connection_and_give_it_back(server):
     assert 1 <= s.connections <= 8 and idle == s.connections
 
 
-def test_only_plain_http_without_a_proxy_takes_the_standard_library(monkeypatch):
+def test_only_plain_http_without_a_proxy_takes_the_own_connections(monkeypatch):
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     assert HttpTransport("http://127.0.0.1:1", None)._plain is not None
-    assert HttpTransport("http://127.0.0.1:1", None, standard_library=False)._plain is None
+    assert HttpTransport("http://127.0.0.1:1", None, plain_http=False)._plain is None
     assert HttpTransport("https://127.0.0.1:1", None)._plain is None
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:2")
     transport = HttpTransport("http://teacher.invalid:1", None)
@@ -198,7 +199,7 @@ class _Compressing(BaseHTTPRequestHandler):
         pass
 
 
-def test_answers_come_unencoded_since_the_standard_library_decodes_no_content_encoding():
+def test_answers_come_unencoded_since_the_exchange_decodes_no_content_encoding():
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Compressing)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()

@@ -3,9 +3,10 @@
 The sync and async classes differ only in the `send` call; building the request and reading the answer
 (or the failure) is shared. One connection pool per TeacherClient, thread-safe.
 
-The blocking transport sends over the standard library's http.client (plain_http.py) where the server's
-URL is plain http:// and no proxy applies: a one-sequence call spends more time in the client's HTTP stack
-than in the server's, and that path takes 0.4-0.5 ms less client CPU per call (bench/client_http.py).
+The blocking transport sends over plain_http.py's connections (our own HTTP/1.1 exchange, http11.py) where
+the server's URL is plain http:// and no proxy applies: a one-sequence call spends more time in the
+client's HTTP stack than in the server's, and that path takes 0.5-0.8 ms less client CPU per call than
+httpx's (bench/client_http.py).
 Otherwise, and always for the asyncio transport, each attempt goes straight to the connection pool httpx
 would pick for the server's URL (its proxy and TLS settings included), not through `Client.send`: that
 layer's work per call (auth flow, redirect loop, cookie extraction through `email.message`, URL merging)
@@ -77,15 +78,16 @@ def _result(op: Operation[T], status: int, headers: Any, content: bytes) -> T:
 
 
 def _failure(base_url: str, timeout: float, exc: Exception) -> errors.TeacherServiceError:
-    """No answer, from either stack: httpx's TransportError, or plain_http's OSError / HTTPException."""
+    """No answer, from either stack: httpx's TransportError, or plain_http's OSError / http.client's
+    HTTPException (the types plain_http raises too)."""
     if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
         return errors.timed_out(base_url, timeout, exc)
     return errors.unreachable(base_url, exc)
 
 
 def _plain_connections(client: httpx.Client, pool: httpx.BaseTransport) -> PlainHttpConnections | None:
-    """Standard-library connections to the client's server where they can stand in for httpx's: plain
-    http:// and no proxy for it (httpx's own transport is the one it picked), else None."""
+    """plain_http's connections to the client's server where they can stand in for httpx's: plain http://
+    and no proxy for it (httpx's own transport is the one it picked), else None."""
     url = client.base_url
     if url.scheme != "http" or pool is not client._transport:
         return None
@@ -95,14 +97,14 @@ def _plain_connections(client: httpx.Client, pool: httpx.BaseTransport) -> Plain
 class HttpTransport:
     """Synchronous HTTP transport; `base_url` is "http(s)://host:port"."""
 
-    def __init__(self, base_url: str, api_key: str | None, *, standard_library: bool = True) -> None:
-        """`standard_library`: send through `plain_http` where it applies (plain http://, no proxy);
-        False: always through httpx."""
+    def __init__(self, base_url: str, api_key: str | None, *, plain_http: bool = True) -> None:
+        """`plain_http`: send through plain_http.py's connections where they apply (plain http://, no
+        proxy); False: always through httpx."""
         self.base_url = base_url
         self._client = httpx.Client(base_url=base_url, headers=_headers(api_key))
         self._requests = _Requests(self._client)
         self._pool = self._client._transport_for_url(self._client.base_url)  # the proxy's, if one applies
-        self._plain = _plain_connections(self._client, self._pool) if standard_library else None
+        self._plain = _plain_connections(self._client, self._pool) if plain_http else None
 
     def send(self, op: Operation[T], timeout: float) -> T:
         if self._plain is not None:
