@@ -116,7 +116,7 @@ def run_child(args: Sequence[str], timeout: float = 900.0, env: dict | None = No
 
 # ------------------------------------------------------------------------------------ machine and output
 def post_json(connections, path: str, body: bytes) -> tuple[object, bytes]:
-    """POST a JSON body through our blocking client's http.client connections (client/dualdistill/client/
+    """POST a JSON body through our blocking client's own HTTP connections (client/dualdistill/client/
     plain_http.py `PlainHttpConnections`): the answer's (headers, content); RuntimeError unless it is a 200."""
     status, headers, content = connections.request("POST", path, {"content-type": "application/json"}, body, 60.0)
     if status != 200:

@@ -188,7 +188,7 @@ BREAKDOWN_STAGES = ("parse", "queue", "forward", "encode")
 def latency_breakdown(http_url: str, grpc_target: str, model: str, vocab: int, *, seq_len: int, start: int,
                       top_k: int, reps: int) -> dict:  # fmt: skip
     """{path: {"wall": [...], "server": [...], stage: [...]}} in ms per call, for one-sequence binary calls
-    sent raw over HTTP (the blocking client's http.client connections, one kept alive) and gRPC, from their
+    sent raw over HTTP (the blocking client's own HTTP connections, one kept alive) and gRPC, from their
     `server-timing`."""
     import grpc
     import httpx
@@ -309,7 +309,7 @@ def render(cost: dict) -> str:
     breakdown = cost.get("breakdown")
     if breakdown:
         lines.append(
-            f"\nWhere a one-sequence call's time goes (the same call sent raw: our client's http.client connection, "
+            f"\nWhere a one-sequence call's time goes (the same call sent raw: our client's own HTTP connection, "
             f"a gRPC stub), from the server's `server-timing` of each call, ms, median of "
             f"{len(next(iter(breakdown.values()))['wall'])} calls: the stages; \"server, other\" = the server's "
             f"total (first byte in to the response's start) minus its stages (HTTP or gRPC stack, routing, the "

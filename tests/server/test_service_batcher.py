@@ -277,58 +277,6 @@ def test_an_idle_servers_short_forwards_run_on_the_loops_thread_after_one_on_the
         assert_same_result(result, tiny_model.compute_logits([task])[0])
 
 
-class TaskSpyModel(SpyModel):
-    """Also records the asyncio task each forward ran in (None on the worker thread)."""
-
-    def __init__(self, model) -> None:
-        super().__init__(model)
-        self.tasks: list[str | None] = []
-
-    def compute_logits(self, tasks):
-        try:
-            self.tasks.append(asyncio.current_task().get_name())
-        except RuntimeError:  # no running loop: the worker thread
-            self.tasks.append(None)
-        return super().compute_logits(tasks)
-
-
-def test_an_idle_batchers_inline_forward_runs_in_the_requests_own_task_unless_it_must_wait(tiny_model) -> None:
-    # The request that finds nothing pending takes its batch itself (no wake-up of the scheduler's task);
-    # a fill window, or a sequence of another request already queued, leaves the batch to the scheduler,
-    # which runs them together.
-    spy = TaskSpyModel(tiny_model)
-    tasks = [_task(12, first=1), _task(12, first=2), _task(9, first=3)]
-    learn = [_item(_task(12, first=f)) for f in (50, 51, 52)]  # the first forward (on the worker) learns: 3 x 12 fit
-
-    async def main(max_wait_s: float):
-        batcher = _batcher(spy, max_wait_s=max_wait_s, inline_forward_s=1.0, quiet=lambda: True)
-        await batcher.compute(learn)
-        spy.tasks.clear()
-        results = await asyncio.create_task(batcher.compute([_item(t) for t in tasks]), name="caller")
-        await batcher.close()
-        return results
-
-    results = _run(main(0.0))
-    assert spy.tasks == ["caller"] and spy.forwards[-1] == [12, 12, 9], (spy.tasks, spy.forwards)
-    for task, result in zip(tasks, results, strict=True):
-        assert_same_result(result, tiny_model.compute_logits([task])[0])
-    _run(main(0.001))
-    assert spy.tasks == ["batcher-tiny"], spy.tasks
-
-    async def queued():  # `first` finds the server busy and queues; `second` finds it pending
-        answers = iter([False])  # the first `quiet()` asked (first's): no; then always yes
-        batcher = _batcher(spy, max_wait_s=0.0, inline_forward_s=1.0, quiet=lambda: next(answers, True))
-        await batcher.compute(learn)
-        spy.tasks.clear()
-        first = asyncio.create_task(batcher.compute([_item(tasks[0])]), name="first")
-        second = asyncio.create_task(batcher.compute([_item(tasks[1])]), name="second")
-        await asyncio.gather(first, second)
-        await batcher.close()
-
-    _run(queued())
-    assert spy.tasks == ["batcher-tiny"] and spy.forwards[-1] == [12, 12], (spy.tasks, spy.forwards)
-
-
 def test_forwards_go_to_the_worker_when_the_server_is_busy_longer_or_slow(tiny_model) -> None:
     paced, busy = PacedModel(tiny_model), [False]
 

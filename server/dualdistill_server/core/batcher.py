@@ -41,11 +41,8 @@ by request parameters, whose cancelled requests still ran, and whose one bad req
   so far: none before the first has run on the worker). The hand-off to the worker and back wakes two
   idle threads; on 2 CPU cores that was 0.3-0.7 ms of a one-sequence call (bench/service_ab.py). The
   loop does nothing else during such a forward, so a request arriving then waits up to
-  `inline_forward_s` to be read, about as long as it would wait for the model anyway. When a request
-  finds the model so idle on arrival (and no fill window is set), its own task takes its batch and runs
-  it, as the scheduler would have, without waking the scheduler's task and waiting to be woken back.
-  The vLLM engine computes on its own threads: its forwards always go through the worker (service.py
-  passes 0).
+  `inline_forward_s` to be read, about as long as it would wait for the model anyway. The vLLM engine
+  computes on its own threads: its forwards always go through the worker (service.py passes 0).
 """
 
 from __future__ import annotations
@@ -161,13 +158,6 @@ class Batcher:
         admitted = time.perf_counter()
         entries = self._admit(items, tenant)
         try:
-            if self._runs_now(entries):
-                # What the scheduler would run next, run here: no hand-off to its task and back (module
-                # docstring). Inline, `_execute` does not yield, so nothing can join or reorder the batch.
-                await self._execute(self._take_batch())
-            else:
-                assert self._wakeup is not None
-                self._wakeup.set()
             results = [await asyncio.shield(entry.future) for entry in entries]
         finally:
             self._release(entries)
@@ -238,6 +228,8 @@ class Batcher:
             entry.waiters += 1
             entries.append(entry)
         self._metrics.queue_tokens.labels(model=self.name).set(self._queued_tokens)
+        assert self._wakeup is not None
+        self._wakeup.set()
         return entries
 
     def _release(self, entries: list[_Entry]) -> None:
@@ -361,23 +353,9 @@ class Batcher:
             self._worker_jobs.append(job)
         return await asyncio.wrap_future(job)
 
-    def _runs_now(self, entries: list[_Entry]) -> bool:
-        """Whether a request just admitted as `entries` is the next batch, whole, and that batch runs inline:
-        its sequences are all that is pending (none joined a forward already queued or running), they fit
-        one batch, and `_runs_inline` holds for them."""
-        if self._inline_forward_s <= 0 or self._max_wait_s > 0 or len(self._pending) > len(entries):
-            return False  # (a fill window is the scheduler's to wait out)
-        distinct = {id(entry): entry for entry in entries}
-        if len(distinct) != len(self._pending) or any(self._pending.get(e.key) is not e for e in distinct.values()):
-            return False
-        batch = list(distinct.values())
-        return len(batch) * max(entry.tokens for entry in batch) <= self._max_batch_tokens and self._runs_inline(
-            batch, pending_allowed=len(batch))
-
-    def _runs_inline(self, batch: list[_Entry], pending_allowed: int = 0) -> bool:
-        """Whether `batch`'s forward runs on the event loop's thread (module docstring); `pending_allowed`:
-        sequences still pending that are `batch`'s own (`_runs_now` asks before taking them)."""
-        if self._inline_forward_s <= 0 or len(self._pending) > pending_allowed:
+    def _runs_inline(self, batch: list[_Entry]) -> bool:
+        """Whether `batch`'s forward runs on the event loop's thread (module docstring)."""
+        if self._inline_forward_s <= 0 or self._pending:
             return False
         padded, rows = _size([entry.task for entry in batch])
         max_padded, max_rows = self._inline_limits
