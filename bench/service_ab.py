@@ -1,7 +1,7 @@
 """Before / after of the service's per-call latency and fairness: two checkouts' servers in one run.
 
-    python bench/service_ab.py --before DIR [--after DIR] [--reps 40] [--cpu-reps 5] [--thread-rounds 8] [--rounds 2]
-        [--fairness-seconds 20]
+    python bench/service_ab.py --before DIR [--after DIR] [--reps 40] [--cpu-reps 5] [--thread-rounds 8]
+        [--call-pairs 400] [--rounds 2] [--fairness-seconds 20]
 
 DIR is a checkout of the project (e.g. `git worktree add /tmp/before main`); --after defaults to this
 one. Both servers (`dualdistill serve` from each checkout's own code, tiny model, `--cache none`) run
@@ -16,6 +16,10 @@ both sides:
   position and the B = 1 call itself, alternating sides, next to the in-process anchor's;
 - the server's threads' CPU per one-sequence call (its event loop and the model's worker), over rounds of
   calls with the sides alternating, and the after - before differences paired round by round;
+- the same one-sequence calls paired call by call (`--call-pairs`): this process's client against both
+  servers, one call per side and transport per round in a fresh random order, each after an in-process
+  forward; the median of the after - before differences with a bootstrap 95% interval. The steadiest of
+  these measurements for a change of a tenth of a millisecond;
 - fairness: this checkout's `tests/reliability/loadgen.py` (64 closed-loop clients) against each
   server's default settings, `--rounds` runs each in alternating order; p99 / p50 per run.
 Prints a Markdown table; writes nothing.
@@ -142,8 +146,10 @@ def latency(servers: dict[str, tuple[str, str, int]], roots: dict[str, Path], mo
         calls["in-process"] = _timed(anchor)
         seconds: dict[str, list[float]] = {path: [] for path in calls}
         for rep in range(reps + 1):  # rep 0 warms up
-            order = list(calls) if rep % 2 == 0 else list(reversed(calls))
-            for path in order:
+            # a fresh random order each repeat: with the order fixed and reversed every other repeat, a path's
+            # place (what ran just before it) moved its median by 0.3-0.35 ms in A/A runs (the same code on
+            # both sides, 800 repeats); in random orders `paired_calls` A/A gave -0.07 (HTTP), -0.01 ms (gRPC)
+            for path in [list(calls)[i] for i in rng.permutation(len(calls))]:
                 took = calls[path](rng.integers(0, 320, (1, SEQ_LEN), dtype=np.int64), START, TOP_K)
                 if rep > 0:
                     seconds[path].append(took)
@@ -154,6 +160,48 @@ def latency(servers: dict[str, tuple[str, str, int]], roots: dict[str, Path], mo
             url = servers[side][0] + "/v1/logits"
             seconds.setdefault(f"{side} curl-http", []).extend(curl_seconds(url, body.encode(), max(reps // 4, 1) + 1)[1:])
     return seconds, {path: cpu[1:] for path, cpu in client_cpu.items()}  # without the warm-up call
+
+
+def paired_calls(servers: dict[str, tuple[str, str, int]], model_dir: Path, rounds: int) -> dict[str, dict]:
+    """{transport: {"before": [ms], "after": [ms]}}: one-sequence calls of this process's client (the same client
+    code for both sides: only the servers differ), `rounds` rounds of one call per (side, transport) in a
+    fresh random order, each call right after an in-process forward + top-k as a trainer's loop makes them
+    (the forward evicts what the call would otherwise find in the caches); paired round by round."""
+    from bench.service_overhead import InProcess
+    from dualdistill import TeacherClient
+
+    anchor = InProcess(model_dir, "cpu", "float32", 1)
+    clients = {(side, transport): TeacherClient(http if transport == "http" else grpc_target, transport=transport,
+                                                format="binary", timeout=60)
+               for side, (http, grpc_target, _) in servers.items() for transport in ("http", "grpc")}  # fmt: skip
+    keys = list(clients)
+    rng = np.random.default_rng(7)
+    out: dict[str, dict[str, list[float]]] = {"http": {}, "grpc": {}}
+    for index in range(rounds + 20):  # the first 20 rounds warm up
+        for side, transport in [keys[i] for i in rng.permutation(len(keys))]:
+            sequence = rng.integers(0, 320, (1, SEQ_LEN), dtype=np.int64)
+            anchor(sequence, START, TOP_K)
+            begin = time.perf_counter()
+            clients[side, transport].logits("tiny", sequence.tolist(), [START], top_k=TOP_K)
+            if index >= 20:
+                out[transport].setdefault(side, []).append((time.perf_counter() - begin) * 1e3)
+    for client in clients.values():
+        client.close()
+    return out
+
+
+def _paired_rows(paired: dict[str, dict[str, list[float]]]) -> list[list[str]]:
+    """Per transport: each side's median and the median of the round-by-round differences with its 95%
+    interval (bootstrap over rounds, 1000 resamples)."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for transport, sides in paired.items():
+        diff = np.array(sides["after"]) - np.array(sides["before"])
+        boot = np.median(rng.choice(diff, (1000, len(diff))), axis=1)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        rows.append([transport, f"{np.median(sides['before']):.2f}", f"{np.median(sides['after']):.2f}",
+                     f"{np.median(diff):+.3f} [{low:+.3f}, {high:+.3f}]"])  # fmt: skip
+    return rows
 
 
 def server_cpu(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: int, calls: int = 6) -> dict:
@@ -268,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu-reps", type=int, default=5, help="repeats of the server-CPU slope (0: skip it)")
     parser.add_argument("--thread-rounds", type=int, default=8,
                         help="rounds of the per-thread CPU of one-sequence calls (0: skip them)")
+    parser.add_argument("--call-pairs", type=int, default=400,
+                        help="rounds of one-sequence calls paired call by call, this process's client (0: skip)")
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error("--reps must be at least 1")
@@ -281,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds, client_cpu = latency({"before": before, "after": after}, roots, model_dir, args.reps)
             cpu = server_cpu({"before": before, "after": after}, model_dir, args.cpu_reps) if args.cpu_reps else {}
             threads = thread_cpu({"before": before, "after": after}, args.thread_rounds) if args.thread_rounds else {}
+            paired = paired_calls({"before": before, "after": after}, model_dir, args.call_pairs) if args.call_pairs else {}
         fair = fairness(roots, model_dir, args.rounds, args.fairness_seconds) if args.rounds else {}
     base = summarize(seconds["in-process"]).median
     rows = [[path, f"{summarize(s).median * 1000:.2f}", "" if path == "in-process" else
@@ -304,6 +355,11 @@ def main(argv: list[str] | None = None) -> None:
               "(scheduler time): its event loop (transport stack, validation, encoding) and the model's worker; "
               "the paired row: median [min, max] of the round-by-round differences:\n")
         print(markdown_table(["transport", "server", "wall", "event loop CPU", "model thread CPU"], _thread_rows(threads)))
+    if paired:
+        print(f"\nOne-sequence calls of this process's client, paired call by call: {args.call_pairs} rounds of one "
+              "call per transport and side in a random order, each after an in-process forward + top-k; ms per "
+              "call, median; after - before: the median of the round-by-round differences [its 95% interval]:\n")
+        print(markdown_table(["transport", "before ms", "after ms", "after - before ms"], _paired_rows(paired)))
     if fair:
         rows = [[side, ", ".join(f"{r['p99_ms'] / r['p50_ms']:.2f}" for r in runs),
                  ", ".join(f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}" for r in runs),
