@@ -14,6 +14,8 @@ import importlib.metadata
 import re
 import sys
 
+from dualdistill.cli.grpc_core import choose_grpc_experiments
+
 # Order here is the order in `--help`.
 COMMAND_MODULES = ("serve", "models", "logits", "pairs", "capture", "train", "demo")
 
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    choose_grpc_experiments()  # before any command imports grpc (grpc_core.py)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
