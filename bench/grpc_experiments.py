@@ -1,6 +1,6 @@
 """gRPC core's I/O paths side by side: what GRPC_EXPERIMENTS does to a unary call's latency, on both ends.
 
-    python bench/grpc_experiments.py [--calls 1500] [--server=-event_engine_listener] [--client=-event_engine_client]
+    python bench/grpc_experiments.py [--quick] [--calls 1500] [--server=-event_engine_listener] [--client=-event_engine_client]
 
 Two grpc.aio servers answer GetLogits with a fixed 7 KB payload (a one-sequence answer's size), one with
 grpc's defaults and one started with GRPC_EXPERIMENTS=<--server> (what `dualdistill serve` sets,
@@ -10,7 +10,8 @@ GRPC_EXPERIMENTS=<--client>. (The `dualdistill` command sets both parts: client/
 grpc reads the variable once, when it is imported, so each setting is a
 process of its own. Every round makes one call per (client, server) pair in a random order, each after
 ~1 ms of CPU work in the calling process (a trainer's step between calls), and the differences are
-paired round by round. Prints the four medians and the paired differences with bootstrap 95% intervals.
+paired round by round. Writes bench/results/grpc_experiments.md/.json: the four medians and the paired
+differences with bootstrap 95% intervals.
 """
 
 from __future__ import annotations
@@ -27,7 +28,17 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from bench.common import ROOT, markdown_table
+from bench.common import (
+    ROOT,
+    Section,
+    add_output_args,
+    command_line,
+    header,
+    machine_info,
+    markdown_table,
+    plain_args,
+    section_main,
+)
 
 PAYLOAD_BYTES = 7000
 
@@ -106,39 +117,70 @@ def measure(calls: int, server_experiments: str, client_experiments: str) -> dic
             process.wait()
 
 
-def _paired(a: list[float], b: list[float], rng: np.random.Generator) -> str:
+def _paired(a: list[float], b: list[float], rng: np.random.Generator) -> dict:
+    """Median of the round-by-round differences a - b and its 95% interval (bootstrap over rounds)."""
     diff = np.array(a) - np.array(b)
     boot = np.median(rng.choice(diff, (1000, len(diff))), axis=1)
     low, high = np.percentile(boot, [2.5, 97.5])
-    return f"{np.median(diff):+.3f} [{low:+.3f}, {high:+.3f}]"
+    return {"median": float(np.median(diff)), "low": float(low), "high": float(high)}
+
+
+COMPARISONS = [  # (label, (client, server) with the change, (client, server) without it)
+    ("server experiments, default client", ("default", "experiments"), ("default", "default")),
+    ("server experiments, experiments client", ("experiments", "experiments"), ("experiments", "default")),
+    ("client experiments, default server", ("experiments", "default"), ("default", "default")),
+    ("both, against neither", ("experiments", "experiments"), ("default", "default")),
+]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="300 rounds")
+    parser.add_argument("--calls", type=int, default=None, help="rounds (one call per client and server each; default 1500)")
+    parser.add_argument("--server", default="-event_engine_listener", help="the servers' GRPC_EXPERIMENTS")
+    parser.add_argument("--client", default="-event_engine_client", help="the clients' GRPC_EXPERIMENTS")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    add_output_args(parser)
+    args = parser.parse_args(argv)
+    args.calls = args.calls or (300 if args.quick else 1500)
+    return args
+
+
+def run(argv: list[str]) -> Section:
+    args = parse(argv)
+    info = machine_info()
+    times = measure(args.calls, args.server, args.client)
+    rng = np.random.default_rng(1)
+    data = {"machine": info, "argv": argv, "args": plain_args(args), "load_average": os.getloadavg()[0],
+            "medians": {f"{client}/{server}": float(np.median(v)) for (client, server), v in times.items()},
+            "paired": {label: _paired(times[a], times[b], rng) for label, a, b in COMPARISONS}}  # fmt: skip
+    return section(data, args, argv)
+
+
+def section(data: dict, args: argparse.Namespace, argv: list[str]) -> Section:
+    rows = [[*key.split("/"), f"{value:.3f}"] for key, value in data["medians"].items()]
+    paired = [[label, f"{d['median']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"] for label, d in data["paired"].items()]
+    md = "\n".join([
+        header("gRPC I/O paths (GRPC_EXPERIMENTS)", command_line("bench/grpc_experiments.py", argv), data["machine"]),
+        f"Unary GetLogits of a fixed {PAYLOAD_BYTES} B answer (a one-sequence answer's size) from a grpc.aio server, "
+        f"blocking stubs with a deadline and a request id, {args.calls} rounds of one call per client and server in a "
+        f"random order, each after ~1 ms of the caller's own CPU work. \"experiments\": server "
+        f"GRPC_EXPERIMENTS={args.server}, client GRPC_EXPERIMENTS={args.client} (what the `dualdistill` command "
+        "sets: client/dualdistill/cli/grpc_core.py); \"default\": grpc's own I/O path. Median ms per call:\n",
+        markdown_table(["client", "server", "ms per call"], rows),
+        "\nPaired differences, ms, median [95% interval, bootstrap over rounds]:\n",
+        markdown_table(["change", "ms"], paired),
+        f"\n1-minute load average at the end: {data['load_average']:.1f} on {data['machine']['cores']} cores.",
+    ])
+    return Section("grpc_experiments", "gRPC I/O paths", md, data)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=1500, help="rounds (one call per client and server each)")
-    parser.add_argument("--server", default="-event_engine_listener", help="the servers' GRPC_EXPERIMENTS")
-    parser.add_argument("--client", default="-event_engine_client",
-                        help="the clients' GRPC_EXPERIMENTS")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.serve:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--serve" in argv:
         serve()
         return
-    times = measure(args.calls, args.server, args.client)
-    rng = np.random.default_rng(1)
-    rows = [[client, server, f"{np.median(v):.3f}"] for (client, server), v in times.items()]
-    print(f"Unary GetLogits of a fixed {PAYLOAD_BYTES} B answer, {args.calls} rounds, ms per call (median); "
-          f"server experiments {args.server!r}, client experiments {args.client!r}:\n")
-    print(markdown_table(["client", "server", "ms per call"], rows))
-    print("\nPaired differences, ms: median [95% interval]:\n")
-    print(markdown_table(["change", "ms"], [
-        ["server experiments, default client", _paired(times["default", "experiments"], times["default", "default"], rng)],
-        ["server experiments, experiments client",
-         _paired(times["experiments", "experiments"], times["experiments", "default"], rng)],
-        ["client experiments, default server", _paired(times["experiments", "default"], times["default", "default"], rng)],
-        ["both, against neither", _paired(times["experiments", "experiments"], times["default", "default"], rng)],
-    ]))  # fmt: skip
-    print(f"\n1-minute load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
+    section_main(argv, parse, run, section)
 
 
 if __name__ == "__main__":

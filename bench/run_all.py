@@ -39,6 +39,7 @@ SECTIONS = [
     ("wire", "bench/wire.py", "Wire size and fidelity"),
     ("wire_encode_speed", "bench/wire_encode_speed.py", "Wire encoder speed"),
     ("service_overhead", "bench/service_overhead.py", "Service overhead"),
+    ("grpc_experiments", "bench/grpc_experiments.py", "gRPC I/O paths"),
     ("many_students", "bench/many_students.py", "Many students"),
     ("trainer_stall", "bench/trainer_stall.py", "Trainer stall"),
     ("vllm_engine", "bench/vllm_engine.py", "vLLM engine"),
