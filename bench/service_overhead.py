@@ -148,7 +148,7 @@ def measure_cost(server, name: str, anchor, calls: dict, vocab: int, args: argpa
     )
     latency = service_cost.added_latency(
         server.http_url, name, anchor, {"client-http": calls["http-binary"], "client-grpc": calls["grpc-unary"]},
-        vocab, seq_len=args.seq_len, start=args.start, top_k=args.top_k, reps=4 * args.cost_reps,
+        vocab, seq_len=args.seq_len, start=args.start, top_k=args.top_k, reps=args.latency_calls,
         pid=server.process.pid,
     )
     breakdown = service_cost.latency_breakdown(
@@ -156,7 +156,8 @@ def measure_cost(server, name: str, anchor, calls: dict, vocab: int, args: argpa
         reps=4 * args.cost_reps,
     )
     floor = measure_floor(name, anchor, vocab, args)
-    return {"cpu_settings": settings, "cpu": cpu, "latency": latency, "breakdown": breakdown, "floor": floor}
+    return {"cpu_settings": settings, "cpu": cpu, "latency": latency, "latency_after_anchor": True,
+            "breakdown": breakdown, "floor": floor}
 
 
 def measure_floor(name: str, anchor: InProcess, vocab: int, args: argparse.Namespace) -> dict:
@@ -318,6 +319,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cost-model", default="tiny", help="the model whose server's own cost is measured")
     p.add_argument("--cost-calls", type=int, default=None, help="calls per repeat of the CPU measurement (default 8)")
     p.add_argument("--cost-reps", type=int, default=None, help="repeats of the cost measurements (default 5, quick 2)")
+    p.add_argument("--latency-calls", type=int, default=None,
+                   help="one-sequence calls per path of the latency measurement (default 4 x --cost-reps); more calls "
+                        "span more of the machine's slower and faster spells")
     p.add_argument("--fairness-clients", type=int, default=64)
     p.add_argument("--fairness-seconds", type=float, default=None, help="loadgen run (default 30, quick 10)")
     add_output_args(p)
@@ -330,6 +334,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.parts = args.parts.split(",") if isinstance(args.parts, str) else args.parts
     args.cost_calls = args.cost_calls or (4 if args.quick else 8)
     args.cost_reps = args.cost_reps or (2 if args.quick else 5)
+    args.latency_calls = args.latency_calls or 4 * args.cost_reps
     args.fairness_seconds = args.fairness_seconds or (10.0 if args.quick else 30.0)
     return args
 

@@ -78,6 +78,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
                 server.http_url, "tiny", anchor, {"client-http": calls["http-binary"], "client-grpc": calls["grpc-binary"]},
                 vocab, seq_len=SEQ_LEN, start=START, top_k=TOP_K, reps=4 * args.reps,
             )  # fmt: skip
+            out["latency_after_anchor"] = True  # how added_latency orders its calls (the rendering says it)
             out["breakdown"] = service_cost.latency_breakdown(
                 server.http_url, server.grpc_target, "tiny", vocab, seq_len=SEQ_LEN, start=START, top_k=TOP_K,
                 reps=4 * args.reps,
@@ -125,7 +126,10 @@ def render(data: dict, args: argparse.Namespace, argv: list[str]) -> str:
     rows = service_cost.latency_rows(latency)
     lines.append(
         f"\nLatency of a one-sequence call (T = {SEQ_LEN}, start = {START}, top_k = {TOP_K}, binary), median of "
-        f"{len(latency['in-process']['seconds'])} calls; added = path - in-process (`compute_logits` on this "
+        f"{len(latency['client-http']['seconds'])} calls per path"
+        + (" (each of our client's calls right after an in-process call, the paths in a random order per repeat)"
+           if records.get("latency_after_anchor") else "")
+        + "; added = path - in-process (`compute_logits` on this "
         f"process's vllm engine, {base * 1000:.2f} ms); curl: one invocation, every request on one kept-alive "
         f"connection, the first left out:\n"
     )
@@ -135,7 +139,7 @@ def render(data: dict, args: argparse.Namespace, argv: list[str]) -> str:
         stages = service_cost.BREAKDOWN_STAGES
         rows = [service_cost.breakdown_row(path, r, r["server"], _around_engine(r)) for path, r in breakdown.items()]
         lines.append(
-            f"\nThe same call sent raw (httpx on one kept-alive connection, a gRPC stub), from the server's "
+            f"\nThe same call sent raw (our client's own HTTP connection, kept alive, and a gRPC stub), from the server's "
             f"`server-timing`, ms, median of {len(next(iter(breakdown.values()))['wall'])} calls: \"forward\" is "
             f"the model's worker waiting for vLLM's step and converting its result, so wall - forward is what "
             f"the service and both network stacks add around the engine, with no in-process anchor:\n"
