@@ -138,6 +138,7 @@ def test_interim_answers_are_skipped_and_bodiless_statuses_have_no_body() -> Non
         (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", http.client.HTTPException),
         (b"HTTP/1.1 200 OK\r\n" + b"x: y\r\n" * (MAX_HEADERS + 1) + b"\r\n", http.client.HTTPException),
         (b"HTTP/1.1 200 OK\r\nx: " + b"y" * 70_000, http.client.LineTooLong),
+        (b"HTTP/1.1 200 OK\r\nx: " + b"y" * 70_000 + b"\r\n\r\n", http.client.LineTooLong),
     ],
 )
 def test_malformed_or_cut_answers_raise_http_client_errors(answer: bytes, error: type) -> None:

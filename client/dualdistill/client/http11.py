@@ -174,6 +174,8 @@ class Connection:
         """The next line of the head, without its line end (CRLF, or a bare LF as http.client accepts)."""
         while True:
             end = self._buffer.find(b"\n", self._at)
+            if end - self._at > MAX_HEAD_BYTES:  # also a long line that arrived whole
+                raise http.client.LineTooLong("header line")
             if end >= 0:
                 line = self._buffer[self._at : end]
                 self._at = end + 1
