@@ -36,6 +36,7 @@ from bench.common import (
     header,
     machine_info,
     markdown_table,
+    paired_difference,
     plain_args,
     section_main,
 )
@@ -117,14 +118,6 @@ def measure(calls: int, server_experiments: str, client_experiments: str) -> dic
             process.wait()
 
 
-def _paired(a: list[float], b: list[float], rng: np.random.Generator) -> dict:
-    """Median of the round-by-round differences a - b and its 95% interval (bootstrap over rounds)."""
-    diff = np.array(a) - np.array(b)
-    boot = np.median(rng.choice(diff, (1000, len(diff))), axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return {"median": float(np.median(diff)), "low": float(low), "high": float(high)}
-
-
 COMPARISONS = [  # (label, (client, server) with the change, (client, server) without it)
     ("server experiments, default client", ("default", "experiments"), ("default", "default")),
     ("server experiments, experiments client", ("experiments", "experiments"), ("experiments", "default")),
@@ -150,10 +143,9 @@ def run(argv: list[str]) -> Section:
     args = parse(argv)
     info = machine_info()
     times = measure(args.calls, args.server, args.client)
-    rng = np.random.default_rng(1)
     data = {"machine": info, "argv": argv, "args": plain_args(args), "load_average": os.getloadavg()[0],
             "medians": {f"{client}/{server}": float(np.median(v)) for (client, server), v in times.items()},
-            "paired": {label: _paired(times[a], times[b], rng) for label, a, b in COMPARISONS}}  # fmt: skip
+            "paired": {label: paired_difference(times[a], times[b]) for label, a, b in COMPARISONS}}  # fmt: skip
     return section(data, args, argv)
 
 

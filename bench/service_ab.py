@@ -43,7 +43,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from bench.common import ROOT, markdown_table, summarize
+from bench.common import ROOT, markdown_table, paired_difference, summarize
 from bench.service_cost import curl_seconds
 from tests.fixtures.server_process import SERVING_RE
 
@@ -192,15 +192,12 @@ def paired_calls(servers: dict[str, tuple[str, str, int]], model_dir: Path, roun
 
 def _paired_rows(paired: dict[str, dict[str, list[float]]]) -> list[list[str]]:
     """Per transport: each side's median and the median of the round-by-round differences with its 95%
-    interval (bootstrap over rounds, 1000 resamples)."""
-    rng = np.random.default_rng(11)
+    interval (bench/common.py `paired_difference`)."""
     rows = []
     for transport, sides in paired.items():
-        diff = np.array(sides["after"]) - np.array(sides["before"])
-        boot = np.median(rng.choice(diff, (1000, len(diff))), axis=1)
-        low, high = np.percentile(boot, [2.5, 97.5])
+        d = paired_difference(sides["after"], sides["before"])
         rows.append([transport, f"{np.median(sides['before']):.2f}", f"{np.median(sides['after']):.2f}",
-                     f"{np.median(diff):+.3f} [{low:+.3f}, {high:+.3f}]"])  # fmt: skip
+                     f"{d['median']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"])  # fmt: skip
     return rows
 
 
