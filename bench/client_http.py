@@ -29,7 +29,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from bench.common import ROOT, markdown_table
+from bench.common import ROOT, markdown_table, source_pythonpath
 
 SEQ_LEN, START, TOP_K = 64, 8, 128
 IDLE_S = 0.005
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     from bench.transport_floor import save_results
     from bench.wire_encode_speed import tiny_vocab_response
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("client", "server", "."))}
+    env = {**os.environ, "PYTHONPATH": source_pythonpath()}
     with tempfile.TemporaryDirectory(prefix="client-http-") as tmp:
         results_path = Path(tmp) / "results.npz"
         save_results(tiny_vocab_response()[:1], results_path)

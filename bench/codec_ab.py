@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from bench.common import ROOT, markdown_table
+from bench.common import ROOT, markdown_table, source_pythonpath
 
 # Runs inside each checkout: only modules both sides have (the codec, the two response builders).
 PROBE = r"""
@@ -63,7 +63,7 @@ print(json.dumps(out))
 
 def probe(root: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DUALDISTILL_")}
-    env |= {"PYTHONPATH": os.pathsep.join(str(root / p) for p in ("client", "server", ".")), "OMP_NUM_THREADS": "1"}
+    env |= {"PYTHONPATH": source_pythonpath(root), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", PROBE], cwd=root, env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"the probe failed in {root}:\n{done.stderr[-2000:]}")

@@ -127,6 +127,12 @@ def run_child(args: Sequence[str], timeout: float = 900.0, env: dict | None = No
 
 
 # ------------------------------------------------------------------------------------ machine and output
+def source_pythonpath(root: Path = ROOT) -> str:
+    """PYTHONPATH for a child process that runs `root`'s checkout from source: its client, server and root
+    folders (the packages, and `bench`/`tests` for the child's own imports)."""
+    return os.pathsep.join(str(root / p) for p in ("client", "server", "."))
+
+
 def post_json(connections, path: str, body: bytes) -> tuple[object, bytes]:
     """POST a JSON body through our blocking client's own HTTP connections (client/dualdistill/client/
     plain_http.py `PlainHttpConnections`): the answer's (headers, content); RuntimeError unless it is a 200."""

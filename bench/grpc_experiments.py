@@ -3,8 +3,7 @@
     python bench/grpc_experiments.py [--quick] [--calls 1500] [--server=-event_engine_listener] [--client=-event_engine_client]
 
 Two grpc.aio servers answer GetLogits with a fixed 7 KB payload (a one-sequence answer's size), one with
-grpc's defaults and one started with GRPC_EXPERIMENTS=<--server> (what `dualdistill serve` sets,
-server/dualdistill_server/grpc_core.py); two client processes (blocking stubs, a 60 s deadline and a
+grpc's defaults and one started with GRPC_EXPERIMENTS=<--server>; two client processes (blocking stubs, a 60 s deadline and a
 request id in the metadata, as TeacherClient sends) run with grpc's defaults and with
 GRPC_EXPERIMENTS=<--client>. (The `dualdistill` command sets both parts: client/dualdistill/cli/grpc_core.py.)
 grpc reads the variable once, when it is imported, so each setting is a
@@ -29,7 +28,6 @@ if __package__ in (None, ""):
 import numpy as np
 
 from bench.common import (
-    ROOT,
     Section,
     add_output_args,
     command_line,
@@ -39,6 +37,7 @@ from bench.common import (
     paired_difference,
     plain_args,
     section_main,
+    source_pythonpath,
 )
 
 PAYLOAD_BYTES = 7000
@@ -84,7 +83,7 @@ def serve() -> None:
 
 def _environ(experiments: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
-    env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("client", "server", "."))
+    env["PYTHONPATH"] = source_pythonpath()
     if experiments:
         env["GRPC_EXPERIMENTS"] = experiments
     return env

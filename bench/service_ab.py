@@ -144,12 +144,13 @@ def latency(servers: dict[str, tuple[str, str, int]], roots: dict[str, Path], mo
             for path in ("client-http", "client-grpc"):
                 calls[f"{side} {path}"] = _worker_call(worker, path, client_cpu.setdefault(f"{side} {path}", []))
         calls["in-process"] = _timed(anchor)
+        paths = list(calls)
         seconds: dict[str, list[float]] = {path: [] for path in calls}
         for rep in range(reps + 1):  # rep 0 warms up
             # a fresh random order each repeat: with the order fixed and reversed every other repeat, a path's
             # place (what ran just before it) moved its median by 0.3-0.35 ms in A/A runs (the same code on
             # both sides, 800 repeats); in random orders `paired_calls` A/A gave -0.07 (HTTP), -0.01 ms (gRPC)
-            for path in [list(calls)[i] for i in rng.permutation(len(calls))]:
+            for path in [paths[i] for i in rng.permutation(len(paths))]:
                 took = calls[path](rng.integers(0, 320, (1, SEQ_LEN), dtype=np.int64), START, TOP_K)
                 if rep > 0:
                     seconds[path].append(took)
@@ -162,18 +163,24 @@ def latency(servers: dict[str, tuple[str, str, int]], roots: dict[str, Path], mo
     return seconds, {path: cpu[1:] for path, cpu in client_cpu.items()}  # without the warm-up call
 
 
+def _clients(servers: dict[str, tuple[str, str, int]]) -> dict:
+    """{(side, "http" | "grpc"): this process's TeacherClient (binary) to that side's server}."""
+    from dualdistill import TeacherClient
+
+    return {(side, transport): TeacherClient(http if transport == "http" else grpc_target, transport=transport,
+                                             format="binary", timeout=60)
+            for side, (http, grpc_target, _) in servers.items() for transport in ("http", "grpc")}  # fmt: skip
+
+
 def paired_calls(servers: dict[str, tuple[str, str, int]], model_dir: Path, rounds: int) -> dict[str, dict]:
     """{transport: {"before": [ms], "after": [ms]}}: one-sequence calls of this process's client (the same client
     code for both sides: only the servers differ), `rounds` rounds of one call per (side, transport) in a
     fresh random order, each call right after an in-process forward + top-k as a trainer's loop makes them
     (the forward evicts what the call would otherwise find in the caches); paired round by round."""
     from bench.service_overhead import InProcess
-    from dualdistill import TeacherClient
 
     anchor = InProcess(model_dir, "cpu", "float32", 1)
-    clients = {(side, transport): TeacherClient(http if transport == "http" else grpc_target, transport=transport,
-                                                format="binary", timeout=60)
-               for side, (http, grpc_target, _) in servers.items() for transport in ("http", "grpc")}  # fmt: skip
+    clients = _clients(servers)
     keys = list(clients)
     rng = np.random.default_rng(7)
     out: dict[str, dict[str, list[float]]] = {"http": {}, "grpc": {}}
@@ -247,11 +254,8 @@ def thread_cpu(servers: dict[str, tuple[str, str, int]], rounds: int, calls: int
     the machine's slower and faster moments."""
     from bench.service_cost import main_thread_cpu_seconds as loop_cpu
     from bench.service_cost import threads_cpu_seconds
-    from dualdistill import TeacherClient
 
-    clients = {(side, transport): TeacherClient(http if transport == "http" else grpc_target, transport=transport,
-                                                format="binary", timeout=60)
-               for side, (http, grpc_target, _) in servers.items() for transport in ("http", "grpc")}  # fmt: skip
+    clients = _clients(servers)
     rng = np.random.default_rng(5)
     out: dict[str, dict[str, list[tuple[float, float, float]]]] = {"http": {}, "grpc": {}}
     for index in range(rounds + 1):  # round 0 warms up

@@ -42,7 +42,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from bench.common import ROOT, post_json, summarize
+from bench.common import post_json, source_pythonpath, summarize
 
 FIELDS = ("row_lengths", "top_ids", "top_logprobs", "token_logprobs", "tail_logprobs")
 
@@ -115,7 +115,7 @@ def measure(results: list, body: dict, reps: int) -> dict[str, list[float]]:
     server holding `results`; `body` is the JSON request the clients send (the service's own for this answer)."""
     from bench.service_cost import curl_seconds
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("client", "server", "."))}
+    env = {**os.environ, "PYTHONPATH": source_pythonpath()}
     with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
         results_path = Path(tmp) / "results.npz"
         save_results(results, results_path)

@@ -174,14 +174,12 @@ class Connection:
         """The next line of the head, without its line end (CRLF, or a bare LF as http.client accepts)."""
         while True:
             end = self._buffer.find(b"\n", self._at)
-            if end - self._at > MAX_HEAD_BYTES:  # also a long line that arrived whole
+            if (end if end >= 0 else len(self._buffer)) - self._at > MAX_HEAD_BYTES:  # whole or still arriving
                 raise http.client.LineTooLong("header line")
             if end >= 0:
                 line = self._buffer[self._at : end]
                 self._at = end + 1
                 return line.rstrip(b"\r").decode("latin-1")
-            if len(self._buffer) - self._at > MAX_HEAD_BYTES:
-                raise http.client.LineTooLong("header line")
             if not self._receive():
                 if first_of_answer and self._at == len(self._buffer):
                     raise http.client.RemoteDisconnected("Remote end closed connection without response")
