@@ -8,7 +8,9 @@ Each round runs one process per side (the sides alternate first), which times, o
 every (payload, variant, call) with a warm-up and a median over repeats:
 - "service B=1" / "service B=32": the service bench's shape (one / 32 sequences of 56 positions, k = 128,
   the tiny model's 320-id vocabulary: bench/wire_encode_speed.py's response);
-- "smollm2-like": 4 x 128 positions, k = 128, vocabulary 49152 (tests/client/wire/synthetic.py).
+- "smollm2-like": 4 x 128 positions, k = 128, vocabulary 49152 (tests/client/wire/synthetic.py);
+- "smollm2-like B=1" / "vocab 128256 B=1": one sequence of 56 positions, k = 128, vocabulary 49152 / 128256
+  (a one-sequence call of a real teacher: Llama 3's vocabulary is 128256 ids).
 Both sides must write the same bytes (checked: SHA-256 of every payload). Prints a Markdown table of the
 median over rounds, microseconds per position, and the before / after ratio; writes nothing.
 """
@@ -39,7 +41,9 @@ from tests.client.wire.synthetic import teacher_response
 
 service = tiny_vocab_response()
 cases = {"service B=1": (service[:1], 200), "service B=32": (service, 15),
-         "smollm2-like": (teacher_response(sequences=4, rows=128, k=128, seed=0), 15)}
+         "smollm2-like": (teacher_response(sequences=4, rows=128, k=128, seed=0), 15),
+         "smollm2-like B=1": (teacher_response(sequences=1, rows=56, k=128, seed=1), 200),
+         "vocab 128256 B=1": (teacher_response(sequences=1, rows=56, k=128, vocab=128256, seed=2), 200)}
 out = {}
 for name, (results, reps) in cases.items():
     positions = sum(r.num_rows for r in results)

@@ -79,10 +79,23 @@ def run_section(name: str, script: str, quick: bool, timeout: float) -> str | No
 def section_text(name: str, title: str, failure: str | None) -> tuple[str, list[dict]]:
     md, js = RESULTS / f"{name}.md", RESULTS / f"{name}.json"
     if failure is None and md.is_file():
-        goals = json.loads(js.read_text()).get("goals", []) if js.is_file() else []
-        return md.read_text(), goals
+        data = json.loads(js.read_text()) if js.is_file() else {}
+        return _with_machine(md.read_text(), data.get("machine")), data.get("goals", [])
     reason = failure or "never run on this machine"
     return f"## {title}\n\nNot yet measured: {reason}.\n", []
+
+
+def _with_machine(text: str, machine: dict | None) -> str:
+    """The section's text with the CPU it ran on after its "Command:" line: sections are measured at
+    different times, and the shared machines behind them are not always the same model."""
+    if not machine:
+        return text
+    lines = text.split("\n")
+    at = next((i for i, line in enumerate(lines) if line.startswith("Command:")), None)
+    if at is None:
+        return text
+    lines.insert(at + 1, f"Measured on: {machine['cpu']}, {machine['cores']} cores.")
+    return "\n".join(lines)
 
 
 def gpu_status() -> str:
@@ -106,9 +119,11 @@ def render(texts: list[str], goals: list[dict], info: dict, argv: list[str]) -> 
         f"`{command}` (`make bench` runs every section at full size, `make bench-quick` at reduced sizes); "
         "each section names the command that produced it and when it ran. Figures are medians over repeats with their spread in brackets "
         "(interquartile range for >= 4 repeats, else min-max); ratios compare variants measured in the same "
-        "run, because the machine is shared and its absolute timings drift.",
+        "run, because the machine is shared and its absolute timings drift. Sections ran on shared machines "
+        "that are not always the same CPU model: each names its own (absolute times compare only within one "
+        "section).",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}; Python {info['python']}, torch "
+        f"Assembled on: {info['cpu']}, {info['cores']} cores, {info['os']}; Python {info['python']}, torch "
         f"{info['torch']}, transformers {info['transformers']}, grpcio {info['grpc']}, numpy {info['numpy']}. "
         f"Document generated {info['date']}.",
         "",

@@ -5,10 +5,11 @@ was before its speed-up (tests/client/wire/reference_encoder.py, a frozen copy),
 
 One response of B sequences x (T - start) positions at k entries per position, as the service returns
 it for B = 32, T = 64, start = 8, k = 128: over the tiny test model's 320-id vocabulary and over a
-49,152-id one (SmolLM2's size; tests/client/wire/synthetic.py's realistic rows). Each round encodes the
-response once with each encoder, alternating which goes first; the figures are the median [IQR] over
-rounds of CPU time (time.thread_time) per position, and of the per-round ratio old / new. Both encoders
-must write the same bytes (checked before timing).
+49,152-id one (SmolLM2's size; tests/client/wire/synthetic.py's realistic rows); and B = 1 over those and
+a 128,256-id one (Llama 3's). Each round encodes the response once with each encoder, alternating which
+goes first; the figures are the median [IQR] over rounds of CPU time (time.thread_time) per position, and
+of the per-round ratio old / new. Both encoders must write the same bytes (checked before timing). Then
+the stages of the new encoder alone, and its id dictionary against numpy's on every input.
 """
 
 from __future__ import annotations
@@ -58,6 +59,46 @@ def tiny_vocab_response(vocab: int = 320, seed: int = 0) -> list:
     return out
 
 
+def _inputs() -> dict[tuple[str, int], list]:
+    """{(input, B): results}: the service bench's shape (B = 32) over the tiny model's vocabulary and
+    SmolLM2's; and one sequence (B = 1, a trainer's one-sequence call) over those and Llama 3's 128,256 ids,
+    where whatever scales with the vocabulary rather than the entries shows."""
+    from tests.client.wire.synthetic import teacher_response
+
+    positions = SEQ_LEN - START
+    return {
+        ("vocab 320", BATCH): tiny_vocab_response(),
+        ("vocab 49152", BATCH): teacher_response(BATCH, positions, k=TOP_K, vocab=49152, seed=1),
+        ("vocab 320", 1): tiny_vocab_response()[:1],
+        ("vocab 49152", 1): teacher_response(1, positions, k=TOP_K, vocab=49152, seed=2),
+        ("vocab 128256", 1): teacher_response(1, positions, k=TOP_K, vocab=128256, seed=3),
+    }
+
+
+def dictionary_times(rounds: int) -> list[dict]:
+    """The id dictionary alone, numpy's (dictionary.build: a bincount, a scan and a lookup table as long as
+    the largest id) against the compiled one `wire.encode` takes (codec._build_dictionary), alternating
+    in this process on every input's ids: CPU µs per call."""
+    from dualdistill.protocol.wire import codec, dictionary
+
+    rows = []
+    for (name, batch), results in _inputs().items():
+        ids = np.concatenate([r.top_ids for r in results]).astype(np.int64)
+        builders = {"numpy": dictionary.build, "compiled": codec._build_dictionary}
+        outputs = [builder(ids) for builder in builders.values()]
+        if not all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True)):
+            raise RuntimeError(f"{name}, B={batch}: the two dictionaries differ")
+        times = {label: [] for label in builders}
+        for r in range(rounds * 10 + 1):  # a call takes microseconds: more rounds than the encoders get
+            for label in builders if r % 2 else reversed(builders):
+                begin = time.thread_time()
+                builders[label](ids)
+                if r:
+                    times[label].append((time.thread_time() - begin) * 1e6)
+        rows.append({"input": name, "batch": batch, "entries": len(ids), "distinct": len(outputs[0][0]), **times})
+    return rows
+
+
 def _page_faults() -> int:
     """Minor page faults of this process so far (a fresh page of a new array costs one)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -66,14 +107,9 @@ def _page_faults() -> int:
 def measure(rounds: int) -> list[dict]:
     from dualdistill.protocol import wire
     from tests.client.wire import reference_encoder
-    from tests.client.wire.synthetic import teacher_response
 
-    inputs = {
-        "vocab 320": tiny_vocab_response(),
-        "vocab 49152": teacher_response(BATCH, SEQ_LEN - START, k=TOP_K, vocab=49152, seed=1),
-    }
     rows = []
-    for name, results in inputs.items():
+    for (name, batch), results in _inputs().items():
         positions = sum(r.num_rows for r in results)
         for lossless in (False, True):
             encoders = {"old": reference_encoder.encode, "new": wire.encode}
@@ -89,7 +125,7 @@ def measure(rounds: int) -> list[dict]:
                         times[label].append((time.thread_time() - begin) / positions * 1e6)
                         faults[label].append(_page_faults() - faulted)
             rows.append(
-                {"input": name, "variant": "lossless" if lossless else "lossy", "positions": positions,
+                {"input": name, "batch": batch, "variant": "lossless" if lossless else "lossy", "positions": positions,
                  "bytes_per_position": len(payload) / positions, **times,
                  "faults_old": faults["old"], "faults_new": faults["new"]}  # fmt: skip
             )
@@ -100,17 +136,17 @@ def measure(rounds: int) -> list[dict]:
 def stage_times(rounds: int) -> dict[str, list[float]]:
     """CPU µs per position of each stage of the new lossy encoder on the vocab-320 response, each stage
     run alone on the previous stage's output (`codec.encode` runs them in this order)."""
-    from dualdistill.protocol.wire import codec, container, dictionary, kernels
+    from dualdistill.protocol.wire import codec, container, kernels
     from dualdistill.protocol.wire.quantize import DEFAULT_TARGET_KL, quantize_for_target
 
     results = tiny_vocab_response()
     seq_rows, row_lengths, ids, logprobs, token, tail, _ = codec._flatten(results, False)
-    key_to_id, key_classes, keys = dictionary.build(ids)
+    key_to_id, key_classes, keys = codec._build_dictionary(ids)
     quant, level = quantize_for_target(logprobs, len(row_lengths), DEFAULT_TARGET_KL)
     level = level.copy()  # out of the scratch buffer the next quantizer call reuses
     stages = {
         "flatten and validate": lambda: codec._flatten(results, False, in_scratch=True),
-        "id dictionary": lambda: dictionary.build(ids),
+        "id dictionary": lambda: codec._build_dictionary(ids),
         "quantizer (exp, KL search, levels)": lambda: quantize_for_target(logprobs, len(row_lengths), DEFAULT_TARGET_KL),
     }
     if kernels.enabled():  # the path encode takes: numpy's row sort, then all 23 streams in one compiled call
@@ -141,33 +177,46 @@ def stage_times(rounds: int) -> dict[str, list[float]]:
 
 def render(
     rows: list[dict], stages: dict, args: argparse.Namespace, info: dict, argv: list[str], load: tuple,
-    compiled: bool = False,
+    compiled: bool = False, dictionary: list[dict] | None = None,
 ) -> str:
     lines = [header("Wire encoder speed", command_line("bench/wire_encode_speed.py", argv), info)]
     lines.append(
-        f"`wire.encode` of one response of {BATCH} sequences x {SEQ_LEN - START} positions at k = {TOP_K} "
-        "(the service bench's shape), against the encoder before its speed-up (a frozen copy in "
+        f"`wire.encode` of one response of B sequences x {SEQ_LEN - START} positions at k = {TOP_K} "
+        f"(B = {BATCH}: the service bench's shape; B = 1: one sequence), against the encoder before its speed-up (a frozen copy in "
         "tests/client/wire/reference_encoder.py) in the same process; both write the same bytes (checked). "
         f"CPU µs per position, median [IQR] over {args.rounds} rounds, the per-round ratio old / new, and the "
         "median minor page faults per call.\n"
     )
     table = [
-        [r["input"], r["variant"], f"{r['bytes_per_position']:.1f}", fmt(summarize(r["old"])),
+        [r["input"], r.get("batch", BATCH), r["variant"], f"{r['bytes_per_position']:.1f}", fmt(summarize(r["old"])),
          fmt(summarize(r["new"])), fmt(ratio_summary(r["old"], r["new"])),
          f"{summarize(r['faults_old']).median:.0f} / {summarize(r['faults_new']).median:.0f}"]  # fmt: skip
         for r in rows
     ]
-    headers = ["input", "variant", "bytes/position", "old µs/pos", "new µs/pos", "old / new", "page faults old / new"]
+    headers = ["input", "B", "variant", "bytes/position", "old µs/pos", "new µs/pos", "old / new", "page faults old / new"]
     lines.append(markdown_table(headers, table))
     lines.append(
         f"\nWhere the new encoder's time goes (vocab 320, lossy; each stage alone on the previous one's output, "
         f"CPU µs per position, median [IQR] over {args.rounds} rounds):\n"
     )
     lines.append(markdown_table(["stage", "µs/pos"], [[k, fmt(summarize(v))] for k, v in stages.items()]))
+    if dictionary:
+        lines.append(
+            "\nThe id dictionary alone, µs per call (CPU, median [IQR] over alternating calls): numpy's "
+            "(`dictionary.build`: a bincount, a scan and a lookup table as long as the largest id, on every "
+            "call) and the compiled one `wire.encode` takes where numba is installed (`codec._build_dictionary`: "
+            "two passes over the entries and a per-thread table it leaves zeroed; the same arrays, checked).\n"
+        )
+        lines.append(markdown_table(
+            ["input", "B", "entries", "distinct ids", "numpy µs", "compiled µs", "numpy / compiled"],
+            [[d["input"], d["batch"], d["entries"], d["distinct"], fmt(summarize(d["numpy"])),
+              fmt(summarize(d["compiled"])), fmt(ratio_summary(d["numpy"], d["compiled"]))] for d in dictionary],
+        ))  # fmt: skip
     goal = goal_row(rows)
     lines.append(f"\nGoal ({goal['goal']}): {'met' if goal['met'] else 'not met'} — {goal['measured']}.")
     alone = summarize(stages["whole wire.encode"]).median
     new = summarize(next(r for r in rows if r["input"] == "vocab 320" and r["variant"] == "lossy")["new"]).median
+    # (the first vocab-320 lossy row is B = BATCH's, in old runs' data and new)
     lines.append(
         f"\nReading. Run alone (stage table) the new encoder takes {alone:.1f} µs/position; alternating with the "
         f"old one it takes {new:.1f}. The state a call meets (allocator, caches, page faults of freshly "
@@ -191,7 +240,7 @@ def render(
 
 
 def goal_row(rows: list[dict]) -> dict:
-    lossy = [r for r in rows if r["variant"] == "lossy"]
+    lossy = [r for r in rows if r["variant"] == "lossy" and r.get("batch", BATCH) == BATCH]
     ratios = {r["input"]: ratio_summary(r["old"], r["new"]).median for r in lossy}
     return {
         "item": "wire encoder speed (cpu)",
@@ -219,18 +268,19 @@ def run(argv: list[str]) -> Section:
     if args.render_from:
         data, args, argv = saved_run(args.render_from, parse)
         markdown = render(data["rows"], data["stages"], args, data["machine"], argv, tuple(data["load"]),
-                          data.get("compiled", False))  # fmt: skip
+                          data.get("compiled", False), data.get("dictionary"))  # fmt: skip
         return Section("wire_encode_speed", "Wire encoder speed", markdown, data)
     info = machine_info()
     before = os.getloadavg()[0]
     rows = measure(args.rounds)
     stages = stage_times(args.rounds)
+    dictionary = dictionary_times(args.rounds)
     load = (before, os.getloadavg()[0])
     from dualdistill.protocol.wire import kernels
 
     data = {"machine": info, "argv": argv, "rows": rows, "stages": stages, "load": load, "goals": [goal_row(rows)],
-            "compiled": kernels.enabled()}  # fmt: skip
-    markdown = render(rows, stages, args, info, argv, load, kernels.enabled())
+            "compiled": kernels.enabled(), "dictionary": dictionary}  # fmt: skip
+    markdown = render(rows, stages, args, info, argv, load, kernels.enabled(), dictionary)
     return Section("wire_encode_speed", "Wire encoder speed", markdown, data)
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dualdistill.protocol import wire
 from dualdistill.protocol.results import SequenceLogits
-from dualdistill.protocol.wire import container, intcode, kernels, lossy, quantize
+from dualdistill.protocol.wire import codec, container, dictionary, intcode, kernels, lossy, quantize, scratch
 from dualdistill.protocol.wire.errors import WireFormatError
 from tests.client.wire.synthetic import teacher_response
 
@@ -165,7 +165,8 @@ def test_the_switch_reads_the_environment(monkeypatch):
 def test_warm_up_compiles_every_loop_for_the_types_the_codec_passes():
     """After warm_up, encoding and decoding real payloads compiles nothing more (no request waits)."""
     assert kernels.warm_up() > 0
-    names = ("encode_fields", "decode_fields", "tie_groups", "level_totals", "decode_lossy", "encode_lossy")
+    names = ("encode_fields", "decode_fields", "tie_groups", "level_totals", "decode_lossy", "encode_lossy",
+             "dictionary_count", "dictionary_keys")  # fmt: skip
     loops = [getattr(kernels, name) for name in names]
     compiled = [len(loop.compiled.signatures) for loop in loops]
     for results in (teacher_response(sequences=2, rows=40, seed=3), _sampled()):
@@ -257,3 +258,51 @@ def test_the_decoders_level_table_gives_dequantize_bit_for_bit(numbers, levels):
     level = np.array(numbers, dtype=np.int64) % levels
     assert quantize.dequantized(level, levels).tobytes() == quantize.dequantize(level, levels).tobytes()
     assert quantize.dequantized(level[::-1], levels).tobytes() == quantize.dequantize(level[::-1], levels).tobytes()
+
+
+# ids from a few reused ones to all distinct, over id ranges from a tiny vocabulary to past the largest ones
+id_lists = st.integers(1, 3000).flatmap(
+    lambda top: st.lists(st.integers(0, top), min_size=1, max_size=2000)
+) | st.lists(st.integers(0, (1 << 22) - 1), min_size=1, max_size=300)
+
+
+@given(id_lists)
+@SETTINGS
+def test_the_compiled_dictionary_is_numpys_and_leaves_its_table_zeroed(numbers):
+    """codec's compiled dictionary (kernels._dictionary_count / _keys) gives dictionary.build's key_to_id,
+    classes and keys, and hands back its per-thread table all zero."""
+    ids = np.array(numbers, dtype=np.int64)
+    compiled = codec._build_dictionary(ids)
+    plain = dictionary.build(ids)
+    assert all(np.array_equal(a, b) for a, b in zip(compiled, plain, strict=True))
+    assert not scratch.zeroed("dictionary.table", 0, np.uint32).any()
+
+
+def test_the_compiled_dictionary_takes_every_id_of_a_range_and_counts_past_a_class():
+    """Every id of [0, top] used (as many distinct ids as the table holds) and counts of 2**k and 2**k - 1
+    (class edges), against dictionary.build; then a vocabulary too large for the table goes to numpy's
+    path."""
+    ids = np.concatenate([np.arange(50), np.full(255, 7), np.full(256, 3), np.full(1023, 49)]).astype(np.int64)
+    for order in (ids, ids[::-1].copy()):
+        compiled, plain = codec._build_dictionary(order), dictionary.build(order)
+        assert all(np.array_equal(a, b) for a, b in zip(compiled, plain, strict=True))
+    wide = np.array([5, codec._ID_TABLE + 3, 5], dtype=np.int64)
+    compiled, plain = codec._build_dictionary(wide), dictionary.build(wide)
+    assert all(np.array_equal(a, b) for a, b in zip(compiled, plain, strict=True))
+
+
+def test_an_interrupted_compiled_dictionary_leaves_its_table_zeroed(monkeypatch):
+    """An exception between the two passes (here from the sort) resets the per-thread table, so the next
+    call still gets dictionary.build's answer."""
+    ids = np.array([9, 4, 9, 9, 2], dtype=np.int64)
+
+    def interrupted(values):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(codec.np, "sort", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        codec._build_dictionary(ids)
+    monkeypatch.undo()
+    assert not scratch.zeroed("dictionary.table", 0, np.uint32).any()
+    compiled, plain = codec._build_dictionary(ids), dictionary.build(ids)
+    assert all(np.array_equal(a, b) for a, b in zip(compiled, plain, strict=True))

@@ -4,6 +4,7 @@
     tie_groups                      lossy.py's tie groups of sorted rows
     level_totals                    quantize.py's levels at one M with their per-level mass and count
     encode_lossy                    codec.encode's 23 lossy streams after numpy's row sort, in one call
+    dictionary_count / _keys        dictionary.build without a per-call array as long as the vocabulary
     decode_lossy                    codec.decode of a whole lossy payload: every stream's integers, the
                                     dictionary, the tie groups' inverse and every check, in one call
 
@@ -338,6 +339,53 @@ def _level_totals(root, p, out, levels, low_scale, high_scale):
     return mass, count, unsure
 
 
+def _dictionary_count(ids, table, distinct):
+    """dictionary.build's first pass, without an array as long as the vocabulary per call: counts every id
+    in `table` (> max id,) uint32, which is all zero on entry (a per-thread buffer, scratch.zeroed), and
+    lists each id once, in order of first appearance, in `distinct` (> U,) int64; returns U. The caller
+    sorts distinct[:U] (numpy's sort: several times faster than a compiled one) for `_dictionary_keys`,
+    which leaves the table zeroed again."""
+    u = 0
+    for i in range(ids.shape[0]):
+        v = ids[i]
+        seen = table[v]
+        table[v] = seen + 1
+        distinct[u] = v  # kept only where the id is new (branch-free: ids repeat at random)
+        u += seen == 0
+    return u
+
+
+def _dictionary_keys(ids, ordered, table, work, key_to_id, key_class, keys):
+    """dictionary.build's keys from `_dictionary_count`'s table and its distinct ids sorted (`ordered`
+    (U,) int64): writes key_to_id and key_class (U,) int64 in (class descending, id ascending) order,
+    class = floor(log2(count)), and every entry's key into keys (N,) int32; resets the table to zero.
+    `work` (>= U,) int64 is scratch (`_dictionary_count`'s `distinct` may be passed again)."""
+    u = ordered.shape[0]
+    first = np.zeros(NUM_CLASSES, dtype=np.int64)  # first[c]: the number of ids of class c, then its next key
+    for j in range(u):
+        count = np.int64(table[ordered[j]])
+        c = 0  # floor(log2(count)): count >= 1
+        while count >> (c + 1):
+            c += 1
+        work[j] = c
+        first[c] += 1
+    at = 0
+    for c in range(NUM_CLASSES - 1, -1, -1):  # keys: classes descending, ids ascending within a class
+        size = first[c]
+        first[c] = at
+        at += size
+    for j in range(u):
+        c = work[j]
+        key = first[c]
+        first[c] = key + 1
+        key_to_id[key], key_class[key] = ordered[j], c
+        table[ordered[j]] = key
+    for i in range(ids.shape[0]):
+        keys[i] = table[ids[i]]
+    for j in range(u):
+        table[ordered[j]] = 0
+
+
 def _uints(buf, offs, index, count):
     """Integer stream pair `index` (symbols) / `index + 1` (extra bits) of `count` values, from the
     streams' bytes `buf` (stream i = buf[offs[i]:offs[i + 1]]): (values (count,) int64, status, a, b, c)."""
@@ -613,12 +661,14 @@ def _encode_lossy(seq_rows, row_lengths, rank, keys, order, levels, key_to_id, k
     return 0 if fits else 2
 
 
-_LOOPS = ("_encode", "_encode_into", "_put", "_put_planes", "_encode_lossy", "_decode", "_read_fields", "_groups", "_groups_into", "_entries", "_level_totals", "_uints", "_uints_into", "_planes", "_top", "_total", "_copy", "_decode_lossy")
+_LOOPS = ("_encode", "_encode_into", "_put", "_put_planes", "_encode_lossy", "_decode", "_read_fields", "_groups", "_groups_into", "_entries", "_level_totals", "_uints", "_uints_into", "_planes", "_top", "_total", "_copy", "_decode_lossy", "_dictionary_count", "_dictionary_keys")
 encode_fields = _Lazy("_encode")
 decode_fields = _Lazy("_decode")
 tie_groups = _Lazy("_groups")
 level_totals = _Lazy("_level_totals")
 decode_lossy = _Lazy("_decode_lossy")
+dictionary_count = _Lazy("_dictionary_count")
+dictionary_keys = _Lazy("_dictionary_keys")
 encode_lossy = _Lazy("_encode_lossy")
 
 
@@ -648,4 +698,7 @@ def warm_up() -> float:
                  u8, i64, i64, i64)  # fmt: skip
     root = np.array([0.5, 0.25])
     level_totals(root, root * root, np.empty(2, dtype=np.int64), 8, 8.0, 8.0)
+    ids, table, distinct = np.array([3, 1, 3], dtype=np.int64), np.zeros(4, dtype=np.uint32), np.empty(3, np.int64)
+    ordered = np.sort(distinct[: dictionary_count(ids, table, distinct)])
+    dictionary_keys(ids, ordered, table, distinct, np.empty(2, np.int64), np.empty(2, np.int64), np.empty(3, np.int32))
     return time.perf_counter() - begin

@@ -34,6 +34,19 @@ def array(name: str, n: int, dtype) -> np.ndarray:
     return buffer[:nbytes].view(dtype)
 
 
+def zeroed(name: str, n: int, dtype) -> np.ndarray:
+    """(>= n,) array of `dtype`, all zero, reused for `name` by later calls on this thread: the caller
+    must leave it all zero again (so a call pays for the entries it touched, not for n)."""
+    dtype = np.dtype(dtype)
+    pool = _local.__dict__.setdefault("zeroed", {})
+    buffer = pool.get(name)
+    if buffer is None or buffer.dtype != dtype or len(buffer) < n:
+        buffer = np.zeros(max(n, 1), dtype=dtype)
+        if buffer.nbytes <= _KEEP_BYTES:
+            pool[name] = buffer
+    return buffer
+
+
 def blocks(n: int) -> list[slice]:
     """[0, n) cut into slices of BLOCK entries."""
     return [slice(lo, min(lo + BLOCK, n)) for lo in range(0, n, BLOCK)]
