@@ -150,13 +150,15 @@ class Streams:
             limit = (29 * lengths[index - 1] + 7) // 8 if kind == "extra" else limit
             if raw_len > limit:
                 raise WireFormatError(f"stream {index} declares {raw_len} bytes, above the {limit} its header allows")
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        out = np.empty(int(offsets[-1]), dtype=np.uint8)
-        view = memoryview(out)
-        for index, at in enumerate(offsets[:-1].tolist()):
-            view[at : at + lengths[index]] = self._read(index)
-        return out, offsets
+        starts = list(accumulate(lengths, initial=0))
+        out = np.empty(starts[-1], dtype=np.uint8)
+        view, body = memoryview(out), self._body
+        for index, (codec, _, _) in enumerate(self._directory):
+            if codec == CODEC_RAW:  # copied straight from the payload (no bytes object in between)
+                view[starts[index] : starts[index + 1]] = body[self._offsets[index] : self._offsets[index + 1]]
+            else:
+                view[starts[index] : starts[index + 1]] = self._read(index)
+        return out, np.array(starts, dtype=np.int64)
 
     def _read(self, index: int) -> bytes:
         codec, raw_len, _ = self._directory[index]
