@@ -1,10 +1,11 @@
 """Before / after of the service's per-call latency and fairness: two checkouts' servers in one run.
 
     python bench/service_ab.py --before DIR [--after DIR] [--reps 40] [--cpu-reps 5] [--thread-rounds 8]
-        [--call-pairs 400] [--rounds 2] [--fairness-seconds 20]
+        [--call-pairs 400] [--rounds 2] [--fairness-seconds 20] [--before-args "..."] [--after-args "..."]
 
 DIR is a checkout of the project (e.g. `git worktree add /tmp/before main`); --after defaults to this
-one. Both servers (`dualdistill serve` from each checkout's own code, tiny model, `--cache none`) run
+one. `--before-args` / `--after-args` add `serve` options to one side's servers, so a setting can be
+compared on one checkout (`--before . --after-args "--inline-forward-ms 20"`). Both servers (`dualdistill serve` from each checkout's own code, tiny model, `--cache none`) run
 side by side, and every measurement alternates between them, so a slow moment of a shared machine moves
 both sides:
 - added latency of a one-sequence call (bench/service_cost.py `added_latency`'s paths: our client over
@@ -31,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -292,13 +294,14 @@ def _with_added(values: dict[str, list[float]], side: str, digits: int) -> list[
     return [spread, "" if side == "in-process" else f"{summarize(v).median - anchor:+.{digits}f}"]
 
 
-def fairness(roots: dict[str, Path], model_dir: Path, rounds: int, seconds: float) -> dict[str, list[dict]]:
+def fairness(roots: dict[str, Path], model_dir: Path, rounds: int, seconds: float,
+             serve_args: dict[str, list[str]]) -> dict[str, list[dict]]:  # fmt: skip
     from tests.reliability.loadgen import run_load
 
     out: dict[str, list[dict]] = {side: [] for side in roots}
     for rnd in range(rounds):
         for side in list(roots) if rnd % 2 == 0 else list(reversed(roots)):
-            with serve(roots[side], model_dir) as (http_url, _, _):
+            with serve(roots[side], model_dir, *serve_args[side]) as (http_url, _, _):
                 report = run_load(http_url, clients=64, seconds=seconds)
             out[side].append({"p50_ms": report.p50_ms, "p99_ms": report.p99_ms, "rps": report.throughput_rps,
                               "load": os.getloadavg()[0], "statuses": report.statuses,
@@ -319,21 +322,25 @@ def main(argv: list[str] | None = None) -> None:
                         help="rounds of the per-thread CPU of one-sequence calls (0: skip them)")
     parser.add_argument("--call-pairs", type=int, default=400,
                         help="rounds of one-sequence calls paired call by call, this process's client (0: skip)")
+    parser.add_argument("--before-args", default="", help="extra `serve` options of the before side's servers "
+                        "(one string, e.g. \"--inline-forward-ms 20\"): a setting A/B'd on one checkout")
+    parser.add_argument("--after-args", default="", help="extra `serve` options of the after side's servers")
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error("--reps must be at least 1")
     roots = {"before": args.before.resolve(), "after": args.after.resolve()}
+    serve_args = {"before": shlex.split(args.before_args), "after": shlex.split(args.after_args)}
     from tests.fixtures.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "tiny")
-        with serve(roots["before"], model_dir, "--max-top-k", "256") as before, \
-                serve(roots["after"], model_dir, "--max-top-k", "256") as after:  # fmt: skip
+        with serve(roots["before"], model_dir, "--max-top-k", "256", *serve_args["before"]) as before, \
+                serve(roots["after"], model_dir, "--max-top-k", "256", *serve_args["after"]) as after:  # fmt: skip
             seconds, client_cpu = latency({"before": before, "after": after}, roots, model_dir, args.reps)
             cpu = server_cpu({"before": before, "after": after}, model_dir, args.cpu_reps) if args.cpu_reps else {}
             threads = thread_cpu({"before": before, "after": after}, args.thread_rounds) if args.thread_rounds else {}
             paired = paired_calls({"before": before, "after": after}, model_dir, args.call_pairs) if args.call_pairs else {}
-        fair = fairness(roots, model_dir, args.rounds, args.fairness_seconds) if args.rounds else {}
+        fair = fairness(roots, model_dir, args.rounds, args.fairness_seconds, serve_args) if args.rounds else {}
     base = summarize(seconds["in-process"]).median
     rows = [[path, f"{summarize(s).median * 1000:.2f}", "" if path == "in-process" else
              f"{(summarize(s).median - base) * 1000:+.2f}",
