@@ -118,6 +118,17 @@ def test_sorted_topk_breaks_ties_toward_lower_id() -> None:
     assert values[0, :3].tolist() == [-0.5, -1.0, -1.0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_sorted_topk_breaks_ties_in_any_float_dtype(dtype) -> None:
+    """The tie check reads float32 / float64 rows with numpy and other dtypes with torch: the same order,
+    NaN rows included (a NaN compares false, so its row is re-sorted as a tied one)."""
+    logprobs = torch.tensor([[-3.0, -1.0, -1.0, -4.0], [-0.5, -2.0, -1.0, -3.0], [-1.0, float("nan"), -2.0, -2.0]])
+    ids, _ = sorted_topk(logprobs.to(dtype), 3)
+    assert ids[:2].tolist() == [[1, 2, 0], [0, 2, 1]]
+    reference, _ = sorted_topk(logprobs.double(), 3)
+    assert ids[2].tolist() == reference[2].tolist()
+
+
 def test_complement_logsumexp_is_accurate_when_the_row_holds_almost_all_mass() -> None:
     # p = (1 - 3e-9, 1e-9, 1e-9, 1e-9): log(1 - p0) by subtraction would lose everything in float32.
     probs = np.array([1 - 3e-9, 1e-9, 1e-9, 1e-9])
