@@ -14,9 +14,11 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"  # one <name>.json + <name>.md per section, assembled by run_all.py
@@ -48,6 +50,26 @@ def summarize(values: Iterable[float]) -> Summary:
         q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
         return Summary(med, q1, q3, len(xs), "IQR")
     return Summary(med, xs[0], xs[-1], len(xs), "min-max")
+
+
+def alternating_calls(calls: dict[str, Callable[[Any], Any]], inputs: Callable[[], Any], same: Callable[[Any, Any], bool],
+                      rounds: int, *, warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:  # fmt: skip
+    """{name: [seconds per call]} of two callables run one call each per round, in alternating order, on
+    the round's `inputs()`; the two outputs of every round must be `same` (RuntimeError otherwise). The
+    first `warmup` rounds are not timed. `clock`: time.perf_counter (wall) or time.thread_time (CPU)."""
+    first, second = calls
+    times: dict[str, list[float]] = {first: [], second: []}
+    for round_ in range(rounds + warmup):
+        args = inputs()
+        outputs = {}
+        for name in (first, second) if round_ % 2 else (second, first):
+            begin = clock()
+            outputs[name] = calls[name](args)
+            if round_ >= warmup:
+                times[name].append(clock() - begin)
+        if not same(outputs[first], outputs[second]):
+            raise RuntimeError(f"{first} and {second} returned different results")
+    return times
 
 
 def paired_difference(after: Sequence[float], before: Sequence[float], seed: int = 11) -> dict[str, float]:

@@ -23,8 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -34,7 +33,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from bench.common import fmt, markdown_table, paired_difference
+from bench.common import alternating_calls, fmt, markdown_table, paired_difference
 
 CASES = ("postprocess", "decode")
 
@@ -61,21 +60,9 @@ def swapped(owner: object, attribute: str, value: object) -> Iterator[None]:
         setattr(owner, attribute, saved)
 
 
-def paired(calls: dict[str, Callable[[object], object]], inputs: Callable[[], object], same: Callable, pairs: int) -> dict:
-    """{"before": [s...], "after": [s...]}: one call per side per round on the round's inputs, the order
-    alternating; the two outputs must be `same`."""
-    times: dict[str, list[float]] = {"before": [], "after": []}
-    for round_ in range(pairs + 2):  # two rounds warm both sides up
-        args = inputs()
-        outputs = {}
-        for side in ("before", "after") if round_ % 2 else ("after", "before"):
-            begin = time.perf_counter()
-            outputs[side] = calls[side](args)
-            if round_ >= 2:
-                times[side].append(time.perf_counter() - begin)
-        if not same(outputs["before"], outputs["after"]):
-            raise RuntimeError("the two sides returned different results")
-    return times
+def _rounds(pairs: int, sequences: int) -> int:
+    """--pairs for a one-sequence case, a quarter of it for a 32-sequence one (each call ~30x longer)."""
+    return pairs if sequences == 1 else max(pairs // 4, 1)
 
 
 def _equal_results(a: list, b: list) -> bool:
@@ -102,7 +89,8 @@ def postprocess_cases(before: Path, pairs: int) -> dict[str, dict]:
 
         calls = {"before": lambda a: old.sequence_distributions(*a), "after": lambda a: distributions.sequence_distributions(*a)}
         with torch.inference_mode():
-            out[f"postprocess B={batch}"] = paired(calls, inputs, _equal_results, pairs if batch == 1 else max(pairs // 4, 1))
+            out[f"postprocess B={batch}"] = alternating_calls(calls, inputs, _equal_results, _rounds(pairs, batch),
+                                                              warmup=2)  # fmt: skip
     return out
 
 
@@ -125,7 +113,8 @@ def decode_cases(before: Path, pairs: int) -> dict[str, dict]:
                 return wire.decode(data)
 
         calls = {"before": old_decode, "after": wire.decode}
-        out[name] = paired(calls, lambda payload=payload: payload, _equal_results, pairs if "B=1" in name else max(pairs // 4, 1))
+        out[name] = alternating_calls(calls, lambda payload=payload: payload, _equal_results,
+                                      _rounds(pairs, len(results)), warmup=2)
     return out
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from bench.common import (
     Section,
     add_output_args,
+    alternating_calls,
     command_line,
     fmt,
     header,
@@ -85,18 +86,16 @@ def dictionary_times(rounds: int) -> list[dict]:
     for (name, batch), results in _inputs().items():
         ids = np.concatenate([r.top_ids for r in results]).astype(np.int64)
         builders = {"numpy": dictionary.build, "compiled": codec._build_dictionary}
-        outputs = [builder(ids) for builder in builders.values()]
-        if not all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True)):
-            raise RuntimeError(f"{name}, B={batch}: the two dictionaries differ")
-        times = {label: [] for label in builders}
-        for r in range(rounds * 10 + 1):  # a call takes microseconds: more rounds than the encoders get
-            for label in builders if r % 2 else reversed(builders):
-                begin = time.thread_time()
-                builders[label](ids)
-                if r:
-                    times[label].append((time.thread_time() - begin) * 1e6)
-        rows.append({"input": name, "batch": batch, "entries": len(ids), "distinct": len(outputs[0][0]), **times})
+        # a call takes microseconds: more rounds than the encoders get
+        seconds = alternating_calls(builders, lambda ids=ids: ids, _same_arrays, rounds * 10, clock=time.thread_time)
+        times = {label: [s * 1e6 for s in values] for label, values in seconds.items()}
+        distinct = len(np.unique(ids))
+        rows.append({"input": name, "batch": batch, "entries": len(ids), "distinct": distinct, **times})
     return rows
+
+
+def _same_arrays(a: tuple, b: tuple) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _page_faults() -> int:
