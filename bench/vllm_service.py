@@ -141,7 +141,7 @@ def render(data: dict, args: argparse.Namespace, argv: list[str]) -> str:
         lines.append(
             f"\nThe same call sent raw (our client's own HTTP connection, kept alive, and a gRPC stub), from the server's "
             f"`server-timing`, ms, median of {len(next(iter(breakdown.values()))['wall'])} calls: \"forward\" is "
-            f"the model's worker waiting for vLLM's step and converting its result, so wall - forward is what "
+            f"the wait for vLLM's step (the event loop awaits it) and the conversion of its result, so wall - forward is what "
             f"the service and both network stacks add around the engine, with no in-process anchor:\n"
         )
         lines.append(markdown_table(["path", "wall", *stages, "server total", "wall - forward"], rows))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ import pytest
 from dualdistill.protocol.params import LogitsParams
 from dualdistill_server.config import ServerConfig
 from dualdistill_server.core import TeacherService, sequence_key
-from dualdistill_server.core.batcher import Batcher
+from dualdistill_server.core.batcher import INLINE_CONVERT_ENTRIES, Batcher
+from dualdistill_server.engines import PendingLogits
 from dualdistill_server.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -426,12 +428,97 @@ def test_service_limits_deadline_and_drain(tiny_model) -> None:
     _run(main())
 
 
+class OwnThreadsModel(SpyModel):
+    """An engine that computes on a thread of its own, as vLLM's step thread: `start_logits` hands each
+    task's forward to that thread ("engine_0") and returns at once; `finish` (the conversion) records the
+    thread it runs on."""
+
+    concurrent_generate = True
+
+    def __init__(self, model, poison: bool = False) -> None:
+        super().__init__(model, poison)
+        self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.finish_threads: set[str] = set()
+
+    def start_logits(self, tasks) -> PendingLogits:
+        futures = [self.engine.submit(self.compute_logits, [task]) for task in tasks]
+
+        def finish():
+            self.finish_threads.add(threading.current_thread().name)
+            return [future.result()[0] for future in futures]
+
+        return PendingLogits(futures, finish)
+
+
+def test_an_engine_on_threads_of_its_own_is_awaited_on_the_loop_and_converted_there_when_quiet(tiny_model) -> None:
+    model = OwnThreadsModel(tiny_model)
+    loop_thread = threading.main_thread().name
+    tasks = [_task(n, top_k=k) for n, k in [(9, 3), (14, 5), (11, 1)]]
+
+    async def main():
+        service = TeacherService({"tiny": model}, ServerConfig(inline_forward_ms=1000))
+        alone = []
+        for task in tasks:  # one call at a time: the server is quiet for each
+            body = {"token_ids": task.token_ids.tolist(), "start": 1}
+            alone.append(await service.logits(_request(sequences=[body], top_k=task.params.top_k)))
+        idle_finishes = set(model.finish_threads)
+        busy = await asyncio.gather(*(  # several requests in flight: conversions go to the model's worker
+            service.logits(_request(sequences=[{"token_ids": [5, 6, 7, n], "start": 1}])) for n in range(20, 26)
+        ))
+        await service.close()
+        return alone, idle_finishes, busy
+
+    alone, idle_finishes, busy = _run(main())
+    assert model.threads == {"engine_0"}  # never the loop's thread, never the model's worker
+    assert idle_finishes == {loop_thread}
+    assert any(name.startswith("model-tiny") for name in model.finish_threads), model.finish_threads
+    for task, result in zip(tasks, alone, strict=True):
+        assert_same_result(result.results[0], tiny_model.compute_logits([task])[0])
+    assert len(busy) == 6 and all(len(result.results) == 1 for result in busy)
+
+
+def test_an_engines_large_results_are_converted_on_the_worker_even_when_quiet(tiny_model) -> None:
+    model = OwnThreadsModel(tiny_model)
+    small, large = _task(12, top_k=8), _task(200, top_k=64)
+    assert small.num_rows * 8 <= INLINE_CONVERT_ENTRIES < large.num_rows * 64
+
+    async def main():
+        batcher = _batcher(model, max_wait_s=0.0, quiet=lambda: True)
+        (small_result,) = await batcher.compute([_item(small)])
+        small_threads = set(model.finish_threads)
+        (large_result,) = await batcher.compute([_item(large)])
+        await batcher.close()
+        return small_result, small_threads, large_result
+
+    small_result, small_threads, large_result = _run(main())
+    assert small_threads == {threading.main_thread().name}
+    assert {name for name in model.finish_threads - small_threads if name.startswith("model-tiny")}
+    assert_same_result(small_result, tiny_model.compute_logits([small])[0])
+    assert_same_result(large_result, tiny_model.compute_logits([large])[0])
+
+
+def test_an_engines_failing_task_fails_only_its_own_request(tiny_model) -> None:
+    model = OwnThreadsModel(tiny_model, poison=True)
+    good_a, bad, good_b = _task(8), _task(9, first=POISON), _task(10)
+
+    async def main():
+        batcher = _batcher(model, max_wait_s=0.1)
+        outcomes = await asyncio.gather(
+            batcher.compute([_item(good_a)]), batcher.compute([_item(bad)]), batcher.compute([_item(good_b)]),
+            return_exceptions=True,
+        )
+        await batcher.close()
+        return outcomes
+
+    first, second, third = _run(main())
+    assert isinstance(second, ValueError)
+    assert_same_result(first[0], tiny_model.compute_logits([good_a])[0])
+    assert_same_result(third[0], tiny_model.compute_logits([good_b])[0])
+
+
 def test_the_service_runs_an_idle_calls_forward_inline_unless_told_not_to_or_the_engine_computes_elsewhere(
     tiny_model,
 ) -> None:
-    class EngineElsewhere(SpyModel):
-        concurrent_generate = True  # as the vllm engine: its own threads compute
-
     def forward_threads(model: SpyModel, config: ServerConfig) -> set[str]:
         async def main():
             service = TeacherService({"tiny": model}, config)
@@ -446,4 +533,4 @@ def test_the_service_runs_an_idle_calls_forward_inline_unless_told_not_to_or_the
     generous = ServerConfig(inline_forward_ms=1000)  # any forward of the tiny model, however busy the machine
     assert loop_thread in forward_threads(SpyModel(tiny_model), generous)
     assert loop_thread not in forward_threads(SpyModel(tiny_model), ServerConfig(inline_forward_ms=0))
-    assert loop_thread not in forward_threads(EngineElsewhere(tiny_model), generous)
+    assert loop_thread not in forward_threads(OwnThreadsModel(tiny_model), generous)

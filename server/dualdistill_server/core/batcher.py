@@ -41,8 +41,13 @@ by request parameters, whose cancelled requests still ran, and whose one bad req
   so far: none before the first has run on the worker). The hand-off to the worker and back wakes two
   idle threads; on 2 CPU cores that was 0.3-0.7 ms of a one-sequence call (bench/service_ab.py). The
   loop does nothing else during such a forward, so a request arriving then waits up to
-  `inline_forward_s` to be read, about as long as it would wait for the model anyway. The vLLM engine
-  computes on its own threads: its forwards always go through the worker (service.py passes 0).
+  `inline_forward_s` to be read, about as long as it would wait for the model anyway.
+- An engine that computes on threads of its own (vLLM's step thread; engines/base.py `logits_starter`)
+  never blocks a thread of ours on its forward: the loop submits the batch and awaits its futures, so a
+  forward costs the hand-off to the engine's thread and back, not also the loop's to the worker and back
+  (service.py passes no `inline_forward_s` for it). Its results are converted on the loop when the server
+  is quiet and they hold at most INLINE_CONVERT_ENTRIES top-k entries, else on the worker thread (a loop
+  busy converting admits no new request).
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from typing import Any, TypeVar
 
 from dualdistill.protocol.results import SequenceLogits
 
-from .. import context
+from .. import context, engines
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..metrics import Metrics
 from ..os_threads import name_os_thread
@@ -73,6 +78,10 @@ T = TypeVar("T")
 # budget bounds.) Loose on purpose: a bound of 2 would split the loadgen's mix of 16-96 tokens into more,
 # smaller forwards.
 MAX_LONGEST_GROWTH = 8
+# An engine's results of at most this many top-k entries are converted on the event loop of a quiet server
+# (one 64-token sequence at top_k = 128 holds 7,168): the rule core/payload.py's encoder follows, for the
+# same reason (a hop to a thread and back costs two wake-ups; a small conversion is mostly GIL-held Python).
+INLINE_CONVERT_ENTRIES = 8192
 
 
 @dataclass(eq=False)
@@ -125,6 +134,7 @@ class Batcher:
         self._on_result = on_result
         self._inline_forward_s = inline_forward_s
         self._quiet = quiet
+        self._start_logits = engines.logits_starter(model)
         # (padded tokens, returned rows) up to which a forward is expected within inline_forward_s: the
         # forward's cost grows with both (the model's pass, the post-processing of every returned row).
         # Each is the largest of a forward that finished in time, lowered below those of one that did
@@ -368,7 +378,9 @@ class Batcher:
 
     async def _execute(self, batch: list[_Entry]) -> None:
         try:
-            if self._runs_inline(batch):
+            if self._start_logits is not None:
+                results = await self._forward_elsewhere(batch)
+            elif self._runs_inline(batch):
                 results = self._forward(batch)
                 self._metrics.inline_forwards.labels(model=self.name).inc()
             else:
@@ -394,28 +406,48 @@ class Batcher:
         """One padded forward (on the worker thread, or the loop's: `_runs_inline`), with its metrics, its
         entries' forward times and what it says of the forwards that may run inline."""
         tasks = [entry.task for entry in batch]
-        lengths = [len(task.token_ids) for task in tasks]
         begin = time.perf_counter()
         results = self._model.compute_logits(tasks)
         end = time.perf_counter()
-        seconds = end - begin
         if self._inline_forward_s > 0:
             padded, rows = _size(tasks)
             max_padded, max_rows = self._inline_limits
-            if seconds <= self._inline_forward_s:
+            if end - begin <= self._inline_forward_s:
                 self._inline_limits = (max(max_padded, padded), max(max_rows, rows))
             else:
                 self._inline_limits = (min(max_padded, padded - 1), min(max_rows, rows - 1))
+        self._record_forward(batch, begin, end, results)
+        return results
+
+    async def _forward_elsewhere(self, batch: list[_Entry]) -> list[SequenceLogits]:
+        """One forward of an engine that computes on threads of its own (module docstring): submitted and
+        awaited on the loop, converted on it or on the worker thread."""
+        assert self._start_logits is not None
+        tasks = [entry.task for entry in batch]
+        begin = time.perf_counter()
+        pending = self._start_logits(tasks)
+        await asyncio.wait([asyncio.wrap_future(future) for future in pending.futures])
+        entries = sum(task.num_rows * task.params.top_k for task in tasks)
+        if entries <= INLINE_CONVERT_ENTRIES and not self._pending and (self._quiet is None or self._quiet()):
+            results = pending.finish()
+        else:
+            results = await self._on_worker(pending.finish)
+        self._record_forward(batch, begin, time.perf_counter(), results)
+        return results
+
+    def _record_forward(self, batch: list[_Entry], begin: float, end: float, results: list[SequenceLogits]) -> None:
+        """A finished forward's metrics and its entries' forward times; RuntimeError if the model returned
+        another number of results than it had tasks."""
         for entry in batch:
             entry.forward_began, entry.forward_ended = begin, end
-        if len(results) != len(tasks):
-            raise RuntimeError(f"model returned {len(results)} results for {len(tasks)} tasks")
+        if len(results) != len(batch):
+            raise RuntimeError(f"model returned {len(results)} results for {len(batch)} tasks")
+        lengths = [entry.tokens for entry in batch]
         labels = {"model": self.name}
-        self._metrics.forward_seconds.labels(**labels).observe(seconds)
+        self._metrics.forward_seconds.labels(**labels).observe(end - begin)
         self._metrics.forward_tokens.labels(**labels).inc(sum(lengths))
-        self._metrics.batch_tokens.labels(**labels).observe(len(tasks) * max(lengths))
-        self._metrics.batch_sequences.labels(**labels).observe(len(tasks))
-        return results
+        self._metrics.batch_tokens.labels(**labels).observe(len(batch) * max(lengths))
+        self._metrics.batch_sequences.labels(**labels).observe(len(batch))
 
     def _resolve(self, entry: _Entry, *, result: SequenceLogits | None = None, error: BaseException | None = None) -> None:
         if self._in_flight.get(entry.key) is entry:

@@ -107,8 +107,8 @@ class TeacherService:
             max_queue_tokens=self.config.max_queue_tokens,
             metrics=self.metrics,
             on_result=self.cache.store,
-            # vLLM computes on its engine's threads: a forward on the loop would only block it while waiting
-            inline_forward_s=0.0 if engines.generates_concurrently(model) else self.config.inline_forward_ms / 1000,
+            # vLLM computes on its engine's threads: the loop awaits its forwards (batcher.py), never runs one
+            inline_forward_s=0.0 if engines.logits_starter(model) else self.config.inline_forward_ms / 1000,
             quiet=lambda: self._active <= 1,
         )
 

@@ -11,9 +11,11 @@ from typing import Any
 from dualdistill_server.engines.base import (
     ENGINES,
     EngineModel,
+    PendingLogits,
     check_tasks,
     close,
     generates_concurrently,
+    logits_starter,
     on_failure,
     warm_up,
 )
@@ -21,11 +23,13 @@ from dualdistill_server.engines.base import (
 __all__ = [
     "ENGINES",
     "EngineModel",
+    "PendingLogits",
     "check_settings",
     "check_tasks",
     "close",
     "generates_concurrently",
     "load_served_model",
+    "logits_starter",
     "on_failure",
     "warm_up",
 ]

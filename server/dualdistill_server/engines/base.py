@@ -1,6 +1,8 @@
 """What the service core calls on a served model, whichever engine computes it.
 
     TeacherService ──> Batcher ──> model.compute_logits(tasks)      (the model's worker thread)
+                   │          └──> model.start_logits(tasks)        (engines that compute on threads of
+                   │                                                 their own: the event loop awaits them)
                    └─> model.generate(prompts, ...)                  (worker thread, or any thread when
                                                                       `concurrent_generate` is True)
 
@@ -13,7 +15,9 @@ declare them; the core reads them only through the helpers below.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # the settings import ENGINES from here, which must not import torch
     from dualdistill.protocol.results import SequenceLogits
@@ -45,6 +49,26 @@ class EngineModel(Protocol):
     def encode_chat(self, messages: list[dict]) -> list[int]: ...
 
     def decode(self, ids: list[int]) -> str: ...
+
+
+@dataclass(frozen=True)
+class PendingLogits:
+    """Logits tasks handed to an engine that computes on threads of its own (`start_logits`): `futures`
+    settle when the engine is done with them, and `finish()` then turns what they hold into one
+    SequenceLogits per task, in order (blocking until every future has settled; the first failure is
+    raised once all have)."""
+
+    futures: list[Future[Any]]
+    finish: Callable[[], list[SequenceLogits]]
+
+
+def logits_starter(model: EngineModel) -> Callable[[list[LogitsTask]], PendingLogits] | None:
+    """The model's `start_logits` where its engine computes on threads of its own (vllm's step thread), else
+    None. With it the batcher submits a batch from the event loop and awaits its futures there, instead of
+    blocking the model's worker thread on them: two thread hand-offs fewer per forward (the loop to the
+    worker and back). It checks the tasks first (`check_tasks`), raising before any work."""
+    start = getattr(model, "start_logits", None)
+    return start if callable(start) else None
 
 
 def check_tasks(model: EngineModel, tasks: list[LogitsTask]) -> None:

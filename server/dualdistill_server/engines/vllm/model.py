@@ -1,9 +1,10 @@
 """`VllmModel`: a served model computed by vLLM's engine (engines/base.py's interface).
 
-    compute_logits(tasks) ─> one prompt-logprobs request per task ─┐
+    start_logits(tasks)   ─> one prompt-logprobs request per task ─┐
     generate(prompts)     ─> one request per (prompt, sample)  ────┼─> EngineLoop (one step thread)
                                                                    │    continuous batching
-    wait for every future of the call <────────────────────────────┘
+    futures of the call (awaited on the server's event loop) <─────┘
+    compute_logits(tasks) = start_logits(tasks), waited for on the calling thread
 
 What vLLM cannot compute exactly is refused before any work (`check_tasks`, a 422 / INVALID_ARGUMENT):
 vLLM's prompt logprobs ignore the sampling temperature ("prompt tokens skip sampling processors",
@@ -25,6 +26,7 @@ import numpy as np
 
 from dualdistill.protocol.params import LogitsParams
 from dualdistill.protocol.results import SequenceLogits
+from dualdistill_server.engines.base import PendingLogits
 from dualdistill_server.engines.vllm.generation import finished_row, plan_rows, row_params
 from dualdistill_server.engines.vllm.logits import fetched_ranks, prompt_logprob_params, sequence_logits
 from dualdistill_server.engines.vllm.loop import EngineLoop, Finished, PromptLogprobsAs
@@ -68,8 +70,9 @@ class VllmModel:
                     field="temperature",
                 )
 
-    def compute_logits(self, tasks: list[LogitsTask]) -> list[SequenceLogits]:
-        """All tasks submitted at once (vLLM batches their prefills), then collected in order."""
+    def start_logits(self, tasks: list[LogitsTask]) -> PendingLogits:
+        """All tasks submitted at once (vLLM batches their prefills); `finish()` collects them in order.
+        The batcher calls this on the event loop and awaits the futures there (engines/base.py)."""
         self.check_tasks(tasks)
         from vllm.inputs import TokensPrompt
 
@@ -82,10 +85,18 @@ class VllmModel:
             )
             for task in tasks
         ]
-        return [
-            sequence_logits(prompt_arrays(finished, 1 + fetched_ranks(task.params.top_k, vocab)), task, vocab)
-            for finished, task in zip(_results(futures), tasks, strict=True)
-        ]
+
+        def finish() -> list[SequenceLogits]:
+            return [
+                sequence_logits(prompt_arrays(finished, 1 + fetched_ranks(task.params.top_k, vocab)), task, vocab)
+                for finished, task in zip(_results(futures), tasks, strict=True)
+            ]
+
+        return PendingLogits(futures, finish)
+
+    def compute_logits(self, tasks: list[LogitsTask]) -> list[SequenceLogits]:
+        """`start_logits`, waited for on the calling thread."""
+        return self.start_logits(tasks).finish()
 
     # -- completions ------------------------------------------------------------------------------------
     def generate(
