@@ -2,10 +2,13 @@
 
     python bench/service_ab.py --before DIR [--after DIR] [--reps 40] [--cpu-reps 5] [--thread-rounds 8]
         [--call-pairs 400] [--rounds 2] [--fairness-seconds 20] [--before-args "..."] [--after-args "..."]
+        [--engine hf|vllm]
 
 DIR is a checkout of the project (e.g. `git worktree add /tmp/before main`); --after defaults to this
 one. `--before-args` / `--after-args` add `serve` options to one side's servers, so a setting can be
-compared on one checkout (`--before . --after-args "--inline-forward-ms 20"`). Both servers (`dualdistill serve` from each checkout's own code, tiny model, `--cache none`) run
+compared on one checkout (`--before . --after-args "--inline-forward-ms 20"`). `--engine vllm` serves the
+tiny model (then 256 wide: vLLM's CPU attention needs a head size of 64) on both sides with the vllm engine
+(`--engine vllm --max-seq-len 256`); the in-process anchor stays a transformers forward. Both servers (`dualdistill serve` from each checkout's own code, tiny model, `--cache none`) run
 side by side, and every measurement alternates between them, so a slow moment of a shared machine moves
 both sides:
 - added latency of a one-sequence call (bench/service_cost.py `added_latency`'s paths: our client over
@@ -215,7 +218,7 @@ def server_cpu(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: 
     side and repeat the slope of the server process's CPU per call between B = 1 and B = 32 (per-call costs
     drop out), and its CPU per one-sequence call (where the per-call costs are); the two servers
     alternating within each repeat; the in-process anchor's (forward + top-k) for reference."""
-    from bench.service_cost import threads_cpu_seconds
+    from bench.service_cost import settle, threads_cpu_seconds
     from bench.service_overhead import InProcess, client_call
     from dualdistill import TeacherClient
 
@@ -242,6 +245,7 @@ def server_cpu(servers: dict[str, tuple[str, str, int]], model_dir: Path, reps: 
                     begin = threads_cpu_seconds(pid)
                     for sequences in work:
                         clients[side](sequences, START, TOP_K)
+                    settle(pid)
                     per_call[b] = (threads_cpu_seconds(pid) - begin) / calls
             if rep > 0:
                 slopes[side].append((per_call[32] - per_call[1]) / (positions[32] - positions[1]) * 1e6)
@@ -255,7 +259,7 @@ def thread_cpu(servers: dict[str, tuple[str, str, int]], rounds: int, calls: int
     sides alternating within each round, so `paired` differences (after - before, round by round) cancel
     the machine's slower and faster moments."""
     from bench.service_cost import main_thread_cpu_seconds as loop_cpu
-    from bench.service_cost import threads_cpu_seconds
+    from bench.service_cost import settle, threads_cpu_seconds
 
     clients = _clients(servers)
     rng = np.random.default_rng(5)
@@ -266,8 +270,9 @@ def thread_cpu(servers: dict[str, tuple[str, str, int]], rounds: int, calls: int
             loop, model, begin = loop_cpu(pid), threads_cpu_seconds(pid, "model-"), time.perf_counter()
             for _ in range(calls):
                 clients[side, transport].logits("tiny", [rng.integers(0, 320, SEQ_LEN).tolist()], [START], top_k=TOP_K)
-            sample = ((time.perf_counter() - begin) / calls * 1e3, (loop_cpu(pid) - loop) / calls * 1e3,
-                      (threads_cpu_seconds(pid, "model-") - model) / calls * 1e3)  # fmt: skip
+            wall = (time.perf_counter() - begin) / calls * 1e3
+            settle(pid)
+            sample = (wall, (loop_cpu(pid) - loop) / calls * 1e3, (threads_cpu_seconds(pid, "model-") - model) / calls * 1e3)
             if index > 0:
                 out[transport].setdefault(side, []).append(sample)
     for client in clients.values():
@@ -325,15 +330,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--before-args", default="", help="extra `serve` options of the before side's servers "
                         "(one string, e.g. \"--inline-forward-ms 20\"): a setting A/B'd on one checkout")
     parser.add_argument("--after-args", default="", help="extra `serve` options of the after side's servers")
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="the engine both sides serve with")
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error("--reps must be at least 1")
     roots = {"before": args.before.resolve(), "after": args.after.resolve()}
-    serve_args = {"before": shlex.split(args.before_args), "after": shlex.split(args.after_args)}
+    engine_args = ["--engine", "vllm", "--max-seq-len", "256"] if args.engine == "vllm" else []
+    serve_args = {"before": engine_args + shlex.split(args.before_args), "after": engine_args + shlex.split(args.after_args)}
     from tests.fixtures.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(Path(tmp) / "tiny")
+        model_dir = build_tiny_model(Path(tmp) / "tiny", **({"hidden_size": 256} if args.engine == "vllm" else {}))
         with serve(roots["before"], model_dir, "--max-top-k", "256", *serve_args["before"]) as before, \
                 serve(roots["after"], model_dir, "--max-top-k", "256", *serve_args["after"]) as after:  # fmt: skip
             seconds, client_cpu = latency({"before": before, "after": after}, roots, model_dir, args.reps)

@@ -56,6 +56,26 @@ def threads_cpu_seconds(pid: int, prefix: str | None = None) -> float:
     return total / 1e9
 
 
+def settle(pid: int, timeout: float = 0.02) -> None:
+    """Wait until none of `pid`'s threads is running or runnable (state R in /proc/PID/task/*/stat), for at
+    most `timeout` seconds. The scheduler's account that `threads_cpu_seconds` reads is brought up to date
+    when a thread leaves the CPU (or at a tick), so a reading taken right after a call returns, while the
+    server still finishes it (writes the response, its log line, its metrics), would miss that run of the
+    thread: read after `settle`."""
+    deadline = time.perf_counter() + timeout
+    tasks = Path(f"/proc/{pid}/task")
+    while True:
+        states = []
+        for task in tasks.iterdir():
+            try:  # "TID (comm) S ...": the state follows the last ")" (a comm may hold one)
+                states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
+            except (OSError, IndexError):
+                continue
+        if "R" not in states or time.perf_counter() >= deadline:
+            return
+        time.sleep(0.0002)
+
+
 def main_thread_cpu_seconds(pid: int) -> float:
     """CPU time of `pid`'s main thread (the server's event loop; its thread id is the process id), from
     the same scheduler account as `threads_cpu_seconds`."""
@@ -98,8 +118,10 @@ def cpu_per_position(
                     begin = time.process_time()
                     anchor(s, start, top_k)
                     anchor_cpu += time.process_time() - begin
+                    settle(pid)
                     before, before_outside = threads_cpu_seconds(pid), cpu_outside_engine()
                     call(s, start, top_k)
+                    settle(pid)
                     server_cpu += threads_cpu_seconds(pid) - before
                     outside_cpu += cpu_outside_engine() - before_outside
                 if rep > 0:
@@ -160,6 +182,7 @@ def added_latency(
     def server_threads() -> tuple[float, float, float]:
         if pid is None:
             return 0.0, 0.0, 0.0
+        settle(pid)
         return main_thread_cpu_seconds(pid), threads_cpu_seconds(pid, "model-"), threads_cpu_seconds(pid)
 
     paths = list(calls)

@@ -349,7 +349,8 @@ def run(argv: list[str]) -> Section:
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
         for spec in args.models:
-            records += measure_model(spec, args, Path(tmp), cost)
+            if "ratio" in args.parts or ("cost" in args.parts and spec.split("=")[0] == args.cost_model):
+                records += measure_model(spec, args, Path(tmp), cost)  # (a model with nothing to measure: not loaded)
         from bench.models import model_dir
 
         if "fairness" in args.parts:
