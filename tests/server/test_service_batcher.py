@@ -75,6 +75,28 @@ def _run(coro):
     return asyncio.run(coro)
 
 
+class OwnThreadsModel(SpyModel):
+    """An engine that computes on a thread of its own, as vLLM's step thread: `start_logits` hands each
+    task's forward to that thread ("engine_0") and returns at once; `finish` (the conversion) records the
+    thread it runs on."""
+
+    concurrent_generate = True
+
+    def __init__(self, model, poison: bool = False) -> None:
+        super().__init__(model, poison)
+        self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.finish_threads: set[str] = set()
+
+    def start_logits(self, tasks) -> PendingLogits:
+        futures = [self.engine.submit(self.compute_logits, [task]) for task in tasks]
+
+        def finish():
+            self.finish_threads.add(threading.current_thread().name)
+            return [future.result()[0] for future in futures]
+
+        return PendingLogits(futures, finish)
+
+
 def test_concurrent_requests_share_one_forward_and_match_single_forwards(tiny_model) -> None:
     spy = SpyModel(tiny_model)
     tasks = [_task(n, top_k=k) for n, k in [(9, 3), (14, 5), (11, 1), (20, 8), (6, 2)]]  # params differ
@@ -177,8 +199,10 @@ def test_cancelled_request_is_dropped_before_its_forward(tiny_model) -> None:
     assert metrics.queue_tokens.labels(model="tiny")._value.get() == 0
 
 
-def test_model_error_reaches_only_the_request_whose_sequence_fails(tiny_model) -> None:
-    spy = SpyModel(tiny_model, poison=True)
+@pytest.mark.parametrize("own_threads", [False, True], ids=["worker", "engine-own-threads"])
+def test_model_error_reaches_only_the_request_whose_sequence_fails(tiny_model, own_threads) -> None:
+    # engine-own-threads: the batch fails in PendingLogits.finish and is retried task by task on the worker
+    spy = (OwnThreadsModel if own_threads else SpyModel)(tiny_model, poison=True)
     good_a, bad, good_b = _task(8), _task(9, first=POISON), _task(10)
 
     async def main():
@@ -194,7 +218,9 @@ def test_model_error_reaches_only_the_request_whose_sequence_fails(tiny_model) -
     assert isinstance(second, ValueError)
     assert_same_result(first[0], tiny_model.compute_logits([good_a])[0])
     assert_same_result(third[0], tiny_model.compute_logits([good_b])[0])
-    assert spy.forwards[0] == [10, 9, 8] and sorted(spy.forwards[1:]) == [[8], [9], [10]]
+    batched = [[10], [9], [8]] if own_threads else [[10, 9, 8]]  # OwnThreadsModel: one forward per task
+    retried = spy.forwards[len(batched):]
+    assert spy.forwards[: len(batched)] == batched and sorted(retried) == [[8], [9], [10]]
 
 
 def test_full_queue_refuses_with_resource_exhausted_and_oversized_request_is_invalid(tiny_model) -> None:
@@ -428,28 +454,6 @@ def test_service_limits_deadline_and_drain(tiny_model) -> None:
     _run(main())
 
 
-class OwnThreadsModel(SpyModel):
-    """An engine that computes on a thread of its own, as vLLM's step thread: `start_logits` hands each
-    task's forward to that thread ("engine_0") and returns at once; `finish` (the conversion) records the
-    thread it runs on."""
-
-    concurrent_generate = True
-
-    def __init__(self, model, poison: bool = False) -> None:
-        super().__init__(model, poison)
-        self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self.finish_threads: set[str] = set()
-
-    def start_logits(self, tasks) -> PendingLogits:
-        futures = [self.engine.submit(self.compute_logits, [task]) for task in tasks]
-
-        def finish():
-            self.finish_threads.add(threading.current_thread().name)
-            return [future.result()[0] for future in futures]
-
-        return PendingLogits(futures, finish)
-
-
 def test_an_engine_on_threads_of_its_own_is_awaited_on_the_loop_and_converted_there_when_quiet(tiny_model) -> None:
     model = OwnThreadsModel(tiny_model)
     loop_thread = threading.main_thread().name
@@ -495,25 +499,6 @@ def test_an_engines_large_results_are_converted_on_the_worker_even_when_quiet(ti
     assert {name for name in model.finish_threads - small_threads if name.startswith("model-tiny")}
     assert_same_result(small_result, tiny_model.compute_logits([small])[0])
     assert_same_result(large_result, tiny_model.compute_logits([large])[0])
-
-
-def test_an_engines_failing_task_fails_only_its_own_request(tiny_model) -> None:
-    model = OwnThreadsModel(tiny_model, poison=True)
-    good_a, bad, good_b = _task(8), _task(9, first=POISON), _task(10)
-
-    async def main():
-        batcher = _batcher(model, max_wait_s=0.1)
-        outcomes = await asyncio.gather(
-            batcher.compute([_item(good_a)]), batcher.compute([_item(bad)]), batcher.compute([_item(good_b)]),
-            return_exceptions=True,
-        )
-        await batcher.close()
-        return outcomes
-
-    first, second, third = _run(main())
-    assert isinstance(second, ValueError)
-    assert_same_result(first[0], tiny_model.compute_logits([good_a])[0])
-    assert_same_result(third[0], tiny_model.compute_logits([good_b])[0])
 
 
 def test_the_service_runs_an_idle_calls_forward_inline_unless_told_not_to_or_the_engine_computes_elsewhere(
