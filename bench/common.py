@@ -223,6 +223,9 @@ def add_output_args(parser) -> None:
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where <name>.md/.json go")
     parser.add_argument("--img-dir", type=Path, default=IMG, help="where plots go (default docs/img)")
     parser.add_argument("--render-from", type=Path, help="re-render a saved results JSON (no measurement)")
+    parser.add_argument("--repeats", type=Path, nargs="*", default=[],
+                        help="saved results JSONs of repeat runs of this section (e.g. run with --results-dir "
+                             "elsewhere): their goal rows join this run's, met only where every run met them")  # fmt: skip
 
 
 def saved_run(path: Path, parse) -> tuple[dict, object, list[str]]:
@@ -241,8 +244,41 @@ def section_main(argv: list[str] | None, parse, run, section) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
     out = section(*saved_run(args.render_from, parse)) if args.render_from else run(argv)
+    repeats = list(out.data.get("repeats", []))
+    for record in (repeat_record(path) for path in args.repeats):
+        if record not in repeats:  # a re-render (--render-from) keeps the saved repeats
+            repeats.append(record)
+    if repeats:
+        with_repeats(out, repeats)
     out.save(args.results_dir)
     print(out.markdown)
+
+
+def repeat_record(path: Path) -> dict:
+    """What a section keeps of a repeat run's saved JSON: when it ran, its command line and goal rows."""
+    data = json.loads(Path(path).read_text())
+    return {"date": data.get("machine", {}).get("date"), "argv": data.get("argv", []), "goals": data.get("goals", [])}
+
+
+def with_repeats(out: Section, repeats: list[dict]) -> None:
+    """Fold repeat runs into `out`: each goal row's measured text gains every repeat's ("run 2: ..."), its
+    verdict is met only if met in every run, and the Markdown lists the repeats' own rows."""
+    out.data["repeats"] = repeats
+    for goal in out.data.get("goals", []):
+        same = [g for r in repeats for g in r["goals"] if g["item"] == goal["item"]]
+        if not same:
+            continue
+        runs = [goal, *same]
+        goal["measured"] = "; ".join(f"run {i + 1}: {g['measured']}" for i, g in enumerate(runs))
+        verdicts = [g["met"] for g in runs]
+        goal["met"] = all(verdicts) if all(v is not None for v in verdicts) else None
+        if goal["met"] is False and any(verdicts):
+            goal["measured"] += f" (met in {sum(bool(v) for v in verdicts)} of {len(runs)} runs)"
+    rows = [[f"run {i + 2}: {r['date']}", g["item"], g["measured"], {True: "met", False: "not met"}.get(g["met"], "n/a")]
+            for i, r in enumerate(repeats) for g in r["goals"]]  # fmt: skip
+    out.markdown = (out.markdown.rstrip() + "\n\nRepeat runs of this section on the same machine (the same command "
+                    "with `--results-dir` elsewhere; the goal table above counts a goal met only where every run "
+                    "met it):\n\n" + markdown_table(["run", "item", "measured", "verdict"], rows) + "\n")
 
 
 def plain_args(args) -> dict:
