@@ -17,7 +17,8 @@ import pytest
 from dualdistill.protocol.params import LogitsParams
 from dualdistill_server.config import ServerConfig
 from dualdistill_server.core import TeacherService, sequence_key
-from dualdistill_server.core.batcher import INLINE_CONVERT_ENTRIES, Batcher
+from dualdistill_server.core.batcher import Batcher
+from dualdistill_server.core.payload import INLINE_ENTRIES
 from dualdistill_server.engines import PendingLogits
 from dualdistill_server.errors import (
     DeadlineExceeded,
@@ -484,7 +485,7 @@ def test_an_engine_on_threads_of_its_own_is_awaited_on_the_loop_and_converted_th
 def test_an_engines_large_results_are_converted_on_the_worker_even_when_quiet(tiny_model) -> None:
     model = OwnThreadsModel(tiny_model)
     small, large = _task(12, top_k=8), _task(200, top_k=64)
-    assert small.num_rows * 8 <= INLINE_CONVERT_ENTRIES < large.num_rows * 64
+    assert small.num_rows * 8 <= INLINE_ENTRIES < large.num_rows * 64
 
     async def main():
         batcher = _batcher(model, max_wait_s=0.0, quiet=lambda: True)

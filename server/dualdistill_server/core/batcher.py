@@ -46,8 +46,8 @@ by request parameters, whose cancelled requests still ran, and whose one bad req
   never blocks a thread of ours on its forward: the loop submits the batch and awaits its futures, so a
   forward costs the hand-off to the engine's thread and back, not also the loop's to the worker and back
   (service.py passes no `inline_forward_s` for it). Its results are converted on the loop when the server
-  is quiet and they hold at most INLINE_CONVERT_ENTRIES top-k entries, else on the worker thread (a loop
-  busy converting admits no new request).
+  is quiet and they hold at most payload.INLINE_ENTRIES top-k entries (the encoder's rule), else on the
+  worker thread (a loop busy converting admits no new request).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ from .. import context, engines
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..metrics import Metrics
 from ..os_threads import name_os_thread
+from .payload import INLINE_ENTRIES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,10 +79,6 @@ T = TypeVar("T")
 # budget bounds.) Loose on purpose: a bound of 2 would split the loadgen's mix of 16-96 tokens into more,
 # smaller forwards.
 MAX_LONGEST_GROWTH = 8
-# An engine's results of at most this many top-k entries are converted on the event loop of a quiet server
-# (one 64-token sequence at top_k = 128 holds 7,168): the rule core/payload.py's encoder follows, for the
-# same reason (a hop to a thread and back costs two wake-ups; a small conversion is mostly GIL-held Python).
-INLINE_CONVERT_ENTRIES = 8192
 
 
 @dataclass(eq=False)
@@ -365,16 +362,15 @@ class Batcher:
 
     def _runs_inline(self, batch: list[_Entry]) -> bool:
         """Whether `batch`'s forward runs on the event loop's thread (module docstring)."""
-        if self._inline_forward_s <= 0 or self._pending:
+        if self._inline_forward_s <= 0:
             return False
         padded, rows = _size([entry.task for entry in batch])
         max_padded, max_rows = self._inline_limits
-        return (
-            padded <= max_padded
-            and rows <= max_rows
-            and self._worker_idle()
-            and (self._quiet is None or self._quiet())
-        )
+        return padded <= max_padded and rows <= max_rows and self._worker_idle() and self._loop_is_free()
+
+    def _loop_is_free(self) -> bool:
+        """Nothing waits for the loop: no sequence pending here, no other request in flight in the server."""
+        return not self._pending and (self._quiet is None or self._quiet())
 
     async def _execute(self, batch: list[_Entry]) -> None:
         try:
@@ -428,7 +424,7 @@ class Batcher:
         pending = self._start_logits(tasks)
         await asyncio.wait([asyncio.wrap_future(future) for future in pending.futures])
         entries = sum(task.num_rows * task.params.top_k for task in tasks)
-        if entries <= INLINE_CONVERT_ENTRIES and not self._pending and (self._quiet is None or self._quiet()):
+        if entries <= INLINE_ENTRIES and self._loop_is_free():
             results = pending.finish()
         else:
             results = await self._on_worker(pending.finish)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dualdistill.protocol.formats import BINARY_CONTENT_TYPE, BINARY_FORMATS, is_lossless
 
-from .service import LogitsResult
+if TYPE_CHECKING:  # the batcher imports INLINE_ENTRIES from here, and service.py imports the batcher
+    from .service import LogitsResult
 
 __all__ = ["BINARY_CONTENT_TYPE", "BINARY_FORMATS", "binary_payload", "encodes_inline"]
 
@@ -13,7 +16,8 @@ __all__ = ["BINARY_CONTENT_TYPE", "BINARY_FORMATS", "binary_payload", "encodes_i
 # two thread wake-ups, each a scheduler wait on a busy machine, and on a small response the encoder's time
 # is mostly Python-level steps that hold the GIL anyway. With other requests in flight the encoding goes to
 # a thread even so: a loop that encodes a finished batch's responses one after another admits no new
-# request meanwhile, so the model would idle and the next batch start late.
+# request meanwhile, so the model would idle and the next batch start late. The batcher converts an engine's
+# results on the loop by the same rule (core/batcher.py).
 INLINE_ENTRIES = 8192
 
 

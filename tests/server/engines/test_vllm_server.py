@@ -76,6 +76,7 @@ def test_the_engine_step_loop_and_the_model_worker_have_os_thread_names(vllm_ser
 
     assert _logits(vllm_server).status_code == 200
     assert "vllm-tiny" in names()
+
     def distinct(n: int) -> httpx.Response:  # a sequence no cache holds
         return _logits(vllm_server, sequences=[{"token_ids": [1, 2 + n % 300, 3 + n // 300, 4], "start": 1}])
 
