@@ -88,3 +88,27 @@ def test_sorted_topk_orders_nan_rows_like_a_stable_sort(ks) -> None:
     ids, _ = sorted_topk(logprobs, ks)
     expected = torch.sort(logprobs[0], descending=True, stable=True).indices[:4]
     assert ids[0].tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("ks", ["one-k", "per-row"])
+def test_sorted_topk_packed_key_sort_equals_a_stable_sort(ks) -> None:
+    """float32 rows on the CPU take numpy's sort of packed (value, id) keys; other dtypes torch.topk's sorted
+    candidates. Both equal a plain stable sort per row, on rows full of ties, -inf, 0.0 next to -0.0, and
+    a k at the vocabulary's size."""
+    rng = np.random.default_rng(11)
+    rows = np.round(rng.normal(0, 2, (64, VOCAB))).astype(np.float32) / 2  # a coarse grid: ties in every row
+    rows[::5, : VOCAB // 2] = -np.inf
+    rows[3, [4, 9, 20]] = [0.0, -0.0, 0.0]
+    logprobs = torch.from_numpy(rows)
+    k = rng.integers(1, VOCAB + 1, len(rows))
+    k[:4] = [1, 2, VOCAB - 1, VOCAB]
+    chosen = int(k[0] + 40) if ks == "one-k" else torch.from_numpy(k)
+    per_row = [chosen] * len(rows) if ks == "one-k" else k.tolist()
+    ids, values = sorted_topk(logprobs, chosen)
+    ids64, values64 = sorted_topk(logprobs.double(), chosen)
+    for r, row in enumerate(rows):
+        expected = torch.sort(torch.from_numpy(row), descending=True, stable=True).indices[: per_row[r]]
+        assert ids[r, : per_row[r]].tolist() == expected.tolist() == ids64[r, : per_row[r]].tolist()
+        got = values[r, : per_row[r]].numpy()
+        assert got.view(np.int32).tolist() == row[expected.numpy()].view(np.int32).tolist()  # the same bits
+        np.testing.assert_array_equal(values64[r, : per_row[r]].numpy(), got.astype(np.float64))
