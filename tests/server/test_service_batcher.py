@@ -306,6 +306,36 @@ def test_an_idle_servers_short_forwards_run_on_the_loops_thread_after_one_on_the
         assert_same_result(result, tiny_model.compute_logits([task])[0])
 
 
+def test_an_idle_one_sequence_request_runs_its_inline_forward_in_its_own_task(tiny_model) -> None:
+    """No turn of the event loop between the request and its forward: it runs in the request's own task, not
+    the scheduler's. A request of two sequences still goes through the scheduler's task."""
+    spy, names = SpyModel(tiny_model), []
+    compute = spy.compute_logits
+
+    def named(tasks):
+        try:
+            names.append(asyncio.current_task().get_name())
+        except RuntimeError:  # the worker thread has no event loop
+            names.append("worker")
+        return compute(tasks)
+
+    spy.compute_logits = named
+    tasks = [_task(12, seed=s) for s in range(4)]
+
+    async def main():
+        batcher = _inline_batcher(spy, Metrics())
+        await batcher.compute([_item(tasks[0])])  # the first forward runs on the worker
+        one = await asyncio.create_task(batcher.compute([_item(tasks[1])]), name="one-sequence")
+        two = await asyncio.create_task(batcher.compute([_item(tasks[2]), _item(tasks[3])]), name="two-sequences")
+        await batcher.close()
+        return [*one, *two]
+
+    results = _run(main())
+    assert names == ["worker", "one-sequence", "batcher-tiny"]
+    for task, result in zip(tasks[1:], results, strict=True):
+        assert_same_result(result, tiny_model.compute_logits([task])[0])
+
+
 def test_forwards_go_to_the_worker_when_the_server_is_busy_longer_or_slow(tiny_model) -> None:
     paced, busy = PacedModel(tiny_model), [False]
 

@@ -41,7 +41,9 @@ by request parameters, whose cancelled requests still ran, and whose one bad req
   so far: none before the first has run on the worker). The hand-off to the worker and back wakes two
   idle threads; on 2 CPU cores that was 0.3-0.7 ms of a one-sequence call (bench/service_ab.py). The
   loop does nothing else during such a forward, so a request arriving then waits up to
-  `inline_forward_s` to be read, about as long as it would wait for the model anyway.
+  `inline_forward_s` to be read, about as long as it would wait for the model anyway. A one-sequence
+  request that finds nothing else pending runs that forward in its own task (`_forward_now`), not a turn
+  of the loop later in the scheduler's.
 - An engine that computes on threads of its own (vLLM's step thread; engines/base.py `logits_starter`)
   never blocks a thread of ours on its forward: the loop submits the batch and awaits its futures, so a
   forward costs the hand-off to the engine's thread and back, not also the loop's to the worker and back
@@ -164,6 +166,7 @@ class Batcher:
         self._ensure_started()
         admitted = time.perf_counter()
         entries = self._admit(items, tenant)
+        self._forward_now(entries)
         try:
             results = [await asyncio.shield(entry.future) for entry in entries]
         finally:
@@ -362,23 +365,29 @@ class Batcher:
 
     def _runs_inline(self, batch: list[_Entry]) -> bool:
         """Whether `batch`'s forward runs on the event loop's thread (module docstring)."""
+        return self._fits_inline(batch) and self._loop_is_free()
+
+    def _fits_inline(self, batch: list[_Entry]) -> bool:
+        """Inline forwards are on, forwards this size finished in time, and the worker thread is idle."""
         if self._inline_forward_s <= 0:
             return False
         padded, rows = _size([entry.task for entry in batch])
         max_padded, max_rows = self._inline_limits
-        return padded <= max_padded and rows <= max_rows and self._worker_idle() and self._loop_is_free()
+        return padded <= max_padded and rows <= max_rows and self._worker_idle()
 
     def _loop_is_free(self) -> bool:
         """Nothing waits for the loop: no sequence pending here, no other request in flight in the server."""
-        return not self._pending and (self._quiet is None or self._quiet())
+        return not self._pending and self._server_quiet()
+
+    def _server_quiet(self) -> bool:
+        return self._quiet is None or self._quiet()
 
     async def _execute(self, batch: list[_Entry]) -> None:
         try:
             if self._start_logits is not None:
                 results = await self._forward_elsewhere(batch)
             elif self._runs_inline(batch):
-                results = self._forward(batch)
-                self._metrics.inline_forwards.labels(model=self.name).inc()
+                results = self._forward_inline(batch)
             else:
                 results = await self._on_worker(self._forward, batch)
         except Exception as exc:
@@ -397,6 +406,32 @@ class Batcher:
             return
         for entry, result in zip(batch, results, strict=True):
             self._resolve(entry, result=result)
+
+    def _forward_now(self, entries: list[_Entry]) -> None:
+        """A one-sequence request that finds nothing else pending and would run inline runs its forward here,
+        in `compute`, with no fill window configured. The scheduler's task would take the same batch, but
+        a turn of the event loop later, and its result would reach the request another turn after that (a
+        one-sequence call's `queue` stage). Nothing here awaits, so the entry is resolved before the
+        request can be cancelled; a failure is its own (a batch of one is not retried)."""
+        if len(entries) != 1 or self._max_wait_s > 0 or self._start_logits is not None:
+            return
+        (entry,) = entries
+        if len(self._pending) != 1 or self._pending.get(entry.key) is not entry:
+            return  # another request's sequences wait, or ours joined one that already runs
+        if not (entry.tokens <= self._max_batch_tokens and self._fits_inline([entry]) and self._server_quiet()):
+            return
+        batch = self._take_batch()
+        try:
+            (result,) = self._forward_inline(batch)
+        except Exception as exc:
+            self._resolve(entry, error=exc)
+        else:
+            self._resolve(entry, result=result)
+
+    def _forward_inline(self, batch: list[_Entry]) -> list[SequenceLogits]:
+        results = self._forward(batch)
+        self._metrics.inline_forwards.labels(model=self.name).inc()
+        return results
 
     def _forward(self, batch: list[_Entry]) -> list[SequenceLogits]:
         """One padded forward (on the worker thread, or the loop's: `_runs_inline`), with its metrics, its
