@@ -208,3 +208,33 @@ def test_hostile_payloads_never_index_out_of_bounds_in_the_compiled_decoder(tmp_
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert " passed" in run.stdout and " 0 passed" not in run.stdout
+
+
+@pytest.mark.parametrize("name", ["lossy", "lossless"])
+def test_a_dictionary_id_repeated_in_another_count_class_is_refused(name):
+    """Ids are increasing within a count class by construction, so only another class can repeat one: the
+    first id of one class set to the first of another, the payload otherwise intact and resealed."""
+    from dualdistill.protocol.wire import codec, container, dictionary
+
+    header, streams = container.unpack(PAYLOADS[name], max_entries=_LIMIT)
+    raw = [bytes(streams._read(i)) for i in range(len(streams._directory))]
+    sizes = streams.get_uints(container.Stream.IDS_PER_CLASS, dictionary.NUM_CLASSES).astype(np.int64)
+    gaps = streams.get_uints(container.Stream.DICTIONARY_GAPS, header.n_dict).astype(np.int64)
+    key_to_id, _ = codec._dictionary(header, streams)
+    firsts = np.r_[0, np.cumsum(sizes)[:-1]][sizes > 0]  # the key of each non-empty class's first id
+    assert len(firsts) >= 2, "the payload needs ids in two count classes"
+    gaps[firsts[1]] = key_to_id[firsts[0]]  # a class's first gap is its first id
+    raw[container.Stream.DICTIONARY_GAPS : container.Stream.DICTIONARY_GAPS + 2] = container.uint_streams(gaps)
+    with pytest.raises(WireFormatError, match="repeated"):
+        wire.decode(container.pack(header, raw))
+
+
+@given(st.lists(st.integers(0, 1 << 24), max_size=300), st.integers(0, 3))
+@settings(max_examples=300, deadline=None)
+def test_the_dictionary_distinct_check_agrees_with_a_set(values, repeats):
+    """Both of its ways (a table marked at every value, or a sort): dense and sparse values, repeats added."""
+    from dualdistill.protocol.wire.codec import _distinct
+
+    values = values + values[:repeats]
+    for array in (np.array(values, dtype=np.int64), np.array(values, dtype=np.int64) % 97):
+        assert _distinct(array) == (len(set(array.tolist())) == len(array))

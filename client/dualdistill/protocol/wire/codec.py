@@ -373,8 +373,21 @@ def _dictionary(header: Header, streams: container.Streams) -> tuple[np.ndarray,
     return key_to_id, classes
 
 
+_SEEN_TABLE_RATIO = 64  # `_distinct` marks a table when the largest value is below this many times the count
+
+
 def _distinct(values: np.ndarray) -> bool:
-    """No value repeats (a sort and one comparison: np.unique does more, and costs more on small arrays)."""
+    """No value repeats, for non-negative integers. A payload's dictionary ids are a vocabulary's: one
+    table as long as the largest, marked at every id, holds as many marks as ids exactly when none
+    repeats (a vocabulary of 49,152 ids with ~7,000 in one answer: ~25 against ~150 us for a sort). Values
+    far sparser than their largest (a table that would be mostly empty) are sorted and compared instead."""
+    if values.size < 2:
+        return True
+    top = int(values.max())
+    if int(values.min()) >= 0 and top < min(_ID_TABLE, _SEEN_TABLE_RATIO * values.size):
+        seen = np.zeros(top + 1, dtype=bool)
+        seen[values] = True
+        return int(np.count_nonzero(seen)) == values.size
     ordered = np.sort(values)
     return not (ordered[1:] == ordered[:-1]).any()
 
