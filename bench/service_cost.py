@@ -16,7 +16,9 @@ and whatever the service adds decides the throughput a GPU forward would allow:
 - latency_breakdown: the same one-sequence call sent raw (our client's HTTP stack, a gRPC stub), with the server's
   own account of it (its `server-timing`: parse, queue, forward, encode, total): what the wall time spends
   inside the server's stages, in the server outside them, and outside the server (both network stacks
-  and the client).
+  and the client). Given the anchor, each call follows one as in added_latency, and the anchor's own call
+  on the next sequence is timed too: the server's forward stage against the same work in-process, in the
+  same conditions.
 - latency_floors: what no service on these transports and this codec can avoid, from
   bench/transport_floor.py (the server's HTTP and gRPC stacks answering without the service, the same
   clients: a constant payload, and the answer encoded on every call and decoded by the client): added -
@@ -216,10 +218,11 @@ BREAKDOWN_STAGES = ("parse", "queue", "forward", "encode")
 
 
 def latency_breakdown(http_url: str, grpc_target: str, model: str, vocab: int, *, seq_len: int, start: int,
-                      top_k: int, reps: int) -> dict:  # fmt: skip
+                      top_k: int, reps: int, anchor: Callable | None = None) -> dict:  # fmt: skip
     """{path: {"wall": [...], "server": [...], stage: [...]}} in ms per call, for one-sequence binary calls
     sent raw over HTTP (the blocking client's own HTTP connections, one kept alive) and gRPC, from their
-    `server-timing`."""
+    `server-timing`. With `anchor`: every call right after an anchor call, and "anchor": {"wall": [...]}, the
+    anchor's calls timed in the same rounds."""
     import grpc
     import httpx
 
@@ -246,13 +249,23 @@ def latency_breakdown(http_url: str, grpc_target: str, model: str, vocab: int, *
             _, call = stub.GetLogits.with_call(request, timeout=60)
             return dict(call.trailing_metadata())["server-timing"]
 
+        def anchor_call(ids: list[int]) -> None:
+            assert anchor is not None
+            anchor(np.array([ids], dtype=np.int64), start, top_k)
+
+        paths = [("http", http_call), ("grpc", grpc_call), *([("anchor", anchor_call)] if anchor else [])]
         for rep in range(reps + 1):  # rep 0 warms up
-            for path, send in (("http", http_call), ("grpc", grpc_call)):
+            for path, send in [paths[i] for i in rng.permutation(len(paths))]:
+                if anchor is not None:  # the caller's own work before the call, as in added_latency
+                    anchor(rng.integers(0, vocab, (1, seq_len), dtype=np.int64), start, top_k)
                 ids = rng.integers(0, vocab, seq_len).tolist()
                 begin = time.perf_counter()
                 timing = send(ids)
                 wall = (time.perf_counter() - begin) * 1e3
                 if rep == 0:
+                    continue
+                if path == "anchor":
+                    out.setdefault(path, {"wall": []})["wall"].append(wall)
                     continue
                 stages = {name: float(dur) for name, _, dur in
                           (part.partition(";dur=") for part in timing.split(", "))}  # fmt: skip
@@ -262,7 +275,7 @@ def latency_breakdown(http_url: str, grpc_target: str, model: str, vocab: int, *
                 for stage in BREAKDOWN_STAGES:
                     record[stage].append(stages.get(stage, 0.0))
     http.close()
-    return out
+    return {path: out[path] for path, _ in paths}  # the paths in one order, whatever order they ran in
 
 
 def fairness(model_dir: Path, *, clients: int, seconds: float, server_args: tuple[str, ...] = (),
@@ -350,10 +363,24 @@ def render(cost: dict) -> str:
         )
         rows = []
         for path, r in breakdown.items():
+            if path == "anchor":
+                continue
             other = [t - sum(r[s][i] for s in BREAKDOWN_STAGES) for i, t in enumerate(r["server"])]
             outside = [w - t for w, t in zip(r["wall"], r["server"], strict=True)]
             rows.append(breakdown_row(path, r, other, r["server"], outside))
         lines.append(_table(["path", "wall", *BREAKDOWN_STAGES, "server, other", "server total", "outside"], rows))
+        if "anchor" in breakdown:
+            after_call = latency.get("in-process") if latency else None
+            lines.append(
+                f"\nEach of those calls came right after an in-process forward + top-k (the trainer's own work), and "
+                f"so did an in-process call on a fresh sequence, timed in the same rounds: "
+                f"{_median(breakdown['anchor']['wall']):.2f} ms"
+                + (f", against {_median(after_call['seconds']) * 1000:.2f} ms for the same in-process call right "
+                   f"after one of our client's calls (the latency table above)" if after_call else "")
+                + ", and the server's forward stage (the same forward + top-k, with the tail and token log-probs): "
+                + ", ".join(f"{_median(r['forward']):.2f} ms ({path})" for path, r in breakdown.items() if path != "anchor")
+                + ". The same forward takes longer after other work than right after itself.\n"
+            )
     floors = latency_floors(cost)
     if floors:
         calls = len(next(iter(cost["floor"]["ms"].values())))

@@ -153,7 +153,7 @@ def measure_cost(server, name: str, anchor, calls: dict, vocab: int, args: argpa
     )
     breakdown = service_cost.latency_breakdown(
         server.http_url, server.grpc_target, name, vocab, seq_len=args.seq_len, start=args.start, top_k=args.top_k,
-        reps=4 * args.cost_reps,
+        reps=4 * args.cost_reps, anchor=anchor,
     )
     floor = measure_floor(name, anchor, vocab, args)
     return {"cpu_settings": settings, "cpu": cpu, "latency": latency, "latency_after_anchor": True,
