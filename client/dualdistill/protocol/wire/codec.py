@@ -379,8 +379,9 @@ _SEEN_TABLE_RATIO = 64  # `_distinct` marks a table when the largest value is be
 def _distinct(values: np.ndarray) -> bool:
     """No value repeats, for non-negative integers. A payload's dictionary ids are a vocabulary's: one
     table as long as the largest, marked at every id, holds as many marks as ids exactly when none
-    repeats (a vocabulary of 49,152 ids with ~7,000 in one answer: ~25 against ~150 us for a sort). Values
-    far sparser than their largest (a table that would be mostly empty) are sorted and compared instead."""
+    repeats, in less time than their sort (a one-sequence answer of a 49,152-id vocabulary decodes 1.38x
+    faster, bench/codec_ab.py). Values far sparser than their largest (a table that would be mostly empty)
+    are sorted and compared instead."""
     if values.size < 2:
         return True
     top = int(values.max())
