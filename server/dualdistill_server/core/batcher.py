@@ -418,9 +418,9 @@ class Batcher:
         (entry,) = entries
         if len(self._pending) != 1 or self._pending.get(entry.key) is not entry:
             return  # another request's sequences wait, or ours joined one that already runs
-        if not (entry.tokens <= self._max_batch_tokens and self._fits_inline([entry]) and self._server_quiet()):
+        if not (self._fits_inline([entry]) and self._server_quiet()):
             return
-        batch = self._take_batch()
+        batch = self._take_batch()  # [entry]: a request's first sequence is always taken, whatever its length
         try:
             (result,) = self._forward_inline(batch)
         except Exception as exc:

@@ -74,10 +74,9 @@ def _ordered_candidates(logprobs: torch.Tensor, width: int) -> tuple[torch.Tenso
     `width` integers per row, where torch.topk's own sort took most of its time whenever k is a sizeable
     part of the vocabulary (one-sequence calls of the tiny test model, 320 ids at k = 128: 0.10-0.12 ms
     sooner, bench/service_ab.py). The values are then read back at the sorted ids, so they keep their
-    exact bits. Elsewhere torch.topk sorts them and
-    orders ties arbitrarily, so the rows that hold a tie (equal neighbours; NaN counts as one) are
-    re-sorted by (value desc, id asc); the other rows are strictly decreasing, their order already the
-    only one.
+    exact bits. Elsewhere torch.topk sorts them and orders ties arbitrarily, so the rows that hold a tie
+    (equal neighbours; NaN counts as one) are re-sorted by (value desc, id asc); the other rows are
+    strictly decreasing, their order already the only one.
     """
     if logprobs.device.type == "cpu" and logprobs.dtype == torch.float32 and logprobs.shape[1] < (1 << 31):
         candidates, candidate_ids = torch.topk(logprobs, width, dim=-1, sorted=False)
